@@ -1,0 +1,3 @@
+from floraq.cli import main
+
+main()

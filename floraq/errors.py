@@ -1,0 +1,257 @@
+"""Every error floraq raises on purpose, and the exit code each one means.
+
+The CLI catches ``FloraqError`` in one place and prints its message as one line;
+anything else that escapes is a bug in floraq.
+
+    FloraqError                      exit 1  (finished, but something needs a look)
+    ├── UsageError                   exit 2  bad flags, settings or environment; nothing sent
+    │   └── ManifestError            exit 2  manifest or CSV invalid; carries every Problem
+    ├── AuthError                    exit 3  the API refused the key (401/403)
+    ├── ApiError                     exit 1  any other error answer from the FLORA API
+    │   ├── InputRejected            400 input_validation_error / invalid_json
+    │   ├── InsufficientCredits      402 (the batch pauses: exit 4)
+    │   ├── NotFound                 404
+    │   ├── IdempotencyDuplicate     409 idempotency_duplicate / 422 idempotency_conflict
+    │   ├── RateLimited              429 (carries retry_after)
+    │   └── ServerError              5xx, any body
+    ├── TransportError               connect / read / reset / timeout; no HTTP answer
+    ├── DownloadError                an output could not be fetched or verified
+    │   └── DownloadExpired          the output URL answers 403/404/410
+    ├── LedgerError                  the ledger cannot be opened or is inconsistent
+    │   └── LedgerBusy               exit 5  another floraq holds this ledger
+    └── Interrupted                  exit 130  Ctrl-C or SIGTERM; `floraq resume` continues
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import httpx
+
+    from floraq.core.problems import Problem
+
+
+class ExitCode(IntEnum):
+    """The documented exit codes; a cron wrapper branches on these."""
+
+    OK = 0  # every row is in a final, good state: nothing more to do
+    FAILURES = 1  # finished; some rows failed, were rejected or have an unknown outcome
+    USAGE = 2  # invalid manifest, CSV, flags or settings; nothing was sent
+    AUTH = 3  # the API refused the credentials; nothing more was sent
+    PAUSED = 4  # stopped by credits or the budget cap; rows still queued: run again later
+    BUSY = 5  # another floraq process holds this ledger; try again later
+    INCOMPLETE = 6  # runs still in flight (--no-wait, or gave up waiting): `floraq resume` later
+    INTERNAL = 70  # a bug in floraq (a traceback was printed)
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM; `floraq resume` continues
+
+
+class FloraqError(Exception):
+    """Root of every error floraq raises on purpose."""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.FAILURES
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(FloraqError):
+    """Bad flags, settings or environment, found before anything is sent."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ManifestError(UsageError):
+    """The manifest or its CSV rows are invalid; carries every problem found."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        errors = [p for p in self.problems if p.severity == "error"]
+        first = str(errors[0]) if errors else "invalid manifest"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(first + more)
+
+
+class AuthError(FloraqError):
+    """The API refused our key (401) or this action (403); retrying cannot help."""
+
+    exit_code = ExitCode.AUTH
+
+    def __init__(
+        self, message: str, *, status: int, code: str, request_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+
+
+class ApiError(FloraqError):
+    """An error answer from the FLORA API, with everything support asks for."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str,
+        fields: Sequence[Mapping[str, str]] = (),
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.fields = tuple(dict(f) for f in fields)
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        where = f" (request-id {self.request_id})" if self.request_id else ""
+        return f"{self.status} {self.code}: {self.message}{where}"
+
+    @staticmethod
+    def from_response(response: httpx.Response) -> ApiError | AuthError:
+        """Build the right error from any error response, JSON envelope or not."""
+        status = response.status_code
+        request_id = response.headers.get("request-id")
+        code, message, fields = _parse_envelope(response.content)
+        if code is None:
+            code = _DEFAULT_CODES.get(status, "server_error" if status >= 500 else "http_error")
+        if message is None:
+            message = f"HTTP {status} with a non-JSON body"
+        if status in (401, 403):
+            return AuthError(message, status=status, code=code, request_id=request_id)
+        cls: type[ApiError] = _CLASS_BY_STATUS.get(status, ServerError if status >= 500 else ApiError)
+        if cls is RateLimited:
+            return RateLimited(
+                message,
+                status=status,
+                code=code,
+                request_id=request_id,
+                retry_after=_parse_retry_after(response.headers.get("retry-after")),
+            )
+        return cls(message, status=status, code=code, fields=fields, request_id=request_id)
+
+
+class InputRejected(ApiError):
+    """400: the API refused this row's inputs; `fields` says which."""
+
+
+class InsufficientCredits(ApiError):
+    """402: the workspace balance cannot cover the run; the batch pauses."""
+
+
+class NotFound(ApiError):
+    """404: unknown technique slug or run id."""
+
+
+class IdempotencyDuplicate(ApiError):
+    """409/422: the key was seen before, but the API will not say which run it made."""
+
+
+class RateLimited(ApiError):
+    """429: slow down; `retry_after` in seconds when the API said so."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 429,
+        code: str = "rate_limited",
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code, request_id=request_id)
+        self.retry_after = retry_after
+
+
+class ServerError(ApiError):
+    """5xx: FLORA (or a load balancer in front of it) failed; usually worth a retry."""
+
+
+class TransportError(FloraqError):
+    """No HTTP answer at all: connection refused or reset, timeout, bad TLS."""
+
+
+class DownloadError(FloraqError):
+    """An output could not be fetched completely, or did not verify."""
+
+
+class DownloadExpired(DownloadError):
+    """The output URL no longer works (403/404/410); re-poll the run for a fresh one."""
+
+
+class LedgerError(FloraqError):
+    """The ledger cannot be opened, or holds something floraq cannot read."""
+
+
+class LedgerBusy(LedgerError):
+    """Another floraq process holds this ledger's lock."""
+
+    exit_code = ExitCode.BUSY
+
+
+class Interrupted(FloraqError):
+    """Ctrl-C or SIGTERM; what was known is committed and `floraq resume` continues."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
+_CLASS_BY_STATUS: dict[int, type[ApiError]] = {
+    400: InputRejected,
+    402: InsufficientCredits,
+    404: NotFound,
+    409: IdempotencyDuplicate,
+    422: IdempotencyDuplicate,
+    429: RateLimited,
+}
+
+_DEFAULT_CODES: dict[int, str] = {
+    400: "invalid_request",
+    401: "unauthorized",
+    402: "insufficient_credits",
+    403: "forbidden",
+    404: "not_found",
+    409: "idempotency_duplicate",
+    422: "idempotency_conflict",
+    429: "rate_limited",
+    503: "service_unavailable",
+}
+
+
+def _parse_envelope(
+    body: bytes,
+) -> tuple[str | None, str | None, list[dict[str, str]]]:
+    """Read `{"error": {"code", "message", "fields"?}}`, tolerating anything else."""
+    try:
+        data: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None, None, []
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return None, None, []
+    code = error.get("code") if isinstance(error.get("code"), str) else None
+    message = error.get("message") if isinstance(error.get("message"), str) else None
+    fields = [
+        {"field": str(f.get("field", "")), "message": str(f.get("message", ""))}
+        for f in error.get("fields") or []
+        if isinstance(f, dict)
+    ]
+    return code, message, fields
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds form only); None if absent or odd."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
