@@ -1,0 +1,479 @@
+"""The SQLite ledger: the source of truth for every batch, job, run and output.
+
+WAL with ``synchronous=FULL``: a commit is on disk when it returns, because a lost
+run id can mean paying for the run twice after a power cut. Writes happen in
+``BEGIN IMMEDIATE`` transactions (take the write lock up front, never upgrade
+half-way). Every job move is checked against the lifecycle table and appended to
+``events``. No API key is ever written here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from floraq.core.lifecycle import JobState, check_transition
+from floraq.errors import LedgerError
+from floraq.lock import ensure_private_dir
+from floraq.migrations import migrations
+
+BUSY_TIMEOUT_MS = 10_000
+
+# Columns a move may set, so a typo in the runner fails loudly instead of silently.
+_MOVE_FIELDS = frozenset(
+    {
+        "run_id",
+        "poll_url",
+        "remote_status",
+        "progress",
+        "error_code",
+        "error_message",
+        "error_fields",
+        "failure_tier",
+        "request_id",
+        "estimated_cost",
+        "charged_cost",
+        "auto_retries",
+        "polls",
+        "submitting_at",
+        "submitted_at",
+        "completed_at",
+        "remote_created_at",
+        "remote_completed_at",
+        "attempt",
+        "idempotency_key",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated row, ready to be queued."""
+
+    batch: str
+    technique: str
+    job_number: int
+    row_number: int
+    csv_line: int | None
+    location: str
+    row_key: str
+    inputs: Mapping[str, str]
+    inputs_digest: str
+    idempotency_key: str
+    estimated_cost: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """One job as the runner sees it."""
+
+    id: int
+    batch: str
+    technique: str
+    location: str
+    row_key: str
+    inputs: Mapping[str, str]
+    inputs_digest: str
+    attempt: int
+    idempotency_key: str
+    state: JobState
+    run_id: str | None
+    poll_url: str | None
+    estimated_cost: float | None
+    charged_cost: float | None
+    submitting_at: float | None
+    submitted_at: float | None
+    completed_at: float | None
+    auto_retries: int
+    polls: int
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> JobRecord:
+        return cls(
+            id=row["id"],
+            batch=row["batch"],
+            technique=row["technique"],
+            location=row["location"],
+            row_key=row["row_key"],
+            inputs=json.loads(row["inputs"]),
+            inputs_digest=row["inputs_digest"],
+            attempt=row["attempt"],
+            idempotency_key=row["idempotency_key"],
+            state=JobState(row["state"]),
+            run_id=row["run_id"],
+            poll_url=row["poll_url"],
+            estimated_cost=row["estimated_cost"],
+            charged_cost=row["charged_cost"],
+            submitting_at=row["submitting_at"],
+            submitted_at=row["submitted_at"],
+            completed_at=row["completed_at"],
+            auto_retries=row["auto_retries"],
+            polls=row["polls"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRecord:
+    job_id: int
+    output_id: str
+    type: str
+    url: str
+    url_seen_at: float
+    state: str  # pending | downloaded | expired
+    path: str | None
+    bytes: int | None
+    sha256: str | None
+
+
+class Ledger:
+    """Owns the SQLite file: migrates on open, every transition atomic."""
+
+    def __init__(self, conn: sqlite3.Connection, *, clock: Callable[[], float] = time.time) -> None:
+        self.conn = conn
+        self.conn.row_factory = sqlite3.Row
+        self.db = Database(conn)
+        self.clock = clock
+        self.commits = 0
+
+    @classmethod
+    def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> Ledger:
+        """Open (creating user-only if new) and migrate the ledger at ``path``."""
+        ensure_private_dir(path.parent)
+        if not path.exists():
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(f"cannot open the ledger {path}: {e}") from None
+        if mode != "wal":
+            raise LedgerError(f"the ledger {path} cannot use WAL mode (got {mode})")
+        ledger = cls(conn, clock=clock)
+        ledger.migrate()
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                side.chmod(0o600)
+        return ledger
+
+    @classmethod
+    def in_memory(cls, *, clock: Callable[[], float] = time.time) -> Ledger:
+        ledger = cls(sqlite3.connect(":memory:", isolation_level=None), clock=clock)
+        ledger.migrate()
+        return ledger
+
+    def migrate(self) -> None:
+        try:
+            migrations.apply(self.db)
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(f"cannot migrate the ledger: {e}") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One ``BEGIN IMMEDIATE`` transaction; nested calls join the outer one."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+        self.commits += 1
+
+    def integrity_ok(self) -> bool:
+        return bool(self.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+    # -- batches and techniques ---------------------------------------------------
+
+    def save_batch(
+        self,
+        name: str,
+        *,
+        manifest_path: str | None,
+        output_dir: str,
+        concurrency: int | None,
+        max_cost: float | None,
+        retry_failed_runs: int,
+    ) -> None:
+        now = self.clock()
+        with self.transaction():
+            self.conn.execute(
+                """
+                INSERT INTO batches (name, manifest_path, output_dir, concurrency, max_cost,
+                                     retry_failed_runs, created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (name) DO UPDATE SET manifest_path = excluded.manifest_path,
+                    output_dir = excluded.output_dir, concurrency = excluded.concurrency,
+                    max_cost = excluded.max_cost, retry_failed_runs = excluded.retry_failed_runs,
+                    updated_at = excluded.updated_at
+                """,
+                (
+                    name,
+                    manifest_path,
+                    output_dir,
+                    concurrency,
+                    max_cost,
+                    retry_failed_runs,
+                    now,
+                    now,
+                ),
+            )
+
+    def batch(self, name: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM batches WHERE name = ?", (name,)).fetchone()
+        return dict(row) if row else None
+
+    def batch_names(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT name FROM batches ORDER BY created_at")]
+
+    def save_technique(self, slug: str, definition: Mapping[str, Any], run_cost: float) -> None:
+        with self.transaction():
+            self.conn.execute(
+                """
+                INSERT INTO techniques (slug, definition, run_cost, fetched_at) VALUES (?, ?, ?, ?)
+                ON CONFLICT (slug) DO UPDATE SET definition = excluded.definition,
+                    run_cost = excluded.run_cost, fetched_at = excluded.fetched_at
+                """,
+                (slug, json.dumps(definition, sort_keys=True), run_cost, self.clock()),
+            )
+
+    def technique(self, slug: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT definition FROM techniques WHERE slug = ?", (slug,)
+        ).fetchone()
+        return dict(json.loads(row[0])) if row else None
+
+    # -- jobs -------------------------------------------------------------------------
+
+    def existing_rows(
+        self, batch: str, technique: str, row_keys: Sequence[str]
+    ) -> dict[str, str]:
+        """row_key -> inputs_digest for the rows of this batch and technique already known."""
+        found: dict[str, str] = {}
+        for start in range(0, len(row_keys), 500):
+            chunk = list(row_keys[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                f"SELECT row_key, inputs_digest FROM jobs WHERE batch = ? AND technique = ?"
+                f" AND row_key IN ({marks})",
+                [batch, technique, *chunk],
+            ):
+                found[row[0]] = row[1]
+        return found
+
+    def insert_jobs(self, jobs: Iterable[NewJob]) -> int:
+        """Queue new jobs in one transaction; rows already in the ledger are left alone."""
+        now = self.clock()
+        inserted = 0
+        with self.transaction():
+            for job in jobs:
+                cur = self.conn.execute(
+                    """
+                    INSERT OR IGNORE INTO jobs (batch, technique, job_number, row_number, csv_line,
+                        location, row_key, inputs, inputs_digest, idempotency_key, state,
+                        estimated_cost, updated_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                    (
+                        job.batch,
+                        job.technique,
+                        job.job_number,
+                        job.row_number,
+                        job.csv_line,
+                        job.location,
+                        job.row_key,
+                        json.dumps(dict(job.inputs), sort_keys=True, ensure_ascii=False),
+                        job.inputs_digest,
+                        job.idempotency_key,
+                        JobState.QUEUED.value,
+                        job.estimated_cost,
+                        now,
+                    ),
+                )
+                if cur.rowcount:
+                    inserted += 1
+                    self._event(cur.lastrowid, job.batch, "queued", {"location": job.location})
+        return inserted
+
+    def jobs(
+        self,
+        *,
+        batches: Sequence[str],
+        states: Iterable[JobState],
+        after_id: int = 0,
+        limit: int = 500,
+    ) -> list[JobRecord]:
+        """A page of jobs in the given states, in id order (for streaming through big batches)."""
+        state_list = [s.value for s in states]
+        if not batches or not state_list:
+            return []
+        rows = self.conn.execute(
+            f"SELECT * FROM jobs WHERE batch IN ({','.join('?' * len(batches))})"
+            f" AND state IN ({','.join('?' * len(state_list))}) AND id > ?"
+            " ORDER BY id LIMIT ?",
+            [*batches, *state_list, after_id, limit],
+        ).fetchall()
+        return [JobRecord.from_row(r) for r in rows]
+
+    def job(self, job_id: int) -> JobRecord:
+        row = self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no job {job_id} in the ledger")
+        return JobRecord.from_row(row)
+
+    def move(self, job_id: int, current: JobState, new: JobState, **fields: Any) -> None:
+        """Move a job between states (checked), setting ``fields``; joins any open transaction."""
+        check_transition(current, new)
+        unknown = set(fields) - _MOVE_FIELDS
+        if unknown:
+            raise ValueError(f"not job fields: {sorted(unknown)}")
+        now = self.clock()
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        sql = f"UPDATE jobs SET state = ?, updated_at = ?{', ' if fields else ''}{assignments}"
+        with self.transaction():
+            cur = self.conn.execute(
+                sql + " WHERE id = ? AND state = ?",
+                [new.value, now, *fields.values(), job_id, current.value],
+            )
+            if cur.rowcount != 1:
+                raise LedgerError(
+                    f"job {job_id} was not in state {current} (another process changed it?)"
+                )
+            detail = {k: v for k, v in fields.items() if k not in ("polls", "progress")}
+            self._event(job_id, None, f"{current}->{new}", detail)
+
+    def update(self, job_id: int, **fields: Any) -> None:
+        """Record progress that does not change the state (polls, progress, late cost)."""
+        unknown = set(fields) - _MOVE_FIELDS
+        if unknown:
+            raise ValueError(f"not job fields: {sorted(unknown)}")
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        with self.transaction():
+            self.conn.execute(
+                f"UPDATE jobs SET updated_at = ?, {assignments} WHERE id = ?",
+                [self.clock(), *fields.values(), job_id],
+            )
+
+    def event(self, job_id: int | None, batch: str | None, kind: str, detail: Any = None) -> None:
+        with self.transaction():
+            self._event(job_id, batch, kind, detail)
+
+    def _event(self, job_id: int | None, batch: str | None, kind: str, detail: Any) -> None:
+        self.conn.execute(
+            "INSERT INTO events (at, job_id, batch, kind, detail) VALUES (?, ?, ?, ?, ?)",
+            (
+                self.clock(),
+                job_id,
+                batch,
+                kind,
+                None if detail is None else json.dumps(detail, sort_keys=True, default=str),
+            ),
+        )
+
+    # -- outputs ----------------------------------------------------------------------
+
+    def record_outputs(self, job_id: int, outputs: Iterable[tuple[str, str, str]]) -> None:
+        """Store (output_id, type, url) as seen on the latest poll; fresh URLs replace old ones."""
+        now = self.clock()
+        with self.transaction():
+            for output_id, output_type, url in outputs:
+                self.conn.execute(
+                    """
+                    INSERT INTO outputs (job_id, output_id, type, url, url_seen_at)
+                    VALUES (?, ?, ?, ?, ?)
+                    ON CONFLICT (job_id, output_id) DO UPDATE SET url = excluded.url,
+                        type = excluded.type, url_seen_at = excluded.url_seen_at,
+                        state = CASE WHEN state = 'expired' THEN 'pending' ELSE state END
+                    """,
+                    (job_id, output_id, output_type, url, now),
+                )
+
+    def outputs(self, job_id: int) -> list[OutputRecord]:
+        rows = self.conn.execute(
+            "SELECT * FROM outputs WHERE job_id = ? ORDER BY id", (job_id,)
+        ).fetchall()
+        return [
+            OutputRecord(
+                job_id=r["job_id"],
+                output_id=r["output_id"],
+                type=r["type"],
+                url=r["url"],
+                url_seen_at=r["url_seen_at"],
+                state=r["state"],
+                path=r["path"],
+                bytes=r["bytes"],
+                sha256=r["sha256"],
+            )
+            for r in rows
+        ]
+
+    def output_downloaded(
+        self,
+        job_id: int,
+        output_id: str,
+        *,
+        path: str,
+        size: int,
+        sha256: str,
+        content_type: str | None,
+    ) -> None:
+        with self.transaction():
+            self.conn.execute(
+                """
+                UPDATE outputs SET state = 'downloaded', path = ?, bytes = ?, sha256 = ?,
+                    content_type = ?, downloaded_at = ?, error = NULL
+                WHERE job_id = ? AND output_id = ?
+                """,
+                (path, size, sha256, content_type, self.clock(), job_id, output_id),
+            )
+
+    def output_expired(self, job_id: int, output_id: str, error: str) -> None:
+        with self.transaction():
+            self.conn.execute(
+                "UPDATE outputs SET state = 'expired', error = ? WHERE job_id = ? AND output_id = ?",
+                (error, job_id, output_id),
+            )
+
+    def output_missing(self, job_id: int, output_id: str) -> None:
+        """A downloaded file is gone or changed on disk: fetch it again."""
+        with self.transaction():
+            self.conn.execute(
+                "UPDATE outputs SET state = 'pending' WHERE job_id = ? AND output_id = ?",
+                (job_id, output_id),
+            )
+
+    # -- reading for status -------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
+
+    def typical_durations(self, technique: str, limit: int = 50) -> list[float]:
+        """Seconds from creation to completion of this technique's recent runs, by the API's clock."""
+        rows = self.conn.execute(
+            """
+            SELECT (remote_completed_at - remote_created_at) / 1000.0 FROM jobs
+            WHERE technique = ? AND remote_completed_at IS NOT NULL
+                AND remote_created_at IS NOT NULL
+            ORDER BY id DESC LIMIT ?
+            """,
+            (technique, limit),
+        ).fetchall()
+        return [float(r[0]) for r in rows if r[0] is not None and r[0] >= 0]

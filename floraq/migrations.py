@@ -1,0 +1,114 @@
+"""The ledger's schema, as numbered, append-only steps.
+
+Never edit a step that has shipped: add the next one. ``tests/test_ledger.py``
+migrates a blank database and every earlier schema to the latest.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("floraq")
+
+
+@migrations(name="0001_initial")
+def m0001_initial(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE batches (
+            name TEXT PRIMARY KEY,
+            manifest_path TEXT,
+            output_dir TEXT NOT NULL,
+            concurrency INTEGER,
+            max_cost REAL,
+            retry_failed_runs INTEGER NOT NULL DEFAULT 1,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE techniques (
+            slug TEXT PRIMARY KEY,
+            definition TEXT NOT NULL,      -- the API's JSON, as cached
+            run_cost REAL NOT NULL,
+            fetched_at REAL NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY,
+            batch TEXT NOT NULL REFERENCES batches(name),
+            technique TEXT NOT NULL,
+            job_number INTEGER NOT NULL,
+            row_number INTEGER NOT NULL,
+            csv_line INTEGER,
+            location TEXT NOT NULL,
+            row_key TEXT NOT NULL,          -- names the output folder
+            inputs TEXT NOT NULL,           -- canonical JSON: input id -> value
+            inputs_digest TEXT NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 1,
+            idempotency_key TEXT NOT NULL UNIQUE,
+            state TEXT NOT NULL,
+            run_id TEXT,
+            poll_url TEXT,
+            remote_status TEXT,
+            progress REAL,
+            error_code TEXT,
+            error_message TEXT,
+            error_fields TEXT,
+            failure_tier TEXT,
+            request_id TEXT,
+            estimated_cost REAL,
+            charged_cost REAL,
+            auto_retries INTEGER NOT NULL DEFAULT 0,
+            polls INTEGER NOT NULL DEFAULT 0,
+            submitting_at REAL,             -- when the current intent was committed
+            submitted_at REAL,
+            completed_at REAL,              -- when we saw it completed (local clock)
+            remote_created_at INTEGER,      -- the API's created_at, epoch ms
+            remote_completed_at INTEGER,    -- the API's completed_at, epoch ms
+            updated_at REAL NOT NULL,
+            UNIQUE (batch, technique, row_key)
+        )
+        """
+    )
+    db.execute("CREATE INDEX jobs_batch_state ON jobs (batch, state)")
+    db.execute("CREATE INDEX jobs_state ON jobs (state)")
+    db.execute(
+        """
+        CREATE TABLE outputs (
+            id INTEGER PRIMARY KEY,
+            job_id INTEGER NOT NULL REFERENCES jobs(id),
+            output_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            url TEXT NOT NULL,
+            url_seen_at REAL NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',   -- pending | downloaded | expired
+            path TEXT,
+            bytes INTEGER,
+            sha256 TEXT,
+            content_type TEXT,
+            downloaded_at REAL,
+            error TEXT,
+            UNIQUE (job_id, output_id)
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            job_id INTEGER,
+            batch TEXT,
+            kind TEXT NOT NULL,
+            detail TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX events_job ON events (job_id)")

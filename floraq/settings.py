@@ -1,0 +1,99 @@
+"""Flags > environment > defaults, resolved once into a frozen Settings.
+
+Nothing else in floraq reads ``os.environ``. The API key comes from the
+environment only (never a flag: flags end up in shell history and `ps`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from floraq.errors import UsageError
+
+DEFAULT_BASE_URL = "https://app.flora.ai/api/v1"
+DEFAULT_LEDGER = Path("state/floraq.db")
+DEFAULT_SANDBOX_LEDGER = Path("state/sandbox.db")
+DEFAULT_CONCURRENCY = 8
+DEFAULT_IDEMPOTENCY_WINDOW = 7200.0  # seconds: the shortest window any source states
+DEFAULT_WINDOW_MARGIN = 600.0  # never re-send when this close to the window's end
+
+ENV_API_KEY = "FLORA_API_KEY"
+ENV_BASE_URL = "FLORA_BASE_URL"
+ENV_LEDGER = "FLORAQ_LEDGER"
+ENV_TIME_SCALE = "FLORAQ_TIME_SCALE"
+ENV_CRASH_AT = "FLORAQ_CRASH_AT"
+ENV_IDEMPOTENCY_WINDOW = "FLORAQ_IDEMPOTENCY_WINDOW"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a command needs to know about its environment, resolved once."""
+
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str | None = field(default=None, repr=False)
+    ledger_path: Path = DEFAULT_LEDGER
+    concurrency: int | None = None  # None: the manifest's, else DEFAULT_CONCURRENCY
+    max_cost: float | None = None  # overrides the manifest's cap
+    idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW
+    window_margin: float = DEFAULT_WINDOW_MARGIN
+    time_scale: float = 1.0  # multiplies every wait: polls, back-off (tests use 0.01)
+    crash_at: str | None = None  # testing only: die at this named point
+    verbose: int = 0
+    quiet: bool = False
+    progress_bars: bool = False  # tqdm bars: only when stderr is a terminal
+
+    def require_key(self) -> str:
+        """The API key, or a usage error that says where to put it."""
+        if not self.api_key:
+            raise UsageError(
+                f"no API key: set {ENV_API_KEY} (create one in FLORA under Settings > API Keys),"
+                " or use --sandbox to try floraq against the local sandbox"
+            )
+        return self.api_key
+
+
+def resolve(
+    *,
+    env: Mapping[str, str] | None = None,
+    base_url: str | None = None,
+    ledger: Path | None = None,
+    sandbox: bool = False,
+    concurrency: int | None = None,
+    max_cost: float | None = None,
+    verbose: int = 0,
+    quiet: bool = False,
+    stderr_is_tty: bool = False,
+) -> Settings:
+    """Flags win over the environment, which wins over the defaults."""
+    env = os.environ if env is None else env
+    default_ledger = DEFAULT_SANDBOX_LEDGER if sandbox else DEFAULT_LEDGER
+    ledger_path = ledger or (Path(env[ENV_LEDGER]) if env.get(ENV_LEDGER) else default_ledger)
+    return Settings(
+        base_url=(base_url or env.get(ENV_BASE_URL) or DEFAULT_BASE_URL).rstrip("/"),
+        api_key=env.get(ENV_API_KEY) or None,
+        ledger_path=ledger_path,
+        concurrency=concurrency,
+        max_cost=max_cost,
+        idempotency_window=_env_float(env, ENV_IDEMPOTENCY_WINDOW, DEFAULT_IDEMPOTENCY_WINDOW),
+        time_scale=_env_float(env, ENV_TIME_SCALE, 1.0),
+        crash_at=env.get(ENV_CRASH_AT) or None,
+        verbose=verbose,
+        quiet=quiet,
+        progress_bars=stderr_is_tty and not quiet,
+    )
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not a number") from None
+    if value < 0:
+        raise UsageError(f"{name}={raw!r} must not be negative")
+    return value
