@@ -1,0 +1,58 @@
+"""Idempotency keys: the contract that keeps one manifest row from being paid for twice.
+
+A key is derived only from what the row *means*, never from where or when it was read, so the
+same row in the same batch gets the same key after a crash, a restart or on another machine.
+The formula, precisely enough to reimplement (Python shown)::
+
+    payload = {"attempt": attempt, "batch": batch, "inputs": inputs, "technique": technique}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    key = "fq1_" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:48]
+
+``inputs`` is the row's input id -> value mapping with the manifest's ``with`` constants merged
+in; ``attempt`` starts at 1 and grows only when an operator asks for a fresh run of a row.
+Strings are hashed exactly as given (no Unicode normalisation, no trimming). Changing any of
+this changes every key, so old batches would be paid for again: bump ``KEY_VERSION`` instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+KEY_VERSION = "fq1"
+_KEY_HEX_CHARS = 48
+_ROW_KEY_HEX_CHARS = 12
+
+
+def canonical_json(value: Any) -> str:
+    """Serialize ``value`` one way only: sorted keys, no whitespace, raw UTF-8, no NaN.
+
+    Changing this changes every idempotency key and every output folder name.
+    """
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def _sha256(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
+def idempotency_key(*, batch: str, technique: str, inputs: Mapping[str, str], attempt: int) -> str:
+    """The key sent with every POST of this row's run, identical on every retry of one attempt."""
+    if attempt < 1:
+        raise ValueError(f"attempt must be 1 or more, got {attempt}")
+    payload = {"attempt": attempt, "batch": batch, "inputs": dict(inputs), "technique": technique}
+    return f"{KEY_VERSION}_{_sha256(payload)[:_KEY_HEX_CHARS]}"
+
+
+def row_key(inputs: Mapping[str, str]) -> str:
+    """A short stable name for a row's output folder when the CSV gives no key column."""
+    return inputs_digest(inputs)[:_ROW_KEY_HEX_CHARS]
+
+
+def inputs_digest(inputs: Mapping[str, str]) -> str:
+    """The full sha256 of a row's inputs, so the ledger can tell when a row changed."""
+    return _sha256(dict(inputs))

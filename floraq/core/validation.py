@@ -1,0 +1,161 @@
+"""Rows checked against a technique's definition before anything is sent.
+
+Every problem of a row is reported at once, each pointing at the field to fix. A media URL on
+a host FLORA does not list is only a warning: the documented list is "includes", and the API
+has the last word.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from floraq.core.manifest import Row
+from floraq.core.problems import Problem
+from floraq.core.technique import Technique, TechniqueIO
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+SAFE_NAME_RULE = (
+    "letters, digits, '.', '_' and '-' only, starting with a letter or digit, "
+    "at most 100 characters"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaHost:
+    """A host family FLORA documents as a source of input media."""
+
+    provider: str
+    pattern: str  # as written in the docs: "*.flora.ai" means any subdomain of flora.ai
+    regex: re.Pattern[str]
+
+    def matches(self, host: str) -> bool:
+        return self.regex.fullmatch(host) is not None
+
+
+SUPPORTED_MEDIA_HOSTS: tuple[MediaHost, ...] = (
+    MediaHost("FLORA media", "*.flora.ai", re.compile(r"(?:[a-z0-9-]+\.)+flora\.ai")),
+    MediaHost(
+        "Google Cloud Storage", "storage.googleapis.com", re.compile(r"storage\.googleapis\.com")
+    ),
+    MediaHost(
+        "Google Cloud Storage",
+        "*.storage.googleapis.com",
+        re.compile(r"(?:[a-z0-9_.-]+\.)storage\.googleapis\.com"),
+    ),
+    MediaHost(
+        "Google Cloud Storage",
+        "storage.cloud.google.com",
+        re.compile(r"storage\.cloud\.google\.com"),
+    ),
+    MediaHost(
+        "Amazon S3",
+        "*.amazonaws.com (an s3 endpoint)",
+        re.compile(r"(?:[a-z0-9_.-]+\.)?s3(?:[.-][a-z0-9.-]+)?\.amazonaws\.com"),
+    ),
+    MediaHost("ImageKit", "ik.imagekit.io", re.compile(r"ik\.imagekit\.io")),
+    MediaHost("ImageKit", "*.imagekit.io", re.compile(r"(?:[a-z0-9-]+\.)+imagekit\.io")),
+)
+
+
+_PROVIDERS = ", ".join(dict.fromkeys(rule.provider for rule in SUPPORTED_MEDIA_HOSTS))
+
+
+def is_supported_host(host: str) -> bool:
+    """Whether ``host`` is on FLORA's documented list of input media hosts."""
+    normalized = host.lower().rstrip(".")
+    return any(rule.matches(normalized) for rule in SUPPORTED_MEDIA_HOSTS)
+
+
+def check_row(row: Row, technique: Technique) -> list[Problem]:
+    """Every problem of one row against its technique, sorted; warnings included."""
+    problems: list[Problem] = []
+    for slot in technique.inputs:
+        if slot.id not in row.values:
+            problems.append(Problem(_at(row, slot.id), f"missing input '{slot.id}' ({slot.type})"))
+    known = [slot.id for slot in technique.inputs]
+    for input_id, value in row.values.items():
+        found = technique.input(input_id)
+        if found is None:
+            problems.append(Problem(_at(row, input_id), _unknown_input(input_id, known)))
+        else:
+            problems.extend(_check_value(row, found, value))
+    if row.key is not None and not SAFE_NAME.fullmatch(row.key):
+        problems.append(
+            Problem(
+                f"{row.location}, key",
+                f"key {row.key!r} cannot name an output folder: use {SAFE_NAME_RULE}",
+            )
+        )
+    return sorted(problems)
+
+
+def run_inputs(values: Mapping[str, str], technique: Technique) -> list[dict[str, str]]:
+    """The ``inputs`` of a create-run request, in the technique's order, types added."""
+    missing = [slot.id for slot in technique.inputs if slot.id not in values]
+    if missing:
+        raise ValueError(f"no value for input {', '.join(missing)} of '{technique.slug}'")
+    return [{"id": s.id, "type": s.type, "value": values[s.id]} for s in technique.inputs]
+
+
+def _at(row: Row, input_id: str) -> str:
+    return f"{row.location}, field '{input_id}'"
+
+
+def _unknown_input(input_id: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(input_id, known, n=1)
+    if close:
+        return f"unknown input '{input_id}'; did you mean '{close[0]}'?"
+    takes = ", ".join(f"'{k}'" for k in known) or "no inputs"
+    return f"unknown input '{input_id}'; this technique takes {takes}"
+
+
+def _check_value(row: Row, slot: TechniqueIO, value: object) -> list[Problem]:
+    at = _at(row, slot.id)
+    if not isinstance(value, str):
+        return [Problem(at, f"must be a string; quote it (got {type(value).__name__} {value!r})")]
+    if not value.strip():
+        return [Problem(at, f"is empty; give a {'URL' if slot.is_media else 'value'}")]
+    if not slot.is_media:
+        return []
+    return _check_url(at, value)
+
+
+def _check_url(at: str, value: str) -> list[Problem]:
+    shown = value if len(value) <= 80 else value[:77] + "..."
+    if any(ch.isspace() for ch in value):
+        return [Problem(at, f"URL {shown!r} contains whitespace; percent-encode it (%20)")]
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+        _ = parts.port
+    except ValueError:
+        return [Problem(at, f"{shown!r} is not a valid URL")]
+    scheme = parts.scheme.lower()
+    if scheme == "http":
+        return [Problem(at, f"{shown!r} is an http:// URL; use https://")]
+    if scheme != "https" and "://" in value:
+        return [Problem(at, f"{shown!r} is not an https:// URL; use https://")]
+    if scheme != "https":
+        return [
+            Problem(
+                at,
+                f"{shown!r} is not a URL; local files are not supported yet: "
+                "upload the file and use its https:// URL",
+            )
+        ]
+    if not host:
+        return [Problem(at, f"{shown!r} has no host; use https://host/path")]
+    if not is_supported_host(host):
+        return [
+            Problem(
+                at,
+                f"host '{host}' is not a documented FLORA input host ({_PROVIDERS}); "
+                "FLORA may refuse it",
+                severity="warning",
+            )
+        ]
+    return []
