@@ -1,0 +1,385 @@
+"""Run outputs to disk: streamed, verified, durable, and never under a half-written name.
+
+Output URLs live on third-party hosts, so the ``Downloader`` has its own HTTP client
+that never carries the API key (no Authorization header, no credentials in URLs).
+A file is written to ``<final>.part`` while it is hashed, checked against the length
+the server announced, fsynced, and only then renamed to its final name; a body cut
+short is fetched again (resumed with ``Range`` when the server allows it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from floraq.api import USER_AGENT, redact_url, url_is_safe
+from floraq.errors import DownloadError, DownloadExpired
+from floraq.retry import (
+    RETRIED_ERRORS,
+    RetryPolicy,
+    RetryState,
+    Rule,
+    rule_for_status,
+)
+
+DEFAULT_TIMEOUT = 60.0
+MAX_REDIRECTS = 5
+EXPIRED_STATUSES: frozenset[int] = frozenset({403, 404, 410})
+
+EXTENSIONS: Mapping[str, str] = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/jpg": ".jpg",
+    "image/pjpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "image/avif": ".avif",
+    "image/heic": ".heic",
+    "image/tiff": ".tiff",
+    "image/bmp": ".bmp",
+    "image/svg+xml": ".svg",
+    "video/mp4": ".mp4",
+    "video/webm": ".webm",
+    "video/quicktime": ".mov",
+    "video/x-matroska": ".mkv",
+    "audio/mpeg": ".mp3",
+    "audio/mp3": ".mp3",
+    "audio/wav": ".wav",
+    "audio/wave": ".wav",
+    "audio/x-wav": ".wav",
+    "audio/ogg": ".ogg",
+    "audio/webm": ".weba",
+    "audio/mp4": ".m4a",
+    "audio/aac": ".aac",
+    "audio/flac": ".flac",
+    "text/plain": ".txt",
+    "text/markdown": ".md",
+    "text/csv": ".csv",
+    "text/html": ".html",
+    "application/json": ".json",
+    "application/pdf": ".pdf",
+    "application/zip": ".zip",
+}
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+def extension_for(content_type: str | None, output_type: str) -> str:
+    """The file extension for an answer: from its Content-Type, else from the output type.
+
+    Unknown or generic types give ``.bin`` (``.txt`` for a ``text`` output): a name
+    that claims nothing is better than one that lies.
+    """
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media in EXTENSIONS:
+        return EXTENSIONS[media]
+    return ".txt" if output_type == "text" else ".bin"
+
+
+@dataclass(frozen=True, slots=True)
+class Downloaded:
+    """A verified file under its final name."""
+
+    path: Path
+    bytes: int
+    sha256: str
+    content_type: str | None
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file on disk, read in chunks (for verify and skip checks)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _refusal(url: str | httpx.URL) -> str | None:
+    """Why this URL may not be fetched, or None when it may."""
+    if not url_is_safe(url):
+        return "only https:// URLs (or http:// to a loopback host) are fetched"
+    if httpx.URL(url).userinfo:
+        return "URLs with credentials in them are not fetched"
+    return None
+
+
+async def _check_request(request: httpx.Request) -> None:
+    why = _refusal(request.url)
+    if why is not None:
+        raise DownloadError(f"refusing to fetch {redact_url(request.url)}: {why}")
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and seconds >= 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    """One attempt failed in a way worth another try."""
+
+    rule: Rule
+    reason: str
+    identity: tuple[int, str] | None = None
+    retry_after: float | None = None
+
+
+class _Progress:
+    """What one download has on disk so far, kept across its attempts."""
+
+    def __init__(self, dest_stem: Path, output_type: str) -> None:
+        self.dest_stem = dest_stem
+        self.output_type = output_type
+        self.final: Path | None = None
+        self.content_type: str | None = None
+        self.received = 0
+        self.total: int | None = None
+        self.digest = hashlib.sha256()
+        self.validator: str | None = None
+        self.ranges = False
+        self.first_chunk_seen = False
+
+    @property
+    def part(self) -> Path | None:
+        return None if self.final is None else self.final.with_name(self.final.name + ".part")
+
+    def can_resume(self) -> bool:
+        return self.received > 0 and self.ranges
+
+    def start_over(self, response: httpx.Response) -> None:
+        """Begin again from byte 0, under the name this answer's Content-Type gives."""
+        old_part = self.part
+        self.content_type = response.headers.get("content-type")
+        ext = extension_for(self.content_type, self.output_type)
+        self.final = self.dest_stem.with_name(self.dest_stem.name + ext)
+        if old_part is not None and old_part != self.part:
+            old_part.unlink(missing_ok=True)
+        self.received = 0
+        self.digest = hashlib.sha256()
+        encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
+        length = response.headers.get("content-length")
+        self.total = int(length) if length and length.isdigit() and not encoded else None
+        etag = response.headers.get("etag")
+        strong = etag if etag and not etag.startswith("W/") else None
+        self.validator = strong or response.headers.get("last-modified")
+        accepts = "bytes" in response.headers.get("accept-ranges", "").lower()
+        self.ranges = not encoded and (accepts or strong is not None)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+
+    def discard(self) -> None:
+        """Forget the bytes so far; the next attempt starts from byte 0."""
+        self.received = 0
+        if self.part is not None:
+            self.part.unlink(missing_ok=True)
+
+
+class Downloader:
+    """Fetches output files with bounded concurrency and the retry policy.
+
+    Use ``async with``. ``crash`` is called with ``"mid_download"`` after the first
+    chunk of a download is on disk and ``"after_rename_before_commit"`` once the final name exists,
+    so crash tests can die exactly there.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so sharing is safe
+        max_concurrency: int = 8,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+        crash: Callable[[str], None] = lambda point: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._policy = policy
+        self._sleep = sleep
+        self._rand = rand
+        self._crash = crash
+        self._clock = clock
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self.downloads_started = 0
+        self.bytes_received = 0
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            timeout=timeout,
+            follow_redirects=True,
+            max_redirects=MAX_REDIRECTS,
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+            event_hooks={"request": [_check_request]},
+        )
+
+    def __repr__(self) -> str:
+        return f"Downloader(downloads_started={self.downloads_started})"
+
+    async def __aenter__(self) -> Downloader:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def download(self, url: str, *, dest_stem: Path, output_type: str) -> Downloaded:
+        """Fetch ``url`` to ``dest_stem`` + an extension from its Content-Type.
+
+        403/404/410 raise DownloadExpired at once; 429, 5xx, transport errors and
+        short bodies are retried per policy, then raise DownloadError. A stale
+        ``.part`` from a crashed process is overwritten, never trusted.
+        """
+        why = _refusal(url)
+        if why is not None:
+            raise DownloadError(f"refusing to fetch {redact_url(url)}: {why}")
+        self.downloads_started += 1
+        state = RetryState(self._policy, rand=self._rand, clock=self._clock)
+        progress = _Progress(dest_stem, output_type)
+        try:
+            while True:
+                async with self._slots:
+                    outcome = await self._attempt(url, progress)
+                if isinstance(outcome, Downloaded):
+                    return outcome
+                delay = state.delay_for(
+                    outcome.rule, identity=outcome.identity, retry_after=outcome.retry_after
+                )
+                if delay is None:
+                    raise DownloadError(
+                        f"could not download {redact_url(url)} after {state.attempts} "
+                        f"attempt(s): {outcome.reason}"
+                    )
+                await self._sleep(delay)
+        except DownloadError:
+            progress.discard()
+            raise
+
+    async def _attempt(self, url: str, progress: _Progress) -> Downloaded | _Retry:
+        resume = progress.can_resume()
+        headers: dict[str, str] = {}
+        if resume:
+            headers["Range"] = f"bytes={progress.received}-"
+            if progress.validator:
+                headers["If-Range"] = progress.validator
+        try:
+            async with self._http.stream("GET", url, headers=headers) as response:
+                return await self._receive(url, response, progress, resume)
+        except RETRIED_ERRORS as exc:
+            return _Retry(Rule.BACKOFF, f"{type(exc).__name__}: {exc}")
+        except httpx.HTTPError as exc:
+            raise DownloadError(f"could not download {redact_url(url)}: {exc}") from exc
+        except OSError as exc:
+            raise DownloadError(f"could not write {progress.part}: {exc}") from exc
+
+    async def _receive(
+        self, url: str, response: httpx.Response, progress: _Progress, resume: bool
+    ) -> Downloaded | _Retry:
+        status = response.status_code
+        if status in EXPIRED_STATUSES:
+            raise DownloadExpired(
+                f"{redact_url(url)} answered {status}: the output URL no longer works; "
+                "poll the run again for a fresh one"
+            )
+        if not response.is_success:
+            rule = rule_for_status(status)
+            if status == 416 and resume:
+                progress.discard()
+                return _Retry(Rule.BACKOFF, "the server refused to resume (416)")
+            if rule is Rule.NEVER:
+                raise DownloadError(f"could not download {redact_url(url)}: HTTP {status}")
+            return _Retry(
+                rule,
+                f"HTTP {status}",
+                identity=(status, "") if rule is Rule.BACKOFF else None,
+                retry_after=_retry_after(response.headers.get("retry-after")),
+            )
+        if status == 206:
+            if not resume or not self._resumes_at(response, progress):
+                progress.discard()
+                return _Retry(Rule.BACKOFF, "the server sent a range that does not fit")
+            mode = "ab"
+        else:
+            progress.start_over(response)
+            mode = "wb"
+        part = progress.part
+        assert part is not None and progress.final is not None
+        this_answer = 0
+        with part.open(mode) as f:
+            async for chunk in response.aiter_bytes():
+                f.write(chunk)
+                this_answer += len(chunk)
+                progress.digest.update(chunk)
+                progress.received += len(chunk)
+                self.bytes_received += len(chunk)
+                if not progress.first_chunk_seen:
+                    progress.first_chunk_seen = True
+                    f.flush()
+                    self._crash("mid_download")
+        announced = response.headers.get("content-length")
+        encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
+        short = (
+            announced is not None
+            and announced.isdigit()
+            and not encoded
+            and this_answer != int(announced)
+        )
+        if short or (progress.total is not None and progress.received != progress.total):
+            expected = progress.total if progress.total is not None else announced
+            cut = _Retry(
+                Rule.BACKOFF, f"the body was cut short at {progress.received} of {expected} bytes"
+            )
+            if not progress.can_resume():
+                progress.discard()
+            return cut
+        await asyncio.to_thread(_commit, part, progress.final)
+        self._crash("after_rename_before_commit")
+        return Downloaded(
+            path=progress.final,
+            bytes=progress.received,
+            sha256=progress.digest.hexdigest(),
+            content_type=progress.content_type,
+        )
+
+    @staticmethod
+    def _resumes_at(response: httpx.Response, progress: _Progress) -> bool:
+        """True when a 206 continues exactly where our part file ends."""
+        match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+        if match is None or int(match.group(1)) != progress.received:
+            return False
+        total = match.group(3)
+        return total == "*" or progress.total is None or int(total) == progress.total
+
+
+def _commit(part: Path, final: Path) -> None:
+    """Make the bytes durable, then the name: fsync file, rename, fsync directory."""
+    fd = os.open(part, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(part, final)
+    if os.name == "posix":
+        dir_fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
