@@ -29,7 +29,9 @@ class CrashPoints:
         if spec:
             name, _, nth = spec.partition(":")
             if name not in POINTS:
-                raise ValueError(f"unknown crash point {name!r}; known: {', '.join(sorted(POINTS))}")
+                raise ValueError(
+                    f"unknown crash point {name!r}; known: {', '.join(sorted(POINTS))}"
+                )
             self.name = name
             self.countdown = int(nth) if nth else 1
 

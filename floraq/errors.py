@@ -127,7 +127,9 @@ class ApiError(FloraqError):
             message = f"HTTP {status} with a non-JSON body"
         if status in (401, 403):
             return AuthError(message, status=status, code=code, request_id=request_id)
-        cls: type[ApiError] = _CLASS_BY_STATUS.get(status, ServerError if status >= 500 else ApiError)
+        cls: type[ApiError] = _CLASS_BY_STATUS.get(
+            status, ServerError if status >= 500 else ApiError
+        )
         if cls is RateLimited:
             return RateLimited(
                 message,

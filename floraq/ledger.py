@@ -169,6 +169,22 @@ class Ledger:
         return ledger
 
     @classmethod
+    def open_readonly(cls, path: Path) -> Ledger | None:
+        """Open an existing, up-to-date ledger for reading only; None if there is none yet."""
+        if not path.exists():
+            return None
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            ledger = cls(conn)
+            if migrations.pending(ledger.db):
+                conn.close()
+                return None
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(f"cannot read the ledger {path}: {e}") from None
+        return ledger
+
+    @classmethod
     def in_memory(cls, *, clock: Callable[[], float] = time.time) -> Ledger:
         ledger = cls(sqlite3.connect(":memory:", isolation_level=None), clock=clock)
         ledger.migrate()
@@ -255,6 +271,17 @@ class Ledger:
                 (slug, json.dumps(definition, sort_keys=True), run_cost, self.clock()),
             )
 
+    def techniques_used(self, batches: Sequence[str]) -> list[str]:
+        """The technique slugs the jobs of these batches run."""
+        if not batches:
+            return []
+        marks = ",".join("?" * len(batches))
+        rows = self.conn.execute(
+            f"SELECT DISTINCT technique FROM jobs WHERE batch IN ({marks}) ORDER BY technique",
+            list(batches),
+        )
+        return [r[0] for r in rows]
+
     def technique(self, slug: str) -> dict[str, Any] | None:
         row = self.conn.execute(
             "SELECT definition FROM techniques WHERE slug = ?", (slug,)
@@ -263,9 +290,7 @@ class Ledger:
 
     # -- jobs -------------------------------------------------------------------------
 
-    def existing_rows(
-        self, batch: str, technique: str, row_keys: Sequence[str]
-    ) -> dict[str, str]:
+    def existing_rows(self, batch: str, technique: str, row_keys: Sequence[str]) -> dict[str, str]:
         """row_key -> inputs_digest for the rows of this batch and technique already known."""
         found: dict[str, str] = {}
         for start in range(0, len(row_keys), 500):
@@ -448,7 +473,8 @@ class Ledger:
     def output_expired(self, job_id: int, output_id: str, error: str) -> None:
         with self.transaction():
             self.conn.execute(
-                "UPDATE outputs SET state = 'expired', error = ? WHERE job_id = ? AND output_id = ?",
+                "UPDATE outputs SET state = 'expired', error = ?"
+                " WHERE job_id = ? AND output_id = ?",
                 (error, job_id, output_id),
             )
 
@@ -466,7 +492,7 @@ class Ledger:
         return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
 
     def typical_durations(self, technique: str, limit: int = 50) -> list[float]:
-        """Seconds from creation to completion of this technique's recent runs, by the API's clock."""
+        """Creation-to-completion seconds of this technique's recent runs, by the API's clock."""
         rows = self.conn.execute(
             """
             SELECT (remote_completed_at - remote_created_at) / 1000.0 FROM jobs

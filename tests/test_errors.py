@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from floraq.core.lifecycle import TRANSITIONS, IllegalTransition, JobState, check_transition
+from floraq.core.problems import Problem
 from floraq.errors import (
     ApiError,
     AuthError,
@@ -19,7 +20,6 @@ from floraq.errors import (
     RateLimited,
     ServerError,
 )
-from floraq.core.problems import Problem
 
 
 def response(status: int, body: bytes | str, **headers: str) -> httpx.Response:
@@ -78,7 +78,9 @@ def test_validation_fields_are_kept() -> None:
 def test_retry_after(header: str, seconds: float | None) -> None:
     """Retry-After in seconds is read; anything else counts as absent."""
     error = ApiError.from_response(
-        response(429, '{"error":{"code":"rate_limited","message":"slow"}}', **{"retry-after": header})
+        response(
+            429, '{"error":{"code":"rate_limited","message":"slow"}}', **{"retry-after": header}
+        )
     )
     assert isinstance(error, RateLimited)
     assert error.retry_after == seconds

@@ -35,7 +35,11 @@ def new_job(n: int = 1, *, batch: str = "b", key: str | None = None) -> NewJob:
 def ledger() -> Ledger:
     led = Ledger.in_memory()
     led.save_batch(
-        "b", manifest_path=None, output_dir="/out", concurrency=None, max_cost=None,
+        "b",
+        manifest_path=None,
+        output_dir="/out",
+        concurrency=None,
+        max_cost=None,
         retry_failed_runs=1,
     )
     return led
@@ -53,8 +57,9 @@ def test_reopening_migrates_nothing_twice(tmp_path: Path) -> None:
     """Opening an up-to-date ledger again applies no migration and keeps the rows."""
     path = tmp_path / "floraq.db"
     led = Ledger.open(path)
-    led.save_batch("b", manifest_path=None, output_dir="/o", concurrency=2, max_cost=None,
-                   retry_failed_runs=1)
+    led.save_batch(
+        "b", manifest_path=None, output_dir="/o", concurrency=2, max_cost=None, retry_failed_runs=1
+    )
     led.insert_jobs([new_job()])
     led.close()
     again = Ledger.open(path)
@@ -73,8 +78,14 @@ def test_ledger_files_are_user_only(tmp_path: Path) -> None:
     """The ledger folder is 0700 and the database, its WAL and SHM are 0600."""
     path = tmp_path / "state" / "floraq.db"
     led = Ledger.open(path)
-    led.save_batch("b", manifest_path=None, output_dir="/o", concurrency=None, max_cost=None,
-                   retry_failed_runs=1)
+    led.save_batch(
+        "b",
+        manifest_path=None,
+        output_dir="/o",
+        concurrency=None,
+        max_cost=None,
+        retry_failed_runs=1,
+    )
     led.close()
     Ledger.open(path)
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700

@@ -1,0 +1,254 @@
+"""The floraq command line: each command parses, calls one batch function, prints the result.
+
+Exit codes (also in the README):
+
+\b
+  0  every row is done: nothing more to do
+  1  finished; some rows failed, were rejected, expired or have an unknown outcome
+  2  invalid manifest, CSV, flags or settings; nothing was sent
+  3  the API refused the key; nothing more was sent
+  4  paused by credits or the budget cap; rows stay queued: run again later
+  5  another floraq process holds this ledger: try again later
+  6  runs still in flight (--no-wait, or the network gave up): `floraq resume` later
+  130 interrupted (Ctrl-C / SIGTERM): `floraq resume` continues
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from floraq import batch, console
+from floraq.errors import ExitCode, FloraqError, ManifestError
+from floraq.settings import ENV_BASE_URL, ENV_LEDGER, Settings, resolve
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SANDBOX_TIME_SCALE = 0.02  # --sandbox: a 5-60 s run takes 0.1-1.2 s
+
+
+def common_options(fn: F) -> F:
+    """Options every command takes, after the command name as well as before it."""
+    options = [
+        click.option(
+            "--base-url",
+            envvar=ENV_BASE_URL,
+            show_envvar=True,
+            help="FLORA API base URL [default: https://app.flora.ai/api/v1].",
+        ),
+        click.option(
+            "--ledger",
+            type=click.Path(dir_okay=False, path_type=Path),
+            envvar=ENV_LEDGER,
+            show_envvar=True,
+            help="The SQLite ledger [default: state/floraq.db; state/sandbox.db with --sandbox].",
+        ),
+        click.option(
+            "--sandbox",
+            is_flag=True,
+            help="Start a local FLORA-compatible sandbox and run against it (no key, no cost).",
+        ),
+        click.option("-v", "--verbose", count=True, help="Log every request (never the key)."),
+        click.option("-q", "--quiet", is_flag=True, help="Print only the final summary."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@contextmanager
+def session(
+    *,
+    base_url: str | None,
+    ledger: Path | None,
+    sandbox: bool,
+    verbose: int,
+    quiet: bool,
+    concurrency: int | None = None,
+    max_cost: float | None = None,
+) -> Iterator[Settings]:
+    """Settings for one command, with an in-process sandbox behind them if asked."""
+    settings = resolve(
+        base_url=base_url,
+        ledger=ledger,
+        sandbox=sandbox,
+        concurrency=concurrency,
+        max_cost=max_cost,
+        verbose=verbose,
+        quiet=quiet,
+        stderr_is_tty=sys.stderr.isatty(),
+    )
+    if not sandbox:
+        yield settings
+        return
+    from floraq.sandbox import SandboxConfig, SandboxServer
+
+    with SandboxServer(SandboxConfig(time_scale=SANDBOX_TIME_SCALE)) as server:
+        if not quiet:
+            console.err(f"sandbox: serving a local FLORA API at {server.base_url}")
+        yield dataclasses.replace(
+            settings,
+            base_url=server.base_url,
+            api_key=server.api_key,
+            time_scale=min(settings.time_scale, SANDBOX_TIME_SCALE),
+        )
+
+
+def session_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: kwargs.pop(k) for k in ("base_url", "ledger", "sandbox", "verbose", "quiet")}
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+)
+@click.version_option(package_name="floraq")
+def cli() -> None:
+    """Run batches of FLORA techniques safely, cheaply and resumably.
+
+    Write a manifest (see jobs.example.yaml), check it with `floraq plan`, run it with
+    `floraq submit`; `floraq resume` finishes whatever an interrupted run left.
+    The API key comes from FLORA_API_KEY (never a flag).
+    """
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@common_options
+def plan(manifest: Path, **kwargs: Any) -> int:
+    """Validate every row and show the cost per technique; sends no run.
+
+    Example: floraq plan jobs.yaml
+    """
+    with session(**session_options(kwargs)) as settings:
+        result = batch.plan(settings, manifest)
+    console.plan(result)
+    return int(ExitCode.USAGE if result.errors else ExitCode.OK)
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--no-wait", is_flag=True, help="Submit the runs and exit; `resume` finishes them.")
+@click.option(
+    "--skip-invalid", is_flag=True, help="Submit the valid rows; record the others as rejected."
+)
+@click.option("--concurrency", type=click.IntRange(1, 64), help="HTTP requests in flight.")
+@click.option("--max-cost", type=click.FloatRange(min=0), help="USD cap (wins over max_cost).")
+@common_options
+def submit(
+    manifest: Path,
+    no_wait: bool,
+    skip_invalid: bool,
+    concurrency: int | None,
+    max_cost: float | None,
+    **kwargs: Any,
+) -> int:
+    """Validate, record and run every new row of MANIFEST; download every output.
+
+    Re-running it is safe: rows already in the ledger are never sent again.
+
+    Example: floraq submit jobs.yaml
+    """
+    options = session_options(kwargs)
+    with session(**options, concurrency=concurrency, max_cost=max_cost) as settings:
+        progress = console.ProgressDisplay(bars=settings.progress_bars, quiet=settings.quiet)
+        try:
+            result = batch.submit(
+                settings, manifest, wait=not no_wait, skip_invalid=skip_invalid, progress=progress
+            )
+        finally:
+            progress.close()
+    console.run_summary(result, quiet=options["quiet"])
+    return int(result.exit_code)
+
+
+@cli.command()
+@click.option("--batch", "batch_name", help="Only this batch [default: every batch].")
+@click.option("--concurrency", type=click.IntRange(1, 64), help="HTTP requests in flight.")
+@click.option("--max-cost", type=click.FloatRange(min=0), help="USD cap (wins over max_cost).")
+@common_options
+def resume(
+    batch_name: str | None, concurrency: int | None, max_cost: float | None, **kwargs: Any
+) -> int:
+    """Continue every unfinished row where the ledger left it (safe from cron).
+
+    Example: floraq resume --batch product-photos-2026-11
+    """
+    options = session_options(kwargs)
+    with session(**options, concurrency=concurrency, max_cost=max_cost) as settings:
+        progress = console.ProgressDisplay(bars=settings.progress_bars, quiet=settings.quiet)
+        try:
+            result = batch.resume(settings, batch=batch_name, progress=progress)
+        finally:
+            progress.close()
+    console.run_summary(result, quiet=options["quiet"])
+    return int(result.exit_code)
+
+
+@cli.command()
+@click.option("--batch", "batch_name", help="Only this batch [default: every batch].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@common_options
+def status(batch_name: str | None, as_json: bool, **kwargs: Any) -> int:
+    """Counts per state and technique, costs, and every row that needs a look.
+
+    Example: floraq status --batch product-photos-2026-11 --json
+    """
+    with session(**session_options(kwargs)) as settings:
+        result = batch.status(settings, batch=batch_name)
+    if as_json:
+        console.status_json(result)
+    else:
+        console.status(result)
+    return int(ExitCode.OK)
+
+
+@cli.command()
+@click.argument("slug", required=False)
+@common_options
+def techniques(slug: str | None, **kwargs: Any) -> int:
+    """List the techniques your key can run, or show one's inputs, outputs and cost.
+
+    Example: floraq techniques portrait-enhancer
+    """
+    with session(**session_options(kwargs)) as settings:
+        items = batch.techniques(settings, slug)
+    console.techniques(items, detailed=slug is not None)
+    return int(ExitCode.OK)
+
+
+def _register_sandbox() -> None:
+    from floraq.sandbox.cli import sandbox_command
+
+    cli.add_command(sandbox_command, name="sandbox")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line for every error floraq expects; a traceback only for bugs."""
+    _register_sandbox()
+    try:
+        code = cli.main(args=argv, prog_name="floraq", standalone_mode=False)
+    except ManifestError as e:
+        console.problems(e.problems)
+        errors = sum(1 for p in e.problems if p.severity == "error")
+        console.error_line(f"{errors} problem(s) in the input; nothing was sent")
+        sys.exit(e.exit_code)
+    except FloraqError as e:
+        console.error_line(str(e))
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        console.error_line("interrupted")
+        sys.exit(ExitCode.INTERRUPTED)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(ExitCode.USAGE)
+    except KeyboardInterrupt:
+        console.error_line("interrupted; run `floraq resume` to continue")
+        sys.exit(ExitCode.INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,216 @@
+"""Everything floraq prints: tables and JSON to stdout; progress, warnings, errors to stderr.
+
+Nothing colourful or animated unless stderr is a terminal: under cron, progress is
+one plain line every few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from floraq.batch import PlanResult, RunResult, StatusResult
+from floraq.core.lifecycle import JobState
+from floraq.core.problems import Problem
+from floraq.core.technique import Technique
+from floraq.errors import ExitCode
+
+PLAIN_PROGRESS_EVERY = 5.0  # seconds between progress lines when not on a terminal
+
+
+def out(text: str = "") -> None:
+    print(text, file=sys.stdout)
+
+
+def err(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def error_line(message: str) -> None:
+    err(f"floraq: error: {message}")
+
+
+def problems(items: Iterable[Problem], *, stream: TextIO | None = None) -> None:
+    """One line per problem, errors first, each with its location."""
+    target = stream or sys.stderr
+    ordered = sorted(items, key=lambda p: (p.severity != "error",))
+    for problem in ordered:
+        print(f"{problem.severity}: {problem}", file=target)
+
+
+# -- plan ---------------------------------------------------------------------------------
+
+
+def plan(result: PlanResult) -> None:
+    problems(result.problems, stream=sys.stdout)
+    if result.errors:
+        out(f"{len(result.errors)} error(s): fix them and run `floraq plan` again; nothing sent")
+        return
+    manifest = result.manifest
+    out(f"batch {manifest.batch}: {result.rows} row(s) to run")
+    out(f"{'technique':<28} {'rows':>7} {'run_cost':>10} {'cost (USD)':>12}")
+    for cost in result.costs:
+        out(f"{cost.slug:<28} {cost.rows:>7} {cost.run_cost:>10.4f} {cost.cost:>12.4f}")
+    out(f"{'total':<28} {result.rows:>7} {'':>10} {result.total_cost:>12.4f}")
+    if manifest.max_cost is not None:
+        fits = "fits" if result.total_cost <= manifest.max_cost + 1e-9 else "EXCEEDS the cap"
+        out(f"max_cost {manifest.max_cost:.2f} USD: {fits}")
+    if result.duplicates:
+        out(f"{result.duplicates} duplicate row(s) will be submitted once")
+
+
+# -- submit / resume ----------------------------------------------------------------------
+
+
+def run_summary(result: RunResult, *, quiet: bool = False) -> None:
+    """The end of submit/resume: what happened, what it cost, and what to do next."""
+    if result.plan is not None and result.plan.warnings and not quiet:
+        problems(result.plan.warnings)
+    status = result.status
+    states = _by_state(status)
+    parts = [f"{state} {n}" for state, n in states.items() if n]
+    cost = _cost_text(status)
+    out(
+        f"{', '.join(result.batches) or 'no batch'}: {status.total()} row(s):"
+        f" {', '.join(parts) or 'nothing'}; {cost}"
+    )
+    if result.inserted:
+        out(f"{result.inserted} new row(s) queued")
+    for note in result.notes:
+        err(note)
+    if result.report.paused:
+        reasons = " and ".join(sorted(result.report.paused)).replace("_", " ")
+        err(f"paused ({reasons}): the remaining rows stay queued; run `floraq resume` later")
+    if result.exit_code == ExitCode.INCOMPLETE:
+        err("runs are still in flight: run `floraq resume` to finish them")
+    if status.failures and not quiet:
+        err(f"{len(status.failures)} row(s) need a look: `floraq status` lists them")
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+def status(result: StatusResult) -> None:
+    per_batch: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
+    for count in result.counts:
+        per_batch[count.batch][count.technique][count.state] = count.count
+    if not per_batch:
+        out("no jobs in the ledger")
+        return
+    states = [s.value for s in JobState]
+    for batch, techniques in per_batch.items():
+        rows = [c for c in result.counts if c.batch == batch]
+        sub = StatusResult(counts=rows, failures=[])
+        out(f"batch {batch}: {sub.total()} row(s); {_cost_text(sub)}")
+        shown = [s for s in states if any(s in t for t in techniques.values())]
+        out(f"  {'technique':<26}" + "".join(f" {s:>15}" for s in shown))
+        for slug, counts in techniques.items():
+            out(f"  {slug:<26}" + "".join(f" {counts.get(s, 0):>15}" for s in shown))
+    if result.failures:
+        out("")
+        out("rows that need a look:")
+        for f in result.failures:
+            rid = f" request-id {f['request_id']}" if f.get("request_id") else ""
+            run = f" run {f['run_id']}" if f.get("run_id") else ""
+            tier = f" [{f['failure_tier']}]" if f.get("failure_tier") else ""
+            out(
+                f"  {f['location']}: {f['state']}{tier} {f.get('error_code') or ''}:"
+                f" {f.get('error_message') or ''}{run}{rid}"
+            )
+
+
+def status_json(result: StatusResult) -> None:
+    batches: dict[str, Any] = {}
+    for c in result.counts:
+        b = batches.setdefault(
+            c.batch,
+            {
+                "rows": 0,
+                "states": {},
+                "techniques": {},
+                "estimated_cost": 0.0,
+                "charged_cost": 0.0,
+                "unsettled_runs": 0,
+            },
+        )
+        b["rows"] += c.count
+        b["states"][c.state] = b["states"].get(c.state, 0) + c.count
+        b["techniques"].setdefault(c.technique, {})[c.state] = c.count
+        b["estimated_cost"] = round(b["estimated_cost"] + c.estimated_cost, 6)
+        b["charged_cost"] = round(b["charged_cost"] + c.charged_cost, 6)
+        b["unsettled_runs"] += c.unsettled
+    for b in batches.values():
+        b["charged_cost_is_floor"] = b["unsettled_runs"] > 0
+    out(json.dumps({"batches": batches, "failures": result.failures}, indent=2, sort_keys=True))
+
+
+def techniques(items: list[Technique], *, detailed: bool) -> None:
+    if not detailed:
+        out(f"{'slug':<32} {'run_cost':>9}  inputs")
+        for t in items:
+            inputs = ", ".join(f"{i.id}:{i.type}" for i in t.inputs)
+            out(f"{t.slug:<32} {t.run_cost:>9.4f}  {inputs}")
+        return
+    for t in items:
+        out(f"{t.slug}  ({t.name}, {t.technique_id})  run_cost {t.run_cost:.4f} USD")
+        for i in t.inputs:
+            out(f"  input  {i.id:<24} {i.type:<12} {i.name}")
+        for o in t.outputs:
+            out(f"  output {o.id:<24} {o.type:<12} {o.name}")
+
+
+# -- progress -----------------------------------------------------------------------------
+
+
+class ProgressDisplay:
+    """tqdm bars on a terminal; otherwise one plain line every few seconds; or nothing."""
+
+    KINDS = ("submitted", "completed", "downloaded")
+
+    def __init__(self, *, bars: bool, quiet: bool, clock: Any = time.monotonic) -> None:
+        self.quiet = quiet
+        self.clock = clock
+        self.counts: dict[str, int] = defaultdict(int)
+        self.last_line = clock()
+        self.bars: dict[str, tqdm[Any]] = {}
+        if bars and not quiet:
+            self.bars = {
+                kind: tqdm(desc=f"{kind:>10}", unit="run", position=i, leave=True, file=sys.stderr)
+                for i, kind in enumerate(self.KINDS)
+            }
+
+    def advance(self, what: str, n: int = 1) -> None:
+        self.counts[what] += n
+        if self.quiet:
+            return
+        if what in self.bars:
+            self.bars[what].update(n)
+            return
+        if not self.bars and self.clock() - self.last_line >= PLAIN_PROGRESS_EVERY:
+            self.last_line = self.clock()
+            err(self.line())
+
+    def line(self) -> str:
+        return "progress: " + ", ".join(f"{k} {self.counts[k]}" for k in self.KINDS)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _by_state(status: StatusResult) -> dict[str, int]:
+    totals: dict[str, int] = {s.value: 0 for s in JobState}
+    for c in status.counts:
+        totals[c.state] = totals.get(c.state, 0) + c.count
+    return totals
+
+
+def _cost_text(status: StatusResult) -> str:
+    floor = f" (at least: {status.unsettled} charge(s) not settled yet)" if status.unsettled else ""
+    return f"charged {status.charged:.4f} USD{floor}, estimated {status.estimated:.4f} USD"

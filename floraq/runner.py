@@ -1,0 +1,659 @@
+"""The loop: submit, poll and download with bounded concurrency, one task per job.
+
+Every job is driven by one asyncio task from wherever the ledger says it stands
+(``queued``, ``submitting``, ``submitted`` or ``completed``) to a final state, so a
+restarted process simply starts the same tasks again. A task never holds more
+than one POST in flight for its key. Transitions go through a group committer:
+everything the tasks decided in one turn of the event loop lands in one
+transaction (one fsync), and a task continues only once its transition is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from floraq.api import FloraClient, RunInfo
+from floraq.core.failures import FailureTier, classify_failure
+from floraq.core.keys import idempotency_key
+from floraq.core.lifecycle import JobState
+from floraq.core.polling import PollPolicy, next_poll_delay, typical_duration
+from floraq.core.technique import Technique
+from floraq.core.validation import SAFE_NAME, run_inputs
+from floraq.crashpoints import CrashPoints
+from floraq.downloads import Downloaded, Downloader
+from floraq.errors import (
+    ApiError,
+    AuthError,
+    DownloadError,
+    DownloadExpired,
+    IdempotencyDuplicate,
+    InputRejected,
+    InsufficientCredits,
+    NotFound,
+    ServerError,
+    TransportError,
+)
+from floraq.ledger import JobRecord, Ledger
+
+IN_FLIGHT_STATES = (JobState.SUBMITTING, JobState.SUBMITTED, JobState.COMPLETED)
+PAGE_SIZE = 500
+COST_RECHECKS = 3  # re-reads of a completed run whose charged_cost has not settled yet
+EXPIRED_REPOLLS = 2  # fresh-URL re-polls before an output is declared expired
+
+
+class Progress(Protocol):
+    """Where the runner reports what happened (the console draws it)."""
+
+    def advance(self, what: str, n: int = 1) -> None: ...
+
+
+class _NoProgress:
+    def advance(self, what: str, n: int = 1) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPlan:
+    """What the runner needs to know about one batch."""
+
+    name: str
+    output_dir: Path
+    max_cost: float | None
+    retry_failed_runs: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerConfig:
+    concurrency: int = 8  # HTTP requests in flight (API and downloads each)
+    max_outstanding: int = 100  # runs submitted and not yet finished
+    wait: bool = True  # False: submit and return (`submit --no-wait`)
+    idempotency_window: float = 7200.0
+    window_margin: float = 600.0
+    time_scale: float = 1.0
+
+
+@dataclass(slots=True)
+class RunReport:
+    """How the loop ended; the batch layer turns it into an exit code."""
+
+    paused: set[str] = field(default_factory=set)  # "insufficient_credits", "budget"
+    auth_error: AuthError | None = None
+    incomplete: int = 0  # jobs left in flight because of network trouble
+    posts: int = 0
+    polls: int = 0
+    downloads: int = 0
+
+
+class Budget:
+    """Committed cost of one batch: charged so far plus the quote of every run in flight."""
+
+    def __init__(self, cap: float | None, committed: float) -> None:
+        self.cap = cap
+        self.committed = committed
+
+    def reserve(self, cost: float) -> bool:
+        if self.cap is not None and self.committed + cost > self.cap + 1e-9:
+            return False
+        self.committed += cost
+        return True
+
+    def release(self, cost: float) -> None:
+        self.committed -= cost
+
+    def settle(self, estimated: float, charged: float) -> None:
+        self.committed += charged - estimated
+
+
+class GroupCommitter:
+    """Collect the transitions decided in one loop turn and commit them together."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._pending: list[tuple[Callable[[], None], asyncio.Future[None]]] = []
+        self._scheduled = False
+
+    async def commit(self, op: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._pending.append((op, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self.flush)
+        await asyncio.shield(future)
+
+    def flush(self) -> None:
+        """Commit everything pending now (also called on shutdown)."""
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        failures: dict[int, BaseException] = {}
+        try:
+            with self.ledger.transaction():
+                for index, (op, _) in enumerate(pending):
+                    self.ledger.conn.execute("SAVEPOINT op")
+                    try:
+                        op()
+                    except Exception as e:
+                        self.ledger.conn.execute("ROLLBACK TO SAVEPOINT op")
+                        failures[index] = e
+                    self.ledger.conn.execute("RELEASE SAVEPOINT op")
+        except BaseException as e:
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(e)
+            raise
+        for index, (_, future) in enumerate(pending):
+            if future.done():
+                continue
+            if index in failures:
+                future.set_exception(failures[index])
+            else:
+                future.set_result(None)
+
+
+class Runner:
+    """Drive every active job of some batches to a final state (or a safe stop)."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        client: FloraClient,
+        downloader: Downloader,
+        techniques: dict[str, Technique],
+        batches: dict[str, BatchPlan],
+        config: RunnerConfig,
+        progress: Progress | None = None,
+        crash: CrashPoints | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.ledger = ledger
+        self.client = client
+        self.downloader = downloader
+        self.techniques = techniques
+        self.batches = batches
+        self.config = config
+        self.progress: Progress = progress or _NoProgress()
+        self.crash = crash or CrashPoints(None)
+        self.clock = clock
+        self.sleep = sleep
+        self.rand = rand
+        self.report = RunReport()
+        self.committer = GroupCommitter(ledger)
+        self.budgets = {
+            name: Budget(b.max_cost, self._committed_cost(name)) for name, b in batches.items()
+        }
+        self.paused_batches: set[str] = set()
+        self.stop_all = False
+        scale = config.time_scale
+        self.poll_policy = PollPolicy(min_interval=2.0 * scale, max_interval=5.0 * scale)
+        self.durations: dict[str, deque[float]] = {
+            slug: deque(ledger.typical_durations(slug), maxlen=50) for slug in techniques
+        }
+
+    # -- the loop ---------------------------------------------------------------------
+
+    async def run(self) -> RunReport:
+        names = list(self.batches)
+        self._expire_stale_intents(names)
+        slots = asyncio.Semaphore(self.config.max_outstanding)
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            for states in (IN_FLIGHT_STATES, (JobState.QUEUED,)):
+                after = 0
+                while not self.stop_all:
+                    page = self.ledger.jobs(
+                        batches=names, states=states, after_id=after, limit=PAGE_SIZE
+                    )
+                    if not page:
+                        break
+                    after = page[-1].id
+                    for job in page:
+                        if job.state is JobState.QUEUED and self._submitting_stopped(job.batch):
+                            continue
+                        if not self.config.wait and job.state is JobState.COMPLETED:
+                            continue
+                        await slots.acquire()
+                        if self.stop_all:
+                            slots.release()
+                            break
+                        task = asyncio.create_task(self._drive_guarded(job, slots))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.wait(set(tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            self.committer.flush()
+        return self.report
+
+    async def _drive_guarded(self, job: JobRecord, slots: asyncio.Semaphore) -> None:
+        try:
+            await self._drive(job)
+        except AuthError as e:
+            self.report.auth_error = self.report.auth_error or e
+            self.stop_all = True
+        finally:
+            slots.release()
+
+    async def _drive(self, job: JobRecord) -> None:
+        """Move one job as far as it can go: submit, poll, download."""
+        state = job.state
+        while True:
+            if state is JobState.QUEUED:
+                if not await self._claim(job):
+                    return
+                job = self.ledger.job(job.id)
+                state = JobState.SUBMITTING
+            if state is JobState.SUBMITTING:
+                info = await self._submit(job)
+                if info is None or not self.config.wait:
+                    return
+                job = self.ledger.job(job.id)
+                state = JobState.SUBMITTED
+                first: RunInfo | None = info
+            else:
+                first = None
+            if state is JobState.SUBMITTED:
+                retry = await self._poll_until_done(job, first)
+                if retry is not None:
+                    job, state = retry, JobState.QUEUED
+                    continue
+                job = self.ledger.job(job.id)
+                state = job.state
+            if state is JobState.COMPLETED:
+                await self._download(job)
+            return
+
+    # -- submit -------------------------------------------------------------------------
+
+    def _submitting_stopped(self, batch: str) -> bool:
+        return self.stop_all or batch in self.paused_batches
+
+    async def _claim(self, job: JobRecord) -> bool:
+        """Reserve budget and commit the intent; False when this batch may not submit now."""
+        if self._submitting_stopped(job.batch):
+            return False
+        cost = self._run_cost(job)
+        if not self.budgets[job.batch].reserve(cost):
+            self._pause(job.batch, "budget")
+            return False
+        try:
+            await self.committer.commit(
+                lambda: self.ledger.move(
+                    job.id,
+                    JobState.QUEUED,
+                    JobState.SUBMITTING,
+                    submitting_at=self.clock(),
+                    estimated_cost=cost,
+                )
+            )
+        except BaseException:
+            self.budgets[job.batch].release(cost)
+            raise
+        self.crash("after_intent_commit")
+        return True
+
+    async def _submit(self, job: JobRecord) -> RunInfo | None:
+        """POST the run (same key on every retry); commit its id the moment it arrives."""
+        budget = self.budgets[job.batch]
+        cost = job.estimated_cost or 0.0
+        started = job.submitting_at or self.clock()
+        if self.clock() - started > self.config.idempotency_window - self.config.window_margin:
+            budget.release(cost)
+            await self._move(
+                job,
+                JobState.SUBMITTING,
+                JobState.UNKNOWN_OUTCOME,
+                error_code="idempotency_window_passed",
+                error_message="the POST may have created a run, and its idempotency key has"
+                " expired: re-sending could pay twice. Check FLORA, then `floraq retry --unknown`",
+            )
+            return None
+        if self._submitting_stopped(job.batch):
+            return None
+        technique = self.techniques[job.technique]
+        try:
+            self.report.posts += 1
+            info = await self.client.create_run(
+                job.technique,
+                inputs=run_inputs(job.inputs, technique),
+                idempotency_key=job.idempotency_key,
+            )
+        except IdempotencyDuplicate as e:
+            budget.release(cost)
+            await self._fail(job, JobState.SUBMITTING, JobState.UNKNOWN_OUTCOME, e)
+            return None
+        except InsufficientCredits as e:
+            budget.release(cost)
+            self._pause(job.batch, "insufficient_credits")
+            await self._move(
+                job,
+                JobState.SUBMITTING,
+                JobState.QUEUED,
+                error_code=e.code,
+                error_message=e.message,
+                request_id=e.request_id,
+            )
+            return None
+        except (InputRejected, NotFound) as e:
+            budget.release(cost)
+            await self._fail(job, JobState.SUBMITTING, JobState.REJECTED, e)
+            return None
+        except AuthError:
+            budget.release(cost)
+            await self._move(job, JobState.SUBMITTING, JobState.QUEUED)
+            raise
+        except ServerError as e:
+            if e.status < 500:
+                # A 2xx we could not read: the run probably exists. Same as no answer.
+                self.report.incomplete += 1
+                return None
+            budget.release(cost)
+            await self._fail(
+                job, JobState.SUBMITTING, JobState.FAILED, e, tier=FailureTier.RETRY_LATER
+            )
+            return None
+        except (TransportError, ApiError):
+            # No answer: a run may exist. Stay `submitting`; `resume` re-POSTs with the same key.
+            self.report.incomplete += 1
+            return None
+        self.crash("after_post_before_commit")
+        await self._move(
+            job,
+            JobState.SUBMITTING,
+            JobState.SUBMITTED,
+            run_id=info.run_id,
+            poll_url=info.poll_url,
+            remote_status=info.status,
+            progress=info.progress,
+            remote_created_at=info.created_at,
+            submitted_at=self.clock(),
+            request_id=info.request_id,
+            error_code=None,
+            error_message=None,
+        )
+        self.progress.advance("submitted")
+        return info
+
+    # -- poll ---------------------------------------------------------------------------
+
+    async def _poll_until_done(self, job: JobRecord, first: RunInfo | None) -> JobRecord | None:
+        """Poll until the run completes or fails; a new attempt's job when it is re-queued."""
+        assert job.run_id is not None
+        polls = job.polls
+        info = first
+        submitted = job.submitted_at or self.clock()
+        while info is None or not _is_finished(info):
+            typical = typical_duration(list(self.durations.get(job.technique, ())))
+            delay = next_poll_delay(
+                self.poll_policy,
+                polls=polls,
+                elapsed=self.clock() - submitted,
+                typical=typical,
+                rand=self.rand(),
+            )
+            await self.sleep(delay)
+            try:
+                info = await self.client.get_run(job.technique, job.run_id, poll_url=job.poll_url)
+            except NotFound as e:
+                await self._fail(
+                    job, JobState.SUBMITTED, JobState.FAILED, e, tier=FailureTier.REPORT
+                )
+                return None
+            except (TransportError, ServerError, ApiError):
+                self.report.incomplete += 1
+                return None
+            polls += 1
+            self.report.polls += 1
+        if info.status == "completed":
+            await self._completed(job, info, polls)
+            return None
+        return await self._failed(job, info, polls)
+
+    async def _completed(self, job: JobRecord, info: RunInfo, polls: int) -> None:
+        charged = info.charged_cost
+        for _ in range(COST_RECHECKS):
+            if charged is not None:
+                break
+            await self.sleep(self.poll_policy.min_interval)
+            try:
+                again = await self.client.get_run(job.technique, info.run_id, poll_url=job.poll_url)
+            except (TransportError, ApiError):
+                break
+            self.report.polls += 1
+            polls += 1
+            charged = again.charged_cost
+            info = again if again.outputs else info
+        if charged is not None:
+            self.budgets[job.batch].settle(job.estimated_cost or 0.0, charged)
+        if info.created_at is not None and info.completed_at is not None:
+            self.durations.setdefault(job.technique, deque(maxlen=50)).append(
+                (info.completed_at - info.created_at) / 1000.0
+            )
+
+        def record() -> None:
+            self.ledger.record_outputs(job.id, ((o.output_id, o.type, o.url) for o in info.outputs))
+            self.ledger.move(
+                job.id,
+                JobState.SUBMITTED,
+                JobState.COMPLETED,
+                remote_status=info.status,
+                progress=info.progress,
+                charged_cost=charged,
+                remote_completed_at=info.completed_at,
+                completed_at=self.clock(),
+                polls=polls,
+            )
+
+        await self.committer.commit(record)
+        self.progress.advance("completed")
+
+    async def _failed(self, job: JobRecord, info: RunInfo, polls: int) -> JobRecord | None:
+        tier = classify_failure(info.error_code, info.error_message)
+        self.budgets[job.batch].settle(job.estimated_cost or 0.0, info.charged_cost or 0.0)
+        await self._move(
+            job,
+            JobState.SUBMITTED,
+            JobState.FAILED,
+            remote_status=info.status,
+            progress=info.progress,
+            error_code=info.error_code or "failed",
+            error_message=info.error_message or "the run failed without a message",
+            failure_tier=tier.value,
+            charged_cost=info.charged_cost,
+            polls=polls,
+        )
+        self.progress.advance("failed")
+        allowed = self.batches[job.batch].retry_failed_runs
+        if tier is not FailureTier.RETRY_NOW or job.auto_retries >= allowed:
+            return None
+        if self._submitting_stopped(job.batch):
+            return None
+        attempt = job.attempt + 1
+        key = idempotency_key(
+            batch=job.batch, technique=job.technique, inputs=job.inputs, attempt=attempt
+        )
+        await self._move(
+            job,
+            JobState.FAILED,
+            JobState.QUEUED,
+            attempt=attempt,
+            idempotency_key=key,
+            auto_retries=job.auto_retries + 1,
+            run_id=None,
+            poll_url=None,
+            polls=0,
+        )
+        return self.ledger.job(job.id)
+
+    # -- download -----------------------------------------------------------------------
+
+    async def _download(self, job: JobRecord) -> None:
+        """Fetch every output not yet on disk; re-poll for fresh URLs when one has expired."""
+        folder = self.batches[job.batch].output_dir / safe_segment(job.technique)
+        folder = folder / safe_segment(job.row_key)
+        repolls = 0
+        last_error = ""
+        while True:
+            expired = False
+            for output in self.ledger.outputs(job.id):
+                if output.state == "downloaded":
+                    continue
+                try:
+                    got = await self.downloader.download(
+                        output.url,
+                        dest_stem=folder / safe_segment(output.output_id),
+                        output_type=output.type,
+                    )
+                except DownloadExpired as e:
+                    expired, last_error = True, str(e)
+                    continue
+                except (DownloadError, TransportError):
+                    self.report.incomplete += 1
+                    return
+                self.report.downloads += 1
+                await self.committer.commit(
+                    functools.partial(self._record_download, job.id, output.output_id, got)
+                )
+                self.progress.advance("downloaded")
+            if not expired:
+                await self._move(job, JobState.COMPLETED, JobState.DOWNLOADED)
+                return
+            if repolls >= EXPIRED_REPOLLS or job.run_id is None:
+                await self.committer.commit(functools.partial(self._expire, job, last_error))
+                return
+            repolls += 1
+            try:
+                fresh = await self.client.get_run(job.technique, job.run_id, poll_url=job.poll_url)
+            except (TransportError, ApiError):
+                self.report.incomplete += 1
+                return
+            self.report.polls += 1
+            await self.committer.commit(
+                functools.partial(
+                    self.ledger.record_outputs,
+                    job.id,
+                    [(o.output_id, o.type, o.url) for o in fresh.outputs],
+                )
+            )
+
+    def _record_download(self, job_id: int, output_id: str, got: Downloaded) -> None:
+        self.ledger.output_downloaded(
+            job_id,
+            output_id,
+            path=str(got.path),
+            size=got.bytes,
+            sha256=got.sha256,
+            content_type=got.content_type,
+        )
+
+    def _expire(self, job: JobRecord, error: str) -> None:
+        for output in self.ledger.outputs(job.id):
+            if output.state != "downloaded":
+                self.ledger.output_expired(job.id, output.output_id, error)
+        self.ledger.move(
+            job.id,
+            JobState.COMPLETED,
+            JobState.EXPIRED,
+            error_code="output_expired",
+            error_message=error,
+        )
+
+    # -- helpers ------------------------------------------------------------------------
+
+    async def _move(self, job: JobRecord, current: JobState, new: JobState, **fields: Any) -> None:
+        await self.committer.commit(lambda: self.ledger.move(job.id, current, new, **fields))
+
+    async def _fail(
+        self,
+        job: JobRecord,
+        current: JobState,
+        new: JobState,
+        error: ApiError,
+        *,
+        tier: FailureTier | None = None,
+    ) -> None:
+        fields: dict[str, Any] = {
+            "error_code": error.code,
+            "error_message": error.message,
+            "request_id": error.request_id,
+        }
+        if error.fields:
+            fields["error_fields"] = json.dumps(error.fields, sort_keys=True)
+        if tier is not None:
+            fields["failure_tier"] = tier.value
+        await self._move(job, current, new, **fields)
+        self.progress.advance(new.value)
+
+    def _pause(self, batch: str, reason: str) -> None:
+        self.paused_batches.add(batch)
+        self.report.paused.add(reason)
+
+    def _run_cost(self, job: JobRecord) -> float:
+        technique = self.techniques.get(job.technique)
+        return technique.run_cost if technique else (job.estimated_cost or 0.0)
+
+    def _committed_cost(self, batch: str) -> float:
+        row = self.ledger.query(
+            """
+            SELECT COALESCE(SUM(CASE
+                WHEN charged_cost IS NOT NULL THEN charged_cost
+                WHEN state IN ('submitting', 'submitted', 'completed', 'downloaded')
+                    THEN COALESCE(estimated_cost, 0)
+                ELSE 0 END), 0) AS committed
+            FROM jobs WHERE batch = ?
+            """,
+            (batch,),
+        )
+        return float(row[0]["committed"])
+
+    def _expire_stale_intents(self, batches: Iterable[str]) -> None:
+        """Intents older than the key window can never be re-sent safely."""
+        limit = self.clock() - (self.config.idempotency_window - self.config.window_margin)
+        stale = [
+            job
+            for job in self.ledger.jobs(
+                batches=list(batches), states=[JobState.SUBMITTING], limit=10**9
+            )
+            if (job.submitting_at or 0) < limit
+        ]
+        with self.ledger.transaction():
+            for job in stale:
+                self.ledger.move(
+                    job.id,
+                    JobState.SUBMITTING,
+                    JobState.UNKNOWN_OUTCOME,
+                    error_code="idempotency_window_passed",
+                    error_message="an earlier POST may have created a run, and its idempotency"
+                    " key has expired: re-sending could pay twice. Check FLORA, then"
+                    " `floraq retry --unknown`",
+                )
+
+
+def _is_finished(info: RunInfo) -> bool:
+    """Finished only by status (never by progress); `completed` must carry its outputs."""
+    return info.status == "failed" or (info.status == "completed" and bool(info.outputs))
+
+
+def safe_segment(name: str) -> str:
+    """A path segment from a name we do not fully control (output ids come from the server)."""
+    if SAFE_NAME.fullmatch(name) and name not in (".", ".."):
+        return name
+    return "x" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
