@@ -224,8 +224,11 @@ class Runner:
                     for job in page:
                         if job.state is JobState.QUEUED and self._submitting_stopped(job.batch):
                             continue
-                        if not self.config.wait and job.state is JobState.COMPLETED:
-                            continue
+                        if not self.config.wait and job.state in (
+                            JobState.SUBMITTED,
+                            JobState.COMPLETED,
+                        ):
+                            continue  # --no-wait: only send; `resume` polls and downloads
                         await slots.acquire()
                         if self.stop_all:
                             slots.release()
