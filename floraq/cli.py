@@ -82,7 +82,7 @@ def session(
         max_cost=max_cost,
         verbose=verbose,
         quiet=quiet,
-        stderr_is_tty=sys.stderr.isatty(),
+        stderr_is_tty=sys.stderr.isatty() and sys.stdout.isatty(),
     )
     if not sandbox:
         yield settings
