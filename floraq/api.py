@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from floraq import __version__
 from floraq.errors import (
     ApiError,
     AuthError,
+    NotSent,
     RateLimited,
     ServerError,
     TransportError,
@@ -46,8 +48,14 @@ DEFAULT_BASE_URL = "https://app.flora.ai/api/v1"
 DEFAULT_TIMEOUT = 30.0
 USER_AGENT = f"floraq/{__version__}"
 MALFORMED = "malformed_response"
+REQUEST_LOGGER = "floraq.requests"  # one line per HTTP attempt; the CLI shows it with -v
 
 T = TypeVar("T")
+
+
+def log_request(line: str) -> None:
+    """Hand one request line (already free of the key) to the ``floraq.requests`` logger."""
+    logging.getLogger(REQUEST_LOGGER).info(line)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -287,12 +295,19 @@ class FloraClient:
             seen.add(cursor)
 
     async def create_run(
-        self, slug: str, *, inputs: list[dict[str, str]], idempotency_key: str
+        self,
+        slug: str,
+        *,
+        inputs: list[dict[str, str]],
+        idempotency_key: str,
+        proceed: Callable[[], bool] | None = None,
     ) -> RunInfo:
         """POST a run; retried with the same key and the same bytes until it answers.
 
         200 and 201 are both success (a replay says so in ``replayed``); 409/422 raise
         IdempotencyDuplicate at once: a run exists for this key that we cannot see.
+        ``proceed`` is asked once more just before the first attempt leaves (after any
+        wait for the throttle); when it says no, NotSent is raised and nothing was sent.
         """
         if not idempotency_key:
             raise ValueError("create_run needs an idempotency key")
@@ -305,6 +320,7 @@ class FloraClient:
             content=content,
             headers={"Content-Type": "application/json", "Idempotency-Key": idempotency_key},
             idempotency_key=idempotency_key,
+            proceed=proceed,
         )
 
     async def get_run(self, slug: str, run_id: str, *, poll_url: str | None = None) -> RunInfo:
@@ -336,12 +352,16 @@ class FloraClient:
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
         idempotency_key: str | None = None,
+        proceed: Callable[[], bool] | None = None,
     ) -> T:
         retryable = method in IDEMPOTENT_METHODS or bool(idempotency_key)
         state = RetryState(self._policy, rand=self._rand, clock=self._clock)
         label = f"{method} {self._path(url)}"
         while True:
             async with self.throttle:
+                if proceed is not None and not proceed():
+                    raise NotSent(f"{label}: withdrawn before it was sent")
+                proceed = None  # asked before the first attempt only: retries must go on
                 self.requests_sent += 1
                 started = time.perf_counter()
                 try:
@@ -402,6 +422,10 @@ class FloraClient:
                 self.throttle.on_success()
             self._emit(outcome, delay)
             if delay is None:
+                error.attempts = state.attempts
+                if isinstance(error, ServerError) and identity is not None:
+                    limit = self._policy.max_identical_5xx
+                    error.repeated = state.identical if state.identical >= limit else 0
                 raise self._scrubbed(error)
             if rule is not Rule.RETRY_AFTER:
                 await self._sleep(delay)  # a 429's wait is the shared pause, taken on entry

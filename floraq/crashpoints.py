@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 
+from floraq.errors import UsageError
+
 POINTS: frozenset[str] = frozenset(
     {
         "after_intent_commit",  # the `submitting` intent is on disk; the POST not yet sent
@@ -28,9 +30,10 @@ class CrashPoints:
         self.countdown = 1
         if spec:
             name, _, nth = spec.partition(":")
-            if name not in POINTS:
-                raise ValueError(
-                    f"unknown crash point {name!r}; known: {', '.join(sorted(POINTS))}"
+            if name not in POINTS or not (nth == "" or (nth.isdigit() and int(nth) >= 1)):
+                raise UsageError(
+                    f"FLORAQ_CRASH_AT={spec!r} is not a crash point: use NAME or NAME:N (N >= 1)"
+                    f" with NAME one of {', '.join(sorted(POINTS))}"
                 )
             self.name = name
             self.countdown = int(nth) if nth else 1

@@ -23,7 +23,7 @@ from types import TracebackType
 import httpx
 
 from floraq.api import USER_AGENT, redact_url, url_is_safe
-from floraq.errors import DownloadError, DownloadExpired
+from floraq.errors import DownloadError, DownloadExpired, DownloadRefused
 from floraq.retry import (
     RETRIED_ERRORS,
     RetryPolicy,
@@ -117,7 +117,7 @@ def _refusal(url: str | httpx.URL) -> str | None:
 async def _check_request(request: httpx.Request) -> None:
     why = _refusal(request.url)
     if why is not None:
-        raise DownloadError(f"refusing to fetch {redact_url(request.url)}: {why}")
+        raise DownloadRefused(f"refusing to fetch {redact_url(request.url)}: {why}")
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -206,8 +206,10 @@ class Downloader:
         rand: Callable[[], float] = random.random,
         crash: Callable[[str], None] = lambda point: None,
         clock: Callable[[], float] = time.monotonic,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self._policy = policy
+        self._log = log
         self._sleep = sleep
         self._rand = rand
         self._crash = crash
@@ -250,7 +252,7 @@ class Downloader:
         """
         why = _refusal(url)
         if why is not None:
-            raise DownloadError(f"refusing to fetch {redact_url(url)}: {why}")
+            raise DownloadRefused(f"refusing to fetch {redact_url(url)}: {why}")
         self.downloads_started += 1
         state = RetryState(self._policy, rand=self._rand, clock=self._clock)
         progress = _Progress(dest_stem, output_type)
@@ -280,10 +282,17 @@ class Downloader:
             headers["Range"] = f"bytes={progress.received}-"
             if progress.validator:
                 headers["If-Range"] = progress.validator
+        started = time.perf_counter()
+        label = f"GET {redact_url(url)}" + (f" from byte {progress.received}" if resume else "")
         try:
             async with self._http.stream("GET", url, headers=headers) as response:
+                if self._log is not None:
+                    ms = round((time.perf_counter() - started) * 1000)
+                    self._log(f"{label} -> {response.status_code} in {ms} ms")
                 return await self._receive(url, response, progress, resume)
         except RETRIED_ERRORS as exc:
+            if self._log is not None:
+                self._log(f"{label} -> {type(exc).__name__}")
             return _Retry(Rule.BACKOFF, f"{type(exc).__name__}: {exc}")
         except httpx.HTTPError as exc:
             raise DownloadError(f"could not download {redact_url(url)}: {exc}") from exc

@@ -15,8 +15,10 @@ anything else that escapes is a bug in floraq.
     │   ├── RateLimited              429 (carries retry_after)
     │   └── ServerError              5xx, any body
     ├── TransportError               connect / read / reset / timeout; no HTTP answer
+    ├── NotSent                      a request withdrawn before it left (the batch stopped)
     ├── DownloadError                an output could not be fetched or verified
-    │   └── DownloadExpired          the output URL answers 403/404/410
+    │   ├── DownloadExpired          the output URL answers 403/404/410
+    │   └── DownloadRefused          the output URL is not one floraq may fetch (plain http)
     ├── LedgerError                  the ledger cannot be opened or is inconsistent
     │   └── LedgerBusy               exit 5  another floraq holds this ledger
     └── Interrupted                  exit 130  Ctrl-C or SIGTERM; `floraq resume` continues
@@ -83,6 +85,7 @@ class AuthError(FloraqError):
     """The API refused our key (401) or this action (403); retrying cannot help."""
 
     exit_code = ExitCode.AUTH
+    attempts: int = 1  # requests sent before this answer (set by the client)
 
     def __init__(
         self, message: str, *, status: int, code: str, request_id: str | None = None
@@ -95,6 +98,8 @@ class AuthError(FloraqError):
 
 class ApiError(FloraqError):
     """An error answer from the FLORA API, with everything support asks for."""
+
+    attempts: int = 1  # requests sent before this answer (set by the client)
 
     def __init__(
         self,
@@ -174,11 +179,25 @@ class RateLimited(ApiError):
 
 
 class ServerError(ApiError):
-    """5xx: FLORA (or a load balancer in front of it) failed; usually worth a retry."""
+    """5xx: FLORA (or a load balancer in front of it) failed; usually worth a retry.
+
+    ``repeated`` counts the identical answers in a row that made the client give up (0
+    when it stopped for another reason): the same 500 again and again usually means
+    this request itself is wrong (a malformed id), not that FLORA is struggling.
+    """
+
+    repeated: int = 0
 
 
 class TransportError(FloraqError):
     """No HTTP answer at all: connection refused or reset, timeout, bad TLS."""
+
+
+class NotSent(FloraqError):
+    """A request withdrawn before its first attempt left, because the caller no longer wants it.
+
+    Nothing reached the API, so nothing can have been created or charged.
+    """
 
 
 class DownloadError(FloraqError):
@@ -187,6 +206,10 @@ class DownloadError(FloraqError):
 
 class DownloadExpired(DownloadError):
     """The output URL no longer works (403/404/410); re-poll the run for a fresh one."""
+
+
+class DownloadRefused(DownloadError):
+    """The output URL (or a redirect) is not https:// to a real host: it is never fetched."""
 
 
 class LedgerError(FloraqError):

@@ -107,6 +107,11 @@ class RetryState:
         self._identical = 0
         self.attempts = 1
 
+    @property
+    def identical(self) -> int:
+        """Identical 5xx-like answers in a row so far (0 when the last answer was not one)."""
+        return self._identical
+
     def delay_for(
         self,
         rule: Rule,

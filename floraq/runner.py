@@ -6,6 +6,11 @@ restarted process simply starts the same tasks again. A task never holds more
 than one POST in flight for its key. Transitions go through a group committer:
 everything the tasks decided in one turn of the event loop lands in one
 transaction (one fsync), and a task continues only once its transition is on disk.
+
+When the client gives up on a step (a POST, a poll, a download) after its own
+retries, the task pauses and tries the step again, up to ``JOB_ROUNDS`` times, before
+it leaves the job for a later ``resume``. A 401/403 stops every task at once; a 402
+or the cost cap stops only new POSTs, and a POST that has not left yet is withdrawn.
 """
 
 from __future__ import annotations
@@ -36,10 +41,13 @@ from floraq.errors import (
     AuthError,
     DownloadError,
     DownloadExpired,
+    DownloadRefused,
     IdempotencyDuplicate,
     InputRejected,
     InsufficientCredits,
     NotFound,
+    NotSent,
+    RateLimited,
     ServerError,
     TransportError,
 )
@@ -49,6 +57,9 @@ IN_FLIGHT_STATES = (JobState.SUBMITTING, JobState.SUBMITTED, JobState.COMPLETED)
 PAGE_SIZE = 500
 COST_RECHECKS = 3  # re-reads of a completed run whose charged_cost has not settled yet
 EXPIRED_REPOLLS = 2  # fresh-URL re-polls before an output is declared expired
+JOB_ROUNDS = 3  # times a step is tried again after the client gave up on it
+ROUND_PAUSE = 10.0  # seconds before the first such round; doubles each round (x time_scale)
+IDENTICAL_500_ROUNDS = 2  # rounds that end in the same repeated 500 before a row stops
 
 
 class Progress(Protocol):
@@ -196,8 +207,10 @@ class Runner:
         self.budgets = {
             name: Budget(b.max_cost, self._committed_cost(name)) for name, b in batches.items()
         }
-        self.paused_batches: set[str] = set()
-        self.stop_all = False
+        self.paused_batches: set[str] = set()  # reached their cost cap: no new claims
+        self.stop_all = False  # credentials refused: nothing more may be sent
+        self.out_of_credits = False  # a 402: the workspace cannot pay for any new run
+        self._tasks: set[asyncio.Task[None]] = set()
         scale = config.time_scale
         self.poll_policy = PollPolicy(min_interval=2.0 * scale, max_interval=5.0 * scale)
         self.durations: dict[str, deque[float]] = {
@@ -210,7 +223,7 @@ class Runner:
         names = list(self.batches)
         self._expire_stale_intents(names)
         slots = asyncio.Semaphore(self.config.max_outstanding)
-        tasks: set[asyncio.Task[None]] = set()
+        tasks = self._tasks
         try:
             for states in (IN_FLIGHT_STATES, (JobState.QUEUED,)):
                 after = 0
@@ -251,21 +264,33 @@ class Runner:
             await self._drive(job)
         except AuthError as e:
             self.report.auth_error = self.report.auth_error or e
-            self.stop_all = True
+            self._stop_everything()
         finally:
             slots.release()
+
+    def _stop_everything(self) -> None:
+        """Credentials refused: no task may send anything more. Each one's state is on disk."""
+        if self.stop_all:
+            return  # already done: a second cancel would interrupt their last commits
+        self.stop_all = True
+        me = asyncio.current_task()
+        for task in self._tasks:
+            if task is not me:
+                task.cancel()
 
     async def _drive(self, job: JobRecord) -> None:
         """Move one job as far as it can go: submit, poll, download."""
         state = job.state
         while True:
+            claimed = False
             if state is JobState.QUEUED:
                 if not await self._claim(job):
                     return
                 job = self.ledger.job(job.id)
                 state = JobState.SUBMITTING
+                claimed = True
             if state is JobState.SUBMITTING:
-                info = await self._submit(job)
+                info = await self._submit(job, claimed=claimed)
                 if info is None or not self.config.wait:
                     return
                 job = self.ledger.job(job.id)
@@ -287,7 +312,12 @@ class Runner:
     # -- submit -------------------------------------------------------------------------
 
     def _submitting_stopped(self, batch: str) -> bool:
-        return self.stop_all or batch in self.paused_batches
+        """No new intent for this batch (a claim already inside the cap may still be sent)."""
+        return self._posting_stopped() or batch in self.paused_batches
+
+    def _posting_stopped(self) -> bool:
+        """No POST may leave at all, not even for an intent already committed."""
+        return self.stop_all or self.out_of_credits
 
     async def _claim(self, job: JobRecord) -> bool:
         """Reserve budget and commit the intent; False when this batch may not submit now."""
@@ -307,76 +337,135 @@ class Runner:
                     estimated_cost=cost,
                 )
             )
+        except asyncio.CancelledError:
+            # The intent lands anyway (commits are shielded); nothing was sent: take it back.
+            self.budgets[job.batch].release(cost)
+            await self._move(job, JobState.SUBMITTING, JobState.QUEUED)
+            raise
         except BaseException:
             self.budgets[job.batch].release(cost)
             raise
         self.crash("after_intent_commit")
         return True
 
-    async def _submit(self, job: JobRecord) -> RunInfo | None:
-        """POST the run (same key on every retry); commit its id the moment it arrives."""
+    async def _submit(self, job: JobRecord, *, claimed: bool) -> RunInfo | None:
+        """POST the run (same key on every retry); commit its id the moment it arrives.
+
+        ``claimed``: this process committed the intent and has sent nothing for it yet,
+        so a POST withdrawn now can go back to ``queued`` without any risk.
+        """
         budget = self.budgets[job.batch]
         cost = job.estimated_cost or 0.0
-        started = job.submitting_at or self.clock()
-        if self.clock() - started > self.config.idempotency_window - self.config.window_margin:
-            budget.release(cost)
-            await self._move(
-                job,
-                JobState.SUBMITTING,
-                JobState.UNKNOWN_OUTCOME,
-                error_code="idempotency_window_passed",
-                error_message="the POST may have created a run, and its idempotency key has"
-                " expired: re-sending could pay twice. Check FLORA, then `floraq retry --unknown`",
-            )
-            return None
-        if self._submitting_stopped(job.batch):
-            return None
         technique = self.techniques[job.technique]
-        try:
-            self.report.posts += 1
-            info = await self.client.create_run(
-                job.technique,
-                inputs=run_inputs(job.inputs, technique),
-                idempotency_key=job.idempotency_key,
-            )
-        except IdempotencyDuplicate as e:
-            budget.release(cost)
-            await self._fail(job, JobState.SUBMITTING, JobState.UNKNOWN_OUTCOME, e)
-            return None
-        except InsufficientCredits as e:
-            budget.release(cost)
-            self._pause(job.batch, "insufficient_credits")
-            await self._move(
-                job,
-                JobState.SUBMITTING,
-                JobState.QUEUED,
-                error_code=e.code,
-                error_message=e.message,
-                request_id=e.request_id,
-            )
-            return None
-        except (InputRejected, NotFound) as e:
-            budget.release(cost)
-            await self._fail(job, JobState.SUBMITTING, JobState.REJECTED, e)
-            return None
-        except AuthError:
-            budget.release(cost)
-            await self._move(job, JobState.SUBMITTING, JobState.QUEUED)
-            raise
-        except ServerError as e:
-            if e.status < 500:
-                # A 2xx we could not read: the run probably exists. Same as no answer.
-                self.report.incomplete += 1
+        rounds = 0
+        repeated_500s = 0
+        sent = False  # an attempt may have left (so a run may exist for this key)
+
+        def proceed() -> bool:
+            nonlocal sent
+            if self._posting_stopped():
+                return False
+            sent = True
+            return True
+
+        while True:
+            if self._window_passed(job):
+                budget.release(cost)
+                await self._move(
+                    job,
+                    JobState.SUBMITTING,
+                    JobState.UNKNOWN_OUTCOME,
+                    error_code="idempotency_window_passed",
+                    error_message="the POST may have created a run, and its idempotency key has"
+                    " expired: re-sending could pay twice. Check FLORA, then"
+                    " `floraq retry --unknown`",
+                )
                 return None
-            budget.release(cost)
-            await self._fail(
-                job, JobState.SUBMITTING, JobState.FAILED, e, tier=FailureTier.RETRY_LATER
-            )
-            return None
-        except (TransportError, ApiError):
-            # No answer: a run may exist. Stay `submitting`; `resume` re-POSTs with the same key.
-            self.report.incomplete += 1
-            return None
+            try:
+                self.report.posts += 1
+                info = await self.client.create_run(
+                    job.technique,
+                    inputs=run_inputs(job.inputs, technique),
+                    idempotency_key=job.idempotency_key,
+                    proceed=proceed,
+                )
+                break
+            except asyncio.CancelledError:
+                if claimed and not sent:  # stopped while waiting for a request slot
+                    budget.release(cost)
+                    await self._move(job, JobState.SUBMITTING, JobState.QUEUED)
+                raise
+            except NotSent:
+                self.report.posts -= 1
+                if claimed and not sent:
+                    budget.release(cost)
+                    await self._move(job, JobState.SUBMITTING, JobState.QUEUED)
+                return None  # an earlier attempt may have reached FLORA: keep the intent
+            except IdempotencyDuplicate as e:
+                budget.release(cost)
+                await self._fail(job, JobState.SUBMITTING, JobState.UNKNOWN_OUTCOME, e)
+                return None
+            except InsufficientCredits as e:
+                # FLORA looks the key up before the balance: no run exists for this key.
+                budget.release(cost)
+                self.out_of_credits = True
+                self.report.paused.add("insufficient_credits")
+                await self._move(
+                    job,
+                    JobState.SUBMITTING,
+                    JobState.QUEUED,
+                    error_code=e.code,
+                    error_message=e.message,
+                    request_id=e.request_id,
+                )
+                return None
+            except (InputRejected, NotFound) as e:
+                budget.release(cost)
+                await self._fail(job, JobState.SUBMITTING, JobState.REJECTED, e)
+                return None
+            except AuthError as e:
+                self.report.auth_error = self.report.auth_error or e
+                self._stop_everything()  # before any await: no other POST may leave now
+                if claimed and rounds == 0 and e.attempts == 1:  # refused: no run made
+                    budget.release(cost)
+                    await self._move(
+                        job,
+                        JobState.SUBMITTING,
+                        JobState.QUEUED,
+                        error_code=e.code,
+                        error_message=e.message,
+                        request_id=e.request_id,
+                    )
+                raise
+            except ServerError as e:
+                if e.status == 500 and e.repeated:
+                    repeated_500s += 1
+                    if repeated_500s >= IDENTICAL_500_ROUNDS:
+                        # The same 500 over and over: this row is the problem (a malformed id).
+                        budget.release(cost)
+                        await self._fail(
+                            job,
+                            JobState.SUBMITTING,
+                            JobState.FAILED,
+                            e,
+                            tier=FailureTier.REPORT,
+                        )
+                        return None
+            except (TransportError, RateLimited):
+                pass  # no answer we can trust: a run may exist; only this key may ask
+            except ApiError as e:
+                if e.status != 408:
+                    # An answer nobody documents (413, 415, ...): no run; show it to a person.
+                    budget.release(cost)
+                    await self._fail(
+                        job, JobState.SUBMITTING, JobState.FAILED, e, tier=FailureTier.REPORT
+                    )
+                    return None
+            rounds += 1
+            if rounds > JOB_ROUNDS or self._posting_stopped():
+                self.report.incomplete += 1  # stays `submitting`: `resume` re-POSTs this key
+                return None
+            await self._pause_round(rounds)
         self.crash("after_post_before_commit")
         await self._move(
             job,
@@ -391,6 +480,8 @@ class Runner:
             request_id=info.request_id,
             error_code=None,
             error_message=None,
+            error_fields=None,
+            failure_tier=None,
         )
         self.progress.advance("submitted")
         return info
@@ -403,6 +494,7 @@ class Runner:
         polls = job.polls
         info = first
         submitted = job.submitted_at or self.clock()
+        rounds = 0
         while info is None or not _is_finished(info):
             typical = typical_duration(list(self.durations.get(job.technique, ())))
             delay = next_poll_delay(
@@ -420,9 +512,13 @@ class Runner:
                     job, JobState.SUBMITTED, JobState.FAILED, e, tier=FailureTier.REPORT
                 )
                 return None
-            except (TransportError, ServerError, ApiError):
-                self.report.incomplete += 1
-                return None
+            except (TransportError, ApiError):
+                rounds += 1
+                if rounds > JOB_ROUNDS:
+                    self.report.incomplete += 1
+                    return None
+                await self._pause_round(rounds)
+                continue
             polls += 1
             self.report.polls += 1
         if info.status == "completed":
@@ -487,8 +583,7 @@ class Runner:
         allowed = self.batches[job.batch].retry_failed_runs
         if tier is not FailureTier.RETRY_NOW or job.auto_retries >= allowed:
             return None
-        if self._submitting_stopped(job.batch):
-            return None
+        # Queued even when submitting is paused: `resume` then sends the new attempt.
         attempt = job.attempt + 1
         key = idempotency_key(
             batch=job.batch, technique=job.technique, inputs=job.inputs, attempt=attempt
@@ -513,9 +608,11 @@ class Runner:
         folder = self.batches[job.batch].output_dir / safe_segment(job.technique)
         folder = folder / safe_segment(job.row_key)
         repolls = 0
+        rounds = 0
         last_error = ""
         while True:
             expired = False
+            gave_up = False
             for output in self.ledger.outputs(job.id):
                 if output.state == "downloaded":
                     continue
@@ -525,17 +622,25 @@ class Runner:
                         dest_stem=folder / safe_segment(output.output_id),
                         output_type=output.type,
                     )
-                except DownloadExpired as e:
+                except (DownloadExpired, DownloadRefused) as e:
+                    # Ask the run for fresh URLs; never re-run it. Plain http:// is never fetched.
                     expired, last_error = True, str(e)
                     continue
                 except (DownloadError, TransportError):
-                    self.report.incomplete += 1
-                    return
+                    gave_up = True
+                    continue
                 self.report.downloads += 1
                 await self.committer.commit(
                     functools.partial(self._record_download, job.id, output.output_id, got)
                 )
                 self.progress.advance("downloaded")
+            if gave_up:
+                rounds += 1
+                if rounds > JOB_ROUNDS:
+                    self.report.incomplete += 1
+                    return
+                await self._pause_round(rounds)
+                continue
             if not expired:
                 await self._move(job, JobState.COMPLETED, JobState.DOWNLOADED)
                 return
@@ -546,7 +651,7 @@ class Runner:
             try:
                 fresh = await self.client.get_run(job.technique, job.run_id, poll_url=job.poll_url)
             except (TransportError, ApiError):
-                self.report.incomplete += 1
+                self.report.incomplete += 1  # the stored URLs stay; `resume` tries again
                 return
             self.report.polls += 1
             await self.committer.commit(
@@ -580,6 +685,15 @@ class Runner:
         )
 
     # -- helpers ------------------------------------------------------------------------
+
+    def _window_passed(self, job: JobRecord) -> bool:
+        """Re-sending this intent's key now could create a second run (FLORA forgot the key)."""
+        started = job.submitting_at if job.submitting_at is not None else self.clock()
+        return self.clock() - started > self.config.idempotency_window - self.config.window_margin
+
+    async def _pause_round(self, rounds: int) -> None:
+        """The wait before trying a step again after the client gave up on it."""
+        await self.sleep(ROUND_PAUSE * 2.0 ** (rounds - 1) * self.config.time_scale)
 
     async def _move(self, job: JobRecord, current: JobState, new: JobState, **fields: Any) -> None:
         await self.committer.commit(lambda: self.ledger.move(job.id, current, new, **fields))

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from floraq.crashpoints import CrashPoints
 from floraq.errors import UsageError
 
 DEFAULT_BASE_URL = "https://app.flora.ai/api/v1"
@@ -70,6 +71,8 @@ def resolve(
     """Flags win over the environment, which wins over the defaults."""
     env = os.environ if env is None else env
     default_ledger = DEFAULT_SANDBOX_LEDGER if sandbox else DEFAULT_LEDGER
+    crash_at = env.get(ENV_CRASH_AT) or None
+    CrashPoints(crash_at)  # a typo fails here, before anything is written or sent
     ledger_path = ledger or (Path(env[ENV_LEDGER]) if env.get(ENV_LEDGER) else default_ledger)
     return Settings(
         base_url=(base_url or env.get(ENV_BASE_URL) or DEFAULT_BASE_URL).rstrip("/"),
@@ -79,7 +82,7 @@ def resolve(
         max_cost=max_cost,
         idempotency_window=_env_float(env, ENV_IDEMPOTENCY_WINDOW, DEFAULT_IDEMPOTENCY_WINDOW),
         time_scale=_env_float(env, ENV_TIME_SCALE, 1.0),
-        crash_at=env.get(ENV_CRASH_AT) or None,
+        crash_at=crash_at,
         verbose=verbose,
         quiet=quiet,
         progress_bars=stderr_is_tty and not quiet,

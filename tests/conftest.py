@@ -86,9 +86,18 @@ class Floraq:
         return path
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 def clean_env() -> dict[str, str]:
-    """The parent's environment without any FLORA/floraq settings of the developer's."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("FLORA", "FLORAQ"))}
+    """The parent's environment without the developer's FLORA/floraq settings.
+
+    PYTHONPATH points at this checkout, so `python -m floraq` runs the code under test
+    even when the installed (editable) copy is another checkout.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLORA", "FLORAQ"))}
+    env["PYTHONPATH"] = str(REPO)
+    return env
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from floraq.cli import _register_sandbox, cli
 from floraq.errors import ExitCode
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README_PATH = Path(__file__).resolve().parent.parent / "README.md"
+README = README_PATH.read_text()
 _register_sandbox()
 COMMANDS = sorted(cli.commands)
 
@@ -55,7 +56,7 @@ def test_missing_key_is_one_line_and_exit_2(tmp_path: Path) -> None:
         "version: 1\nbatch: b\noutput_dir: out\njobs:\n"
         "  - technique: poster-maker\n    rows: [{prompt: hi}]\n"
     )
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(README_PATH.parent)}
     done = subprocess.run(
         [sys.executable, "-m", "floraq", "plan", "jobs.yaml"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,

@@ -1,0 +1,194 @@
+"""Bad input: one located error line per problem, exit 2, and nothing touched.
+
+"Nothing touched" means what an operator could check: no run POSTed (the sandbox counts
+requests), no ledger created, and an existing ledger byte-for-byte unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Floraq, clean_env
+
+from floraq.sandbox import SandboxConfig, SandboxServer
+
+POSTS = "POST /techniques/{slug}/runs"
+IMG = "https://storage.googleapis.com/floraq-input/{n}.jpg"
+HEAD = "version: 1\nbatch: bad\noutput_dir: outputs\n"
+PORTRAIT_CSV = (
+    HEAD + "jobs:\n  - technique: portrait-enhancer\n"
+    "    rows_from: {csv: rows.csv, columns: {input_image: url}}\n"
+)
+POSTER_CSV = HEAD + "jobs:\n  - technique: poster-maker\n    rows_from: {csv: rows.csv, key: sku}\n"
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[SandboxServer]:
+    """One sandbox for the whole module; every case checks that no POST reached it."""
+    with SandboxServer(SandboxConfig(seed=3, time_scale=0.01)) as server:
+        yield server
+
+
+@pytest.fixture
+def cli(tmp_path: Path, shared: SandboxServer) -> Floraq:
+    env = clean_env()
+    env.update(
+        FLORA_API_KEY=shared.api_key,
+        FLORA_BASE_URL=shared.base_url,
+        FLORAQ_LEDGER=str(tmp_path / "state" / "floraq.db"),
+        FLORAQ_TIME_SCALE="0.01",
+    )
+    return Floraq(cwd=tmp_path, env=env)
+
+
+def write(folder: Path, manifest: str, csv: bytes | None = None) -> None:
+    (folder / "jobs.yaml").write_text(manifest)
+    if csv is not None:
+        (folder / "rows.csv").write_bytes(csv)
+
+
+def rows_yaml(*values: str) -> str:
+    rows = "".join(f"      - input_image: {v}\n" for v in values)
+    return HEAD + f"jobs:\n  - technique: portrait-enhancer\n    rows:\n{rows}"
+
+
+BOMB = (
+    HEAD + 'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+    "b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+    "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+    "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+    "e: [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n"
+    "jobs: []\n"
+)
+
+CASES: dict[str, tuple[str, bytes | None, str]] = {
+    # name: (manifest, rows.csv bytes, a regex the error line must match)
+    "malformed-yaml": (
+        HEAD + "jobs:\n  - technique: [unclosed\n",
+        None,
+        r"jobs\.yaml.*line \d+.*YAML syntax error",
+    ),
+    "yaml-python-tag": (
+        HEAD + "jobs: !!python/object/apply:os.system ['touch pwned']\n",
+        None,
+        r"jobs\.yaml.*line \d+.*no !!tags",
+    ),
+    "alias-bomb": (BOMB, None, r"jobs\.yaml.*line \d+.*anchors and aliases"),
+    "schema": (
+        HEAD + "concurrency: 0\njobs:\n  - technique: poster-maker\n    rows: [{prompt: a}]\n",
+        None,
+        r"jobs\.yaml.*concurrency.*",
+    ),
+    "unknown-version": (
+        "version: 2\nbatch: bad\njobs:\n  - technique: poster-maker\n    rows: [{prompt: a}]\n",
+        None,
+        r"jobs\.yaml.*version",
+    ),
+    "unknown-technique": (
+        HEAD + "jobs:\n  - technique: no-such-thing\n    rows: [{prompt: a}]\n",
+        None,
+        r"jobs\.yaml: job 1 \(no-such-thing\).*unknown technique",
+    ),
+    "empty-manifest": ("", None, r"jobs\.yaml.*empty"),
+    "missing-csv": (PORTRAIT_CSV, None, r"jobs\.yaml: job 1 .*rows_from\.csv.*no such file"),
+    "latin-1-csv": (
+        POSTER_CSV,
+        b"sku,prompt\nA1,un caf\xe9 au lait\n",
+        r"rows\.csv line 2.*not UTF-8 \(byte 0xe9\)",
+    ),
+    "missing-column": (
+        PORTRAIT_CSV,
+        b"sku,image\nA1,https://storage.googleapis.com/a.jpg\n",
+        r"rows\.csv line 1.*column 'url'.*not in the header",
+    ),
+    "field-over-the-limit": (
+        POSTER_CSV,
+        b'sku,prompt\nA1,"' + b"x" * (17 * 1024 * 1024) + b'"\n',
+        r"rows\.csv line \d+.*too large",
+    ),
+    "same-output-path": (
+        POSTER_CSV,
+        b"sku,prompt\nA1,a red kite\nA1,a blue kite\n",
+        r"row 2 \(rows\.csv line 3\).*same output folder poster-maker/A1",
+    ),
+    "http-url": (rows_yaml("http://example.com/a.jpg"), None, r"row 1, field 'input_image'.*http"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_located_line_and_touches_nothing(
+    cli: Floraq, shared: SandboxServer, case: str
+) -> None:
+    """Each kind of bad input: exit 2, a located error, no POST and no ledger file."""
+    manifest, csv, pattern = CASES[case]
+    write(cli.cwd, manifest, csv)
+    posts = shared.stats()["requests"].get(POSTS, 0)
+    done = cli("submit", "jobs.yaml", timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and re.search(pattern, errors[0]), done.stderr
+    assert done.stderr.splitlines()[-1].endswith("problem(s) in the input; nothing was sent")
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert shared.stats()["requests"].get(POSTS, 0) == posts
+    assert not cli.ledger_path.parent.exists()
+    assert not (cli.cwd / "pwned").exists()
+
+
+def ledger_bytes(cli: Floraq) -> str:
+    """A digest of the ledger and its WAL, to prove a refused submit wrote nothing.
+
+    (Reading a WAL database may create an empty ``-wal`` file: no content, no write.)
+    """
+    digest = hashlib.sha256()
+    for suffix in ("", "-wal"):
+        path = cli.ledger_path.with_name(cli.ledger_path.name + suffix)
+        digest.update(path.read_bytes() if path.exists() else b"")
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def test_row_changed_since_it_was_submitted_is_refused_and_nothing_is_written(
+    cli: Floraq, shared: SandboxServer
+) -> None:
+    """A keyed row whose inputs changed after its run was sent: exit 2, ledger unchanged."""
+    write(cli.cwd, POSTER_CSV, b"sku,prompt\nA1,a red kite\nA2,a green kite\n")
+    assert cli("submit", "jobs.yaml").returncode == 0
+    before, posts = ledger_bytes(cli), shared.stats()["requests"][POSTS]
+    (cli.cwd / "rows.csv").write_bytes(b"sku,prompt\nA1,a red kite\nA2,a purple kite\n")
+    done = cli("submit", "jobs.yaml")
+    assert done.returncode == 2
+    assert re.search(r"^error: .*row 2 \(rows\.csv line 3\).*key 'A2'.*changed", done.stderr, re.M)
+    assert ledger_bytes(cli) == before
+    assert shared.stats()["requests"][POSTS] == posts
+
+
+def test_bom_crlf_and_blank_lines_are_read_as_plain_rows(cli: Floraq) -> None:
+    """A BOM, CRLF line ends and blank lines change nothing: each file gives the same rows."""
+    variants = {
+        "bom": b"\xef\xbb\xbfsku,prompt\nB1,a kite\nB2,a boat\n",
+        "crlf": b"sku,prompt\r\nC1,a kite\r\nC2,a boat\r\n",
+        "blank": b"sku,prompt\n\nD1,a kite\n  \n\nD2,a boat\n\n",
+    }
+    jobs = "jobs:\n"
+    for name, data in variants.items():
+        (cli.cwd / f"{name}.csv").write_bytes(data)
+        jobs += f"  - technique: poster-maker\n    rows_from: {{csv: {name}.csv, key: sku}}\n"
+    (cli.cwd / "jobs.yaml").write_text(HEAD + jobs)
+    done = cli("plan", "jobs.yaml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Same two prompts in all three files, byte for byte: 2 rows to run, 4 duplicates.
+    assert "bad: 2 row(s) to run" in done.stdout
+    assert "4 duplicate row(s) will be submitted once" in done.stdout
+    assert "error" not in done.stdout
+
+
+def test_ten_megabyte_field_is_read_without_error(cli: Floraq) -> None:
+    """A 10 MB CSV field (a long prompt) is within the reader's limit: planned, not a crash."""
+    write(cli.cwd, POSTER_CSV, b"sku,prompt\nC1," + b"y" * (10 * 1024 * 1024) + b"\n")
+    done = cli("plan", "jobs.yaml", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "bad: 1 row(s) to run" in done.stdout

@@ -1,0 +1,238 @@
+"""The runner against httpx.MockTransport: rounds after the client gives up, and clean stops.
+
+These are the edges no sandbox knob reaches exactly (a FLORA that fails every poll for a
+while, one row whose POST always gets the same 500, a 401 while other POSTs wait for a
+slot); nothing here sleeps for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from floraq.api import FloraClient
+from floraq.core.keys import idempotency_key, inputs_digest
+from floraq.core.technique import Technique
+from floraq.downloads import Downloader
+from floraq.ledger import Ledger, NewJob
+from floraq.retry import RetryPolicy
+from floraq.runner import JOB_ROUNDS, BatchPlan, Runner, RunnerConfig, RunReport
+
+BASE = "https://flora.test/api/v1"
+MEDIA = "https://media.test/out.png"
+POSTER = {
+    "technique_id": "tech_poster",
+    "name": "Poster",
+    "run_cost": 0.1,
+    "inputs": [{"id": "prompt", "name": "Prompt", "type": "text"}],
+    "outputs": [{"id": "poster", "name": "Poster", "type": "imageUrl"}],
+}
+DONE = {
+    "run_id": "run_1",
+    "status": "completed",
+    "progress": 100,
+    "charged_cost": 0.1,
+    "outputs": [{"output_id": "poster", "type": "imageUrl", "url": MEDIA}],
+}
+
+
+async def no_wait(_: float) -> None:
+    await asyncio.sleep(0)
+
+
+def ledger_with(prompts: list[str]) -> Ledger:
+    ledger = Ledger.in_memory()
+    ledger.save_batch(
+        "b", manifest_path=None, output_dir="out", concurrency=2, max_cost=None, retry_failed_runs=1
+    )
+    ledger.insert_jobs(
+        NewJob(
+            batch="b",
+            technique="poster",
+            job_number=1,
+            row_number=n,
+            csv_line=None,
+            location=f"row {n}",
+            row_key=f"r{n}",
+            inputs={"prompt": prompt},
+            inputs_digest=inputs_digest({"prompt": prompt}),
+            idempotency_key=idempotency_key(
+                batch="b", technique="poster", inputs={"prompt": prompt}, attempt=1
+            ),
+            estimated_cost=0.1,
+        )
+        for n, prompt in enumerate(prompts, 1)
+    )
+    return ledger
+
+
+def drive(
+    ledger: Ledger, handler: Callable[[httpx.Request], httpx.Response], tmp: Path, *, slots: int
+) -> RunReport:
+    """Run every job of batch `b` to the end against `handler`, on a fake clock."""
+
+    async def go() -> RunReport:
+        policy = RetryPolicy(time_scale=0.0)
+        transport = httpx.MockTransport(handler)
+        async with (
+            FloraClient(
+                base_url=BASE,
+                api_key="sk_test",
+                policy=policy,
+                max_concurrency=slots,
+                transport=transport,
+                sleep=no_wait,
+            ) as client,
+            Downloader(policy=policy, transport=transport, sleep=no_wait) as downloader,
+        ):
+            runner = Runner(
+                ledger=ledger,
+                client=client,
+                downloader=downloader,
+                techniques={"poster": Technique.from_api("poster", POSTER)},
+                batches={"b": BatchPlan("b", tmp, None, 1)},
+                config=RunnerConfig(concurrency=slots, time_scale=0.0),
+                sleep=no_wait,
+            )
+            return await runner.run()
+
+    return asyncio.run(go())
+
+
+def states(ledger: Ledger) -> dict[str, int]:
+    rows = ledger.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+    return {r["state"]: r["n"] for r in rows}
+
+
+def media(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, content=b"png", headers={"content-type": "image/png"})
+
+
+def test_polls_that_keep_failing_for_a_while_are_retried_in_rounds(tmp_path: Path) -> None:
+    """Polls that fail past the client's retries are tried again later; the row completes."""
+    failures = {"left": 2 * RetryPolicy().max_attempts}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "media.test":
+            return media(request)
+        if request.method == "POST":
+            return httpx.Response(200, json={"run_id": "run_1", "status": "pending"})
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise httpx.ConnectError("down", request=request)
+        return httpx.Response(200, json=DONE)
+
+    ledger = ledger_with(["a kite"])
+    report = drive(ledger, handler, tmp_path, slots=2)
+    assert states(ledger) == {"downloaded": 1}
+    assert report.incomplete == 0
+
+
+def test_a_step_that_never_recovers_is_left_for_resume(tmp_path: Path) -> None:
+    """After JOB_ROUNDS more rounds the job stays `submitted`, counted as incomplete."""
+    attempts = {"polls": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json={"run_id": "run_1", "status": "pending"})
+        attempts["polls"] += 1
+        return httpx.Response(503, json={"error": {"code": "service_unavailable"}})
+
+    ledger = ledger_with(["a kite"])
+    report = drive(ledger, handler, tmp_path, slots=2)
+    assert states(ledger) == {"submitted": 1}
+    assert report.incomplete == 1
+    assert attempts["polls"] > JOB_ROUNDS  # every round asked again, each within the policy
+
+
+def test_the_same_500_again_and_again_fails_only_that_row(tmp_path: Path) -> None:
+    """A row whose POST always gets 500 unknown_error stops as `failed`; the other finishes."""
+    posts: dict[str, int] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "media.test":
+            return media(request)
+        if request.method == "POST":
+            prompt = json.loads(request.content)["inputs"][0]["value"]
+            posts[prompt] = posts.get(prompt, 0) + 1
+            if "prj_bad" in prompt:
+                body = {"error": {"code": "unknown_error", "message": "An unknown error."}}
+                return httpx.Response(500, json=body, headers={"request-id": "req_500"})
+            return httpx.Response(200, json={"run_id": "run_1", "status": "pending"})
+        return httpx.Response(200, json=DONE)
+
+    ledger = ledger_with(["a kite", "prj_bad kite"])
+    drive(ledger, handler, tmp_path, slots=2)
+    assert states(ledger) == {"downloaded": 1, "failed": 1}
+    [row] = ledger.query("SELECT error_code, failure_tier, request_id FROM jobs WHERE id = 2")
+    assert row == {"error_code": "unknown_error", "failure_tier": "report", "request_id": "req_500"}
+    assert posts == {"a kite": 1, "prj_bad kite": 6}
+
+
+def test_401_withdraws_the_posts_still_waiting_for_a_slot(tmp_path: Path) -> None:
+    """With one request slot, the first POST's 401 means no other POST is ever sent."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.method)
+        body = {"error": {"code": "invalid_api_key", "message": "Invalid API key."}}
+        return httpx.Response(401, json=body)
+
+    ledger = ledger_with([f"kite {n}" for n in range(5)])
+    report = drive(ledger, handler, tmp_path, slots=1)
+    assert seen == ["POST"]
+    assert report.auth_error is not None and report.auth_error.status == 401
+    assert states(ledger) == {"queued": 5}
+    assert ledger.query("SELECT COUNT(*) AS n FROM jobs WHERE error_code = 'invalid_api_key'") == [
+        {"n": 1}
+    ]
+
+
+def test_402_pauses_new_posts_but_finishes_the_runs_in_flight(tmp_path: Path) -> None:
+    """After a 402, waiting POSTs go back to `queued`; runs already made are downloaded."""
+    created = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "media.test":
+            return media(request)
+        if request.method == "POST":
+            if created["n"] >= 2:
+                body = {"error": {"code": "insufficient_credits", "message": "Top up."}}
+                return httpx.Response(402, json=body)
+            created["n"] += 1
+            run_id = f"run_{created['n']}"
+            return httpx.Response(200, json={"run_id": run_id, "status": "pending"})
+        return httpx.Response(200, json=DONE)
+
+    ledger = ledger_with([f"kite {n}" for n in range(6)])
+    report = drive(ledger, handler, tmp_path, slots=1)
+    assert report.paused == {"insufficient_credits"}
+    assert states(ledger) == {"downloaded": 2, "queued": 4}
+
+
+def test_plain_http_output_url_is_never_fetched_and_ends_expired(tmp_path: Path) -> None:
+    """An http:// output URL on a real host is refused, re-polled, then reported as expired."""
+    seen: list[str] = []
+    insecure = {
+        **DONE,
+        "outputs": [{"output_id": "poster", "type": "imageUrl", "url": "http://media.test/a.png"}],
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.host}")
+        if request.method == "POST":
+            return httpx.Response(200, json={"run_id": "run_1", "status": "pending"})
+        return httpx.Response(200, json=insecure)
+
+    ledger = ledger_with(["a kite"])
+    report = drive(ledger, handler, tmp_path, slots=2)
+    assert states(ledger) == {"expired": 1}
+    assert report.incomplete == 0
+    assert "media.test" not in " ".join(seen)
+    [row] = ledger.query("SELECT error_code, error_message FROM jobs")
+    assert row["error_code"] == "output_expired"
+    assert row["error_message"].startswith("refusing to fetch http://media.test/a.png")
