@@ -503,3 +503,313 @@ class Ledger:
             (technique, limit),
         ).fetchall()
         return [float(r[0]) for r in rows if r[0] is not None and r[0] >= 0]
+
+    # -- attempts, exports, reports, verification ----------------------------------------
+
+    def new_attempt(
+        self, job_id: int, current: JobState, *, attempt: int, idempotency_key: str
+    ) -> None:
+        """Re-queue a finished job as a new attempt with a new key, in one transaction.
+
+        The old attempt's run id, error, costs and outputs go to ``events`` (kind
+        ``attempt_archived``); what its run was charged moves to ``prior_charged_cost`` so
+        every total still counts it, and a charge never reported makes totals a floor.
+        """
+        with self.transaction():
+            row = self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise LedgerError(f"no job {job_id} in the ledger")
+            outputs = [
+                dict(o)
+                for o in self.conn.execute(
+                    "SELECT output_id, type, url, state, path, bytes, sha256 FROM outputs"
+                    " WHERE job_id = ? ORDER BY id",
+                    (job_id,),
+                )
+            ]
+            charged = row["charged_cost"]
+            maybe_charged = row["run_id"] is not None or current is JobState.UNKNOWN_OUTCOME
+            unsettled = int(charged is None and maybe_charged and current is not JobState.FAILED)
+            history = {
+                key: row[key]
+                for key in (
+                    "attempt",
+                    "state",
+                    "idempotency_key",
+                    "run_id",
+                    "request_id",
+                    "error_code",
+                    "error_message",
+                    "estimated_cost",
+                    "charged_cost",
+                )
+            }
+            self._event(job_id, row["batch"], "attempt_archived", {**history, "outputs": outputs})
+            self.conn.execute("DELETE FROM outputs WHERE job_id = ?", (job_id,))
+            self.conn.execute(
+                "UPDATE jobs SET prior_charged_cost = prior_charged_cost + ?,"
+                " prior_unsettled = prior_unsettled + ? WHERE id = ?",
+                (charged or 0.0, unsettled, job_id),
+            )
+            self.move(
+                job_id,
+                current,
+                JobState.QUEUED,
+                attempt=attempt,
+                idempotency_key=idempotency_key,
+                **dict.fromkeys(_ATTEMPT_FIELDS),
+                auto_retries=0,
+                polls=0,
+            )
+
+    def job_views(
+        self,
+        batches: Sequence[str],
+        *,
+        states: Iterable[JobState] | None = None,
+        technique: str | None = None,
+        after_id: int = 0,
+        limit: int = 500,
+    ) -> list[JobView]:
+        """A page of jobs with their outputs, in id order, for exports and reports."""
+        if not batches:
+            return []
+        sql = f"SELECT * FROM jobs WHERE batch IN ({','.join('?' * len(batches))}) AND id > ?"
+        params: list[Any] = [*batches, after_id]
+        if states is not None:
+            values = [s.value for s in states]
+            sql += f" AND state IN ({','.join('?' * len(values))})"
+            params += values
+        if technique is not None:
+            sql += " AND technique = ?"
+            params.append(technique)
+        rows = self.conn.execute(sql + " ORDER BY id LIMIT ?", [*params, limit]).fetchall()
+        outputs: dict[int, list[OutputRecord]] = {r["id"]: [] for r in rows}
+        if rows:
+            marks = ",".join("?" * len(rows))
+            for o in self.conn.execute(
+                f"SELECT * FROM outputs WHERE job_id IN ({marks}) ORDER BY id",
+                [r["id"] for r in rows],
+            ):
+                outputs[o["job_id"]].append(_output_record(o))
+        return [JobView.from_row(r, tuple(outputs[r["id"]])) for r in rows]
+
+    def input_ids(self, batches: Sequence[str], technique: str | None = None) -> list[str]:
+        """Every input id the rows of these batches use, in the order techniques declare them."""
+        return self._port_ids(batches, technique, "inputs")
+
+    def output_ids(self, batches: Sequence[str], technique: str | None = None) -> list[str]:
+        """Every output id these batches' techniques declare or their runs returned."""
+        return self._port_ids(batches, technique, "outputs")
+
+    def _port_ids(self, batches: Sequence[str], technique: str | None, kind: str) -> list[str]:
+        slugs = [technique] if technique is not None else self.techniques_used(batches)
+        found: list[str] = []
+        for slug in slugs:
+            definition = self.technique(slug) or {}
+            found += [str(p["id"]) for p in definition.get(kind) or [] if isinstance(p, dict)]
+        if not batches:
+            return list(dict.fromkeys(found))
+        marks = ",".join("?" * len(batches))
+        only = " AND j.technique = ?" if technique is not None else ""
+        params = [*batches, *([technique] if technique is not None else [])]
+        if kind == "inputs":
+            sql = (
+                f"SELECT DISTINCT k.key FROM jobs j, json_each(j.inputs) k"
+                f" WHERE j.batch IN ({marks}){only}"
+            )
+        else:
+            sql = (
+                f"SELECT DISTINCT o.output_id FROM outputs o JOIN jobs j ON j.id = o.job_id"
+                f" WHERE j.batch IN ({marks}){only}"
+            )
+        seen = sorted(r[0] for r in self.conn.execute(sql, params))
+        return list(dict.fromkeys([*found, *seen]))
+
+    def quotes(self, batches: Sequence[str]) -> list[dict[str, Any]]:
+        """Per batch and technique: each price its rows were quoted at, and today's run_cost.
+
+        ``differs`` counts settled runs whose charge is not their quote.
+        """
+        if not batches:
+            return []
+        marks = ",".join("?" * len(batches))
+        return self.query(
+            f"""
+            SELECT j.batch, j.technique, j.estimated_cost AS quote, COUNT(*) AS n,
+                t.run_cost AS run_cost,
+                SUM(CASE WHEN j.charged_cost IS NOT NULL AND j.state IN
+                    ('completed', 'downloaded', 'expired')
+                    AND ABS(j.charged_cost - COALESCE(j.estimated_cost, 0)) > 1e-9
+                    THEN 1 ELSE 0 END) AS differs
+            FROM jobs j LEFT JOIN techniques t ON t.slug = j.technique
+            WHERE j.batch IN ({marks}) AND j.estimated_cost IS NOT NULL
+            GROUP BY j.batch, j.technique, j.estimated_cost
+            ORDER BY j.batch, j.technique, MIN(j.id)
+            """,
+            batches,
+        )
+
+    def last_activity(self) -> dict[str, float]:
+        """Batch name -> the latest time anything about it changed (epoch seconds)."""
+        return {
+            r[0]: float(r[1])
+            for r in self.conn.execute(
+                "SELECT b.name, MAX(b.updated_at, COALESCE(MAX(j.updated_at), 0))"
+                " FROM batches b LEFT JOIN jobs j ON j.batch = b.name GROUP BY b.name"
+            )
+        }
+
+    def downloaded_files(
+        self, batches: Sequence[str], *, after_id: int = 0, limit: int = 500
+    ) -> list[StoredFile]:
+        """A page of outputs recorded as on disk, in id order (for `verify`)."""
+        if not batches:
+            return []
+        rows = self.conn.execute(
+            f"""
+            SELECT o.id, o.job_id, o.output_id, o.path, o.bytes, o.sha256, j.batch,
+                j.technique, j.row_key, j.location
+            FROM outputs o JOIN jobs j ON j.id = o.job_id
+            WHERE j.batch IN ({",".join("?" * len(batches))}) AND o.state = 'downloaded'
+                AND o.path IS NOT NULL AND o.id > ?
+            ORDER BY o.id LIMIT ?
+            """,
+            [*batches, after_id, limit],
+        ).fetchall()
+        return [StoredFile(**dict(r)) for r in rows]
+
+    def refetch(self, job_id: int, output_ids: Iterable[str]) -> bool:
+        """Mark outputs to fetch again and move their downloaded job back to completed.
+
+        False (nothing changed) if the job is no longer downloaded.
+        """
+        with self.transaction():
+            row = self.conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row[0] != JobState.DOWNLOADED.value:
+                return False
+            for output_id in output_ids:
+                self.output_missing(job_id, output_id)
+            self.move(job_id, JobState.DOWNLOADED, JobState.COMPLETED)
+        return True
+
+    def refetch_expired(self, batches: Sequence[str]) -> int:
+        """Give every expired job with a run id another download (fresh URLs by re-polling)."""
+        count = 0
+        with self.transaction():
+            for job in self.jobs(batches=batches, states=[JobState.EXPIRED], limit=10**9):
+                if job.run_id is None:
+                    continue
+                self.conn.execute(
+                    "UPDATE outputs SET state = 'pending' WHERE job_id = ? AND state = 'expired'",
+                    (job.id,),
+                )
+                self.move(
+                    job.id,
+                    JobState.EXPIRED,
+                    JobState.COMPLETED,
+                    error_code=None,
+                    error_message=None,
+                )
+                count += 1
+        return count
+
+
+# A new attempt starts without any of these: they describe the run of the old one.
+_ATTEMPT_FIELDS = (
+    "run_id",
+    "poll_url",
+    "remote_status",
+    "progress",
+    "error_code",
+    "error_message",
+    "error_fields",
+    "failure_tier",
+    "request_id",
+    "charged_cost",
+    "submitting_at",
+    "submitted_at",
+    "completed_at",
+    "remote_created_at",
+    "remote_completed_at",
+)
+
+
+def _output_record(r: Mapping[str, Any]) -> OutputRecord:
+    return OutputRecord(
+        job_id=r["job_id"],
+        output_id=r["output_id"],
+        type=r["type"],
+        url=r["url"],
+        url_seen_at=r["url_seen_at"],
+        state=r["state"],
+        path=r["path"],
+        bytes=r["bytes"],
+        sha256=r["sha256"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """One row as an export or a report shows it: inputs, run, error, costs, outputs."""
+
+    id: int
+    batch: str
+    technique: str
+    location: str
+    row_key: str
+    inputs: Mapping[str, str]
+    attempt: int
+    state: JobState
+    run_id: str | None
+    error_code: str | None
+    error_message: str | None
+    request_id: str | None
+    estimated_cost: float | None
+    charged_cost: float | None  # this attempt's charge; None while not reported
+    prior_charged_cost: float  # what earlier attempts of this row were charged
+    outputs: tuple[OutputRecord, ...]
+
+    @property
+    def total_charged(self) -> float | None:
+        """What this row has cost over every attempt; None if nothing is known yet."""
+        if self.charged_cost is None and not self.prior_charged_cost:
+            return None
+        return round((self.charged_cost or 0.0) + self.prior_charged_cost, 6)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], outputs: tuple[OutputRecord, ...]) -> JobView:
+        return cls(
+            id=row["id"],
+            batch=row["batch"],
+            technique=row["technique"],
+            location=row["location"],
+            row_key=row["row_key"],
+            inputs=json.loads(row["inputs"]),
+            attempt=row["attempt"],
+            state=JobState(row["state"]),
+            run_id=row["run_id"],
+            error_code=row["error_code"],
+            error_message=row["error_message"],
+            request_id=row["request_id"],
+            estimated_cost=row["estimated_cost"],
+            charged_cost=row["charged_cost"],
+            prior_charged_cost=row["prior_charged_cost"],
+            outputs=outputs,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """An output the ledger says is on disk, with what it must hash to."""
+
+    id: int
+    job_id: int
+    output_id: str
+    path: str
+    bytes: int | None
+    sha256: str | None
+    batch: str
+    technique: str
+    row_key: str
+    location: str

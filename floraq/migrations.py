@@ -112,3 +112,13 @@ def m0001_initial(db: Database) -> None:
         """
     )
     db.execute("CREATE INDEX events_job ON events (job_id)")
+
+
+@migrations(name="0002_attempt_costs")
+def m0002_attempt_costs(db: Database) -> None:
+    # What earlier attempts of a row cost: `retry` starts a new attempt with a fresh
+    # charged_cost, and the money the old run took must still count in every total.
+    db.execute("ALTER TABLE jobs ADD COLUMN prior_charged_cost REAL NOT NULL DEFAULT 0")
+    # Earlier attempts that may have been charged but never said so (an unsettled charge,
+    # an unknown outcome): while any is > 0 the row's charged total is only a floor.
+    db.execute("ALTER TABLE jobs ADD COLUMN prior_unsettled INTEGER NOT NULL DEFAULT 0")

@@ -1,0 +1,143 @@
+"""A batch's rows as CSV or JSONL: one line per row, to join with your own data.
+
+A CSV export is also a valid ``rows_from.csv``: every input is a column named by its
+input id, so a new manifest reads the rows back without a ``columns`` map, and
+``key: row_key`` keeps the output folder names. Column order (CSV)::
+
+    batch, technique, row_key, <input ids…>, attempt, run_id, status, error_code,
+    error_message, request_id, estimated_cost, charged_cost,
+    <output id>.path, <output id>.sha256, <output id>.bytes, <output id>.url  (per output)
+
+An input id that would clash with one of these names is written as ``input.<id>``.
+``charged_cost`` is what the row cost over every attempt, empty while FLORA has not
+said; ``status`` is the job's state in the ledger.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Literal
+
+from floraq.ledger import JobView
+
+Format = Literal["csv", "jsonl"]
+FORMATS: tuple[Format, ...] = ("csv", "jsonl")
+
+LEADING = ("batch", "technique", "row_key")
+TRAILING = (
+    "attempt",
+    "run_id",
+    "status",
+    "error_code",
+    "error_message",
+    "request_id",
+    "estimated_cost",
+    "charged_cost",
+)
+OUTPUT_FIELDS = ("path", "sha256", "bytes", "url")
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """Which inputs and outputs get columns (the union over every technique exported)."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    def output_columns(self) -> list[str]:
+        return [f"{o}.{name}" for o in self.outputs for name in OUTPUT_FIELDS]
+
+    def input_column(self, input_id: str) -> str:
+        """The input's own id, unless that would clash with a column floraq names."""
+        reserved = {*LEADING, *TRAILING, *self.output_columns()}
+        return f"input.{input_id}" if input_id in reserved else input_id
+
+    def header(self) -> list[str]:
+        inputs = [self.input_column(i) for i in self.inputs]
+        return [*LEADING, *inputs, *TRAILING, *self.output_columns()]
+
+
+def csv_record(view: JobView, columns: Columns) -> list[str]:
+    """One CSV line's fields, in ``columns.header()`` order; absent values are empty."""
+    fields = [view.batch, view.technique, view.row_key]
+    fields += [view.inputs.get(i, "") for i in columns.inputs]
+    fields += [
+        str(view.attempt),
+        view.run_id or "",
+        view.state.value,
+        view.error_code or "",
+        view.error_message or "",
+        view.request_id or "",
+        _number(view.estimated_cost),
+        _number(view.total_charged),
+    ]
+    by_id = {o.output_id: o for o in view.outputs}
+    for output_id in columns.outputs:
+        out = by_id.get(output_id)
+        if out is None:
+            fields += [""] * len(OUTPUT_FIELDS)
+            continue
+        on_disk = out.state == "downloaded"
+        fields += [
+            (out.path or "") if on_disk else "",
+            (out.sha256 or "") if on_disk else "",
+            str(out.bytes) if on_disk and out.bytes is not None else "",
+            out.url,
+        ]
+    return fields
+
+
+def json_record(view: JobView) -> dict[str, Any]:
+    """One JSONL line: the same facts as a CSV line, with inputs and outputs nested."""
+    return {
+        "batch": view.batch,
+        "technique": view.technique,
+        "row_key": view.row_key,
+        "inputs": dict(view.inputs),
+        "attempt": view.attempt,
+        "run_id": view.run_id,
+        "status": view.state.value,
+        "error_code": view.error_code,
+        "error_message": view.error_message,
+        "request_id": view.request_id,
+        "estimated_cost": view.estimated_cost,
+        "charged_cost": view.total_charged,
+        "outputs": [
+            {
+                "output_id": o.output_id,
+                "type": o.type,
+                "state": o.state,
+                "path": o.path if o.state == "downloaded" else None,
+                "sha256": o.sha256 if o.state == "downloaded" else None,
+                "bytes": o.bytes if o.state == "downloaded" else None,
+                "url": o.url,
+            }
+            for o in view.outputs
+        ],
+    }
+
+
+def write_rows(
+    pages: Iterable[Sequence[JobView]], stream: IO[str], *, fmt: Format, columns: Columns
+) -> int:
+    """Write the header (CSV) and every row of ``pages`` to ``stream``; returns the row count."""
+    count = 0
+    if fmt == "csv":
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(columns.header())
+        for page in pages:
+            writer.writerows(csv_record(view, columns) for view in page)
+            count += len(page)
+        return count
+    for page in pages:
+        for view in page:
+            stream.write(json.dumps(json_record(view), ensure_ascii=False, sort_keys=True) + "\n")
+        count += len(page)
+    return count
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else repr(round(value, 6))
