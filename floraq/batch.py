@@ -1,4 +1,4 @@
-"""The use cases: plan, submit, resume, status, techniques.
+"""The use cases: plan, submit, resume, status, techniques, export, retry, report, verify.
 
 Each function takes Settings and plain arguments and returns a plain result for
 the console to show; none of them prints. They own the order of side effects:
@@ -8,14 +8,19 @@ validate everything, then lock, then write the ledger, then send.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import hashlib
+import os
 import signal
+import time
 from collections import Counter, defaultdict
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
-from floraq.api import FloraClient
+from floraq.api import FloraClient, log_request
 from floraq.core.keys import idempotency_key, inputs_digest, row_key
 from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
 from floraq.core.manifest import Manifest, Row
@@ -31,9 +36,11 @@ from floraq.errors import (
     NotFound,
     UsageError,
 )
-from floraq.ledger import Ledger, NewJob
+from floraq.export import Columns, Format, write_rows
+from floraq.ledger import JobRecord, JobView, Ledger, NewJob, StoredFile
 from floraq.lock import LedgerLock
 from floraq.manifest_files import iter_job_rows, load_manifest
+from floraq.report import Summary, write_report
 from floraq.retry import RetryPolicy
 from floraq.runner import BatchPlan, Progress, Runner, RunnerConfig, RunReport
 from floraq.settings import DEFAULT_CONCURRENCY, Settings
@@ -92,10 +99,32 @@ class StateCount:
     unsettled: int  # finished runs whose charge has not been reported yet
 
 
+@dataclass(frozen=True, slots=True)
+class CostChange:
+    """A technique whose price moved since the batch started: its cost plan no longer holds."""
+
+    batch: str
+    technique: str
+    quotes: tuple[tuple[float, int], ...]  # (price quoted, rows quoted at it), oldest first
+    run_cost: float | None  # the run_cost floraq last fetched
+    differs: int  # settled runs charged something other than their quote
+
+    def describe(self) -> str:
+        """One line for the operator: what moved, and that the plan no longer holds."""
+        quoted = ", ".join(f"{n} row(s) at {price:.4f}" for price, n in self.quotes)
+        now = f"; run_cost is now {self.run_cost:.4f}" if self.run_cost is not None else ""
+        off = f"; {self.differs} run(s) charged other than quoted" if self.differs else ""
+        return (
+            f"batch {self.batch}: the price of {self.technique} changed since the batch started"
+            f" ({quoted}{now}{off}): the manifest's cost plan no longer holds"
+        )
+
+
 @dataclass(slots=True)
 class StatusResult:
     counts: list[StateCount]
     failures: list[dict[str, Any]]
+    cost_changes: list[CostChange] = field(default_factory=list)
 
     def total(self, *states: str) -> int:
         return sum(c.count for c in self.counts if not states or c.state in states)
@@ -185,9 +214,17 @@ def submit(
 
 
 def resume(
-    settings: Settings, *, batch: str | None = None, progress: Progress | None = None
+    settings: Settings,
+    *,
+    batch: str | None = None,
+    progress: Progress | None = None,
+    redownload_missing: bool = False,
 ) -> RunResult:
-    """Pick up every unfinished job (of one batch, or all) where the ledger left it."""
+    """Pick up every unfinished job (of one batch, or all) where the ledger left it.
+
+    ``redownload_missing`` first re-hashes every downloaded file and fetches again the ones
+    missing or changed on disk, and the outputs that expired before they were fetched.
+    """
     with LedgerLock(settings.ledger_path):
         ledger = Ledger.open(settings.ledger_path)
         try:
@@ -199,7 +236,11 @@ def resume(
                         f" (known: {', '.join(names) or 'none'})"
                     )
                 names = [batch]
-            return _run_batches(settings, ledger, names, wait=True, progress=progress)
+            refetch = _redownload_missing(ledger, names) if redownload_missing else None
+            result = _run_batches(settings, ledger, names, wait=True, progress=progress)
+            if refetch is not None:
+                result.notes.append(refetch.describe())
+            return result
         finally:
             ledger.close()
 
@@ -249,6 +290,7 @@ def _run_batches(
                 policy=policy,
                 max_concurrency=concurrency,
                 crash=crash,
+                log=log_request if settings.verbose else None,
             ) as downloader,
         ):
             runner = Runner(
@@ -314,9 +356,10 @@ def _status(ledger: Ledger, names: list[str]) -> StatusResult:
         f"""
         SELECT batch, technique, state, COUNT(*) AS n,
             COALESCE(SUM(estimated_cost), 0) AS estimated,
-            COALESCE(SUM(charged_cost), 0) AS charged,
-            SUM(CASE WHEN state IN ('completed', 'downloaded', 'expired')
-                AND charged_cost IS NULL THEN 1 ELSE 0 END) AS unsettled
+            COALESCE(SUM(COALESCE(charged_cost, 0) + prior_charged_cost), 0) AS charged,
+            SUM(prior_unsettled + CASE WHEN state = 'unknown_outcome' OR (state IN
+                ('completed', 'downloaded', 'expired') AND charged_cost IS NULL)
+                THEN 1 ELSE 0 END) AS unsettled
         FROM jobs WHERE batch IN ({marks})
         GROUP BY batch, technique, state ORDER BY batch, technique, state
         """,
@@ -344,7 +387,23 @@ def _status(ledger: Ledger, names: list[str]) -> StatusResult:
         """,
         names,
     )
-    return StatusResult(counts=counts, failures=failures)
+    return StatusResult(counts=counts, failures=failures, cost_changes=_cost_changes(ledger, names))
+
+
+def _cost_changes(ledger: Ledger, names: list[str]) -> list[CostChange]:
+    """Techniques quoted at several prices or not at today's run_cost, or charged off-quote."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in ledger.quotes(names):
+        grouped[(row["batch"], row["technique"])].append(row)
+    changes: list[CostChange] = []
+    for (name, slug), rows in grouped.items():
+        quotes = tuple((float(r["quote"]), int(r["n"])) for r in rows)
+        run_cost = rows[0]["run_cost"]
+        differs = sum(int(r["differs"] or 0) for r in rows)
+        moved = run_cost is not None and any(abs(q - float(run_cost)) > 1e-9 for q, _ in quotes)
+        if len(quotes) > 1 or moved or differs:
+            changes.append(CostChange(name, slug, quotes, run_cost, differs))
+    return changes
 
 
 # -- techniques -----------------------------------------------------------------------------
@@ -576,6 +635,7 @@ def _client(settings: Settings, policy: RetryPolicy, concurrency: int) -> FloraC
         api_key=settings.require_key(),
         policy=policy,
         max_concurrency=concurrency,
+        log=log_request if settings.verbose else None,
     )
 
 
@@ -608,3 +668,404 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
                 loop.remove_signal_handler(signum)
 
     return asyncio.run(main())
+
+
+# -- export, retry, report, batches, verify ---------------------------------------------------
+
+RetryKind = Literal["failed", "rejected", "expired", "unknown"]
+RETRY_STATES: dict[RetryKind, JobState] = {
+    "failed": JobState.FAILED,
+    "rejected": JobState.REJECTED,
+    "expired": JobState.EXPIRED,
+    "unknown": JobState.UNKNOWN_OUTCOME,
+}
+HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    batches: list[str]
+    rows: int
+    path: Path | None  # None: written to the stream given
+
+
+def export(
+    settings: Settings,
+    *,
+    batch: str | None = None,
+    technique: str | None = None,
+    fmt: Format = "csv",
+    output: Path | None = None,
+    stream: IO[str] | None = None,
+) -> ExportResult:
+    """Every row (of one batch, or all) as CSV or JSONL, to ``output`` or else ``stream``.
+
+    A file is written beside its final name and renamed, so a reader never sees half of it.
+    """
+    ledger = _open_existing(settings)
+    try:
+        names = _selected(ledger, settings, batch)
+        if technique is not None and technique not in ledger.techniques_used(names):
+            raise UsageError(
+                f"no rows of technique {technique!r} in {_which(names)}"
+                f" (it has: {', '.join(ledger.techniques_used(names)) or 'none'})"
+            )
+        columns = Columns(
+            inputs=tuple(ledger.input_ids(names, technique)),
+            outputs=tuple(ledger.output_ids(names, technique)),
+        )
+        pages = _pages(lambda after: ledger.job_views(names, technique=technique, after_id=after))
+        if output is None:
+            if stream is None:
+                raise ValueError("export needs an output path or a stream")
+            rows = write_rows(pages, stream, fmt=fmt, columns=columns)
+        else:
+            with _atomic_text(output) as f:
+                rows = write_rows(pages, f, fmt=fmt, columns=columns)
+        return ExportResult(batches=names, rows=rows, path=output)
+    finally:
+        ledger.close()
+
+
+@dataclass(slots=True)
+class RetryResult:
+    requeued: Counter[str]  # kind (failed, rejected, ...) -> rows given a new attempt
+    skipped: list[str]  # rows left alone, with why
+    run: RunResult | None = None  # the run that followed, unless queue_only
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return self.run.exit_code if self.run is not None else ExitCode.OK
+
+
+def retry(
+    settings: Settings,
+    *,
+    kinds: Sequence[RetryKind],
+    batch: str | None = None,
+    queue_only: bool = False,
+    progress: Progress | None = None,
+) -> RetryResult:
+    """A new attempt (new idempotency key) for exactly the rows in these states, then run them.
+
+    Each re-queued row keeps its earlier attempts in ``events``; nothing else changes. Then
+    the batches with re-queued rows run as `resume --batch` would (the cap still applies),
+    unless ``queue_only``. A rejected row that is still invalid locally is skipped.
+    """
+    if not kinds:
+        raise UsageError(
+            "say which rows to retry: --failed, --rejected, --expired and/or --unknown"
+        )
+    with LedgerLock(settings.ledger_path):
+        ledger = _open_existing(settings)
+        try:
+            names = _selected(ledger, settings, batch)
+            result = RetryResult(requeued=Counter(), skipped=[])
+            touched: set[str] = set()
+            for kind in dict.fromkeys(kinds):
+                state = RETRY_STATES[kind]
+                for page in _pages(functools.partial(_jobs_in, ledger, names, state)):
+                    with ledger.transaction():
+                        for job in page:
+                            problem = _still_invalid(ledger, job) if kind == "rejected" else None
+                            if problem is not None:
+                                result.skipped.append(f"{job.location}: {problem}")
+                                continue
+                            attempt = job.attempt + 1
+                            key = idempotency_key(
+                                batch=job.batch,
+                                technique=job.technique,
+                                inputs=job.inputs,
+                                attempt=attempt,
+                            )
+                            ledger.new_attempt(job.id, state, attempt=attempt, idempotency_key=key)
+                            result.requeued[kind] += 1
+                            touched.add(job.batch)
+            if touched and not queue_only:
+                ordered = [n for n in names if n in touched]
+                result.run = _run_batches(settings, ledger, ordered, wait=True, progress=progress)
+            return result
+        finally:
+            ledger.close()
+
+
+def _still_invalid(ledger: Ledger, job: JobRecord) -> str | None:
+    """Why a rejected row would be refused again before any POST, or None if it may go."""
+    cached = ledger.technique(job.technique)
+    if cached is None:
+        return f"technique {job.technique!r} is not cached: run `floraq submit` again"
+    technique = Technique.from_api(job.technique, cached)
+    row = Row(
+        job=0,
+        technique=job.technique,
+        number=0,
+        csv_line=None,
+        key=None,
+        values=job.inputs,
+        location=job.location,
+    )
+    errors = [p.message for p in check_row(row, technique) if p.severity == "error"]
+    if not errors:
+        return None
+    return "still invalid (" + "; ".join(errors) + "): fix the manifest and submit it again"
+
+
+@dataclass(frozen=True, slots=True)
+class ReportResult:
+    path: Path
+    batches: list[str]
+    rows: int
+    images: int
+
+
+def report(
+    settings: Settings,
+    *,
+    output: Path,
+    batch: str | None = None,
+    clock: Callable[[], float] = time.time,
+) -> ReportResult:
+    """Write one self-contained HTML page of every row (failed first) with its outputs."""
+    ledger = _open_existing(settings)
+    try:
+        names = _selected(ledger, settings, batch)
+        status = _status(ledger, names)
+        active = [s for s in JobState if s in ACTIVE]
+        order = [
+            [s for s in JobState if s in PROBLEM_STATES],
+            active,
+            [JobState.DOWNLOADED],
+        ]
+
+        def rows(name: str) -> Iterator[JobView]:
+            for states in order:
+                for page in _pages(functools.partial(_views_in, ledger, [name], states)):
+                    yield from page
+
+        sections = ((_summary(status, name), rows(name)) for name in names)
+        generated = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(clock()))
+        with _atomic_text(output) as f:
+            writer = write_report(
+                f,
+                base_dir=output.absolute().parent,
+                title=f"floraq report: {', '.join(names)}",
+                generated=generated,
+                sections=sections,
+                batches=names,
+            )
+        return ReportResult(path=output, batches=names, rows=writer.rows, images=writer.images)
+    finally:
+        ledger.close()
+
+
+def _summary(status: StatusResult, name: str) -> Summary:
+    counts = [c for c in status.counts if c.batch == name]
+    states: dict[str, int] = {s.value: 0 for s in JobState}
+    techniques: dict[str, dict[str, int]] = defaultdict(dict)
+    for c in counts:
+        states[c.state] += c.count
+        techniques[c.technique][c.state] = c.count
+    sub = StatusResult(counts=counts, failures=[])
+    return Summary(
+        batch=name,
+        states=states,
+        techniques=techniques,
+        charged=sub.charged,
+        estimated=sub.estimated,
+        unsettled=sub.unsettled,
+        notes=[c.describe() for c in status.cost_changes if c.batch == name],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    name: str
+    states: dict[str, int]
+    charged: float
+    estimated: float
+    unsettled: int
+    last_activity: float  # epoch seconds
+
+    @property
+    def rows(self) -> int:
+        return sum(self.states.values())
+
+    def count(self, states: Iterable[JobState]) -> int:
+        return sum(self.states.get(s.value, 0) for s in states)
+
+
+def batches(settings: Settings) -> list[BatchSummary]:
+    """Every batch in the ledger with its counts per state, cost and last activity."""
+    ledger = _open_existing(settings)
+    try:
+        names = ledger.batch_names()
+        status = _status(ledger, names)
+        last = ledger.last_activity()
+    finally:
+        ledger.close()
+    result: list[BatchSummary] = []
+    for name in names:
+        summary = _summary(status, name)
+        result.append(
+            BatchSummary(
+                name=name,
+                states={s: n for s, n in summary.states.items() if n},
+                charged=summary.charged,
+                estimated=summary.estimated,
+                unsettled=summary.unsettled,
+                last_activity=last.get(name, 0.0),
+            )
+        )
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class FileProblem:
+    kind: Literal["missing", "changed"]
+    file: StoredFile
+    actual_sha256: str | None = None
+    actual_bytes: int | None = None
+
+
+@dataclass(slots=True)
+class VerifyResult:
+    batches: list[str]
+    checked: int
+    problems: list[FileProblem]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.FAILURES if self.problems else ExitCode.OK
+
+
+def verify(settings: Settings, *, batch: str | None = None) -> VerifyResult:
+    """Re-hash every downloaded file against the ledger; report the missing or changed ones."""
+    ledger = _open_existing(settings)
+    try:
+        names = _selected(ledger, settings, batch)
+        result = VerifyResult(batches=names, checked=0, problems=[])
+        for _, problem in _check_files(ledger, names):
+            result.checked += 1
+            if problem is not None:
+                result.problems.append(problem)
+        return result
+    finally:
+        ledger.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Refetch:
+    """What `resume --redownload-missing` queued again before running."""
+
+    files: int  # missing or changed on disk
+    expired_jobs: int  # jobs whose output URLs had expired: re-polled for fresh ones
+
+    def describe(self) -> str:
+        return (
+            f"redownload: {self.files} file(s) missing or changed on disk and"
+            f" {self.expired_jobs} expired row(s) fetched again"
+        )
+
+
+def _redownload_missing(ledger: Ledger, names: list[str]) -> Refetch:
+    """Mark bad files' outputs pending and their jobs completed, so the runner fetches them."""
+    by_job: dict[int, list[str]] = defaultdict(list)
+    for stored, problem in _check_files(ledger, names):
+        if problem is not None:
+            by_job[stored.job_id].append(stored.output_id)
+    with ledger.transaction():
+        for job_id, output_ids in by_job.items():
+            ledger.refetch(job_id, output_ids)
+        expired = ledger.refetch_expired(names)
+    return Refetch(files=sum(len(v) for v in by_job.values()), expired_jobs=expired)
+
+
+def _check_files(
+    ledger: Ledger, names: list[str]
+) -> Iterator[tuple[StoredFile, FileProblem | None]]:
+    for page in _pages(lambda after: ledger.downloaded_files(names, after_id=after)):
+        for stored in page:
+            yield stored, _check_file(stored)
+
+
+def _check_file(stored: StoredFile) -> FileProblem | None:
+    path = Path(stored.path)
+    try:
+        size = path.stat().st_size
+        if stored.bytes is not None and size != stored.bytes:
+            return FileProblem("changed", stored, actual_bytes=size)
+        with path.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return FileProblem("missing", stored)
+    if stored.sha256 is not None and digest != stored.sha256:
+        return FileProblem("changed", stored, actual_sha256=digest, actual_bytes=size)
+    return None
+
+
+# -- helpers for the commands above -------------------------------------------------------------
+
+
+def _open_existing(settings: Settings) -> Ledger:
+    if not settings.ledger_path.exists():
+        raise UsageError(
+            f"no ledger at {settings.ledger_path}: nothing has been submitted yet"
+            " (or pass --ledger / FLORAQ_LEDGER)"
+        )
+    return Ledger.open(settings.ledger_path)
+
+
+def _selected(ledger: Ledger, settings: Settings, batch: str | None) -> list[str]:
+    """One named batch, or every batch; a usage error names the ones there are."""
+    names = ledger.batch_names()
+    if batch is None:
+        return names
+    if batch not in names:
+        raise UsageError(
+            f"no batch {batch!r} in the ledger {settings.ledger_path}"
+            f" (known: {', '.join(names) or 'none'})"
+        )
+    return [batch]
+
+
+def _jobs_in(ledger: Ledger, names: list[str], state: JobState, after: int) -> list[JobRecord]:
+    return ledger.jobs(batches=names, states=[state], after_id=after)
+
+
+def _views_in(
+    ledger: Ledger, names: list[str], states: list[JobState], after: int
+) -> list[JobView]:
+    return ledger.job_views(names, states=states, after_id=after)
+
+
+def _which(names: list[str]) -> str:
+    return f"batch {names[0]}" if len(names) == 1 else "the ledger"
+
+
+def _pages(fetch: Callable[[int], Sequence[T]], key: str = "id") -> Iterator[Sequence[T]]:
+    """Page through id-ordered results: ``fetch(after_id)`` until it returns nothing."""
+    after = 0
+    while True:
+        page = fetch(after)
+        if not page:
+            return
+        yield page
+        after = getattr(page[-1], key)
+
+
+@contextlib.contextmanager
+def _atomic_text(path: Path) -> Iterator[IO[str]]:
+    """A text file written beside ``path`` and renamed over it once complete."""
+    part = path.with_name(path.name + ".part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = part.open("w", encoding="utf-8", newline="")
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror}") from None
+    try:
+        with f:
+            yield f
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise

@@ -26,6 +26,7 @@ import click
 
 from floraq import batch, console
 from floraq.errors import ExitCode, FloraqError, ManifestError
+from floraq.export import FORMATS
 from floraq.settings import ENV_BASE_URL, ENV_LEDGER, Settings, resolve
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -84,6 +85,19 @@ def session(
         quiet=quiet,
         stderr_is_tty=sys.stderr.isatty() and sys.stdout.isatty(),
     )
+    if verbose and not quiet:
+        # -v: one line per HTTP request on stderr (the client has already removed the key)
+        import logging
+
+        from floraq.api import REQUEST_LOGGER
+
+        logger = logging.getLogger(REQUEST_LOGGER)
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("request: %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
     if not sandbox:
         yield settings
         return
@@ -172,9 +186,19 @@ def submit(
 @click.option("--batch", "batch_name", help="Only this batch [default: every batch].")
 @click.option("--concurrency", type=click.IntRange(1, 64), help="HTTP requests in flight.")
 @click.option("--max-cost", type=click.FloatRange(min=0), help="USD cap (wins over max_cost).")
+@click.option(
+    "--redownload-missing",
+    is_flag=True,
+    help="First fetch again every downloaded file missing or changed on disk, and expired"
+    " outputs (re-polling runs for fresh URLs).",
+)
 @common_options
 def resume(
-    batch_name: str | None, concurrency: int | None, max_cost: float | None, **kwargs: Any
+    batch_name: str | None,
+    concurrency: int | None,
+    max_cost: float | None,
+    redownload_missing: bool,
+    **kwargs: Any,
 ) -> int:
     """Continue every unfinished row where the ledger left it (safe from cron).
 
@@ -184,7 +208,12 @@ def resume(
     with session(**options, concurrency=concurrency, max_cost=max_cost) as settings:
         progress = console.ProgressDisplay(bars=settings.progress_bars, quiet=settings.quiet)
         try:
-            result = batch.resume(settings, batch=batch_name, progress=progress)
+            result = batch.resume(
+                settings,
+                batch=batch_name,
+                progress=progress,
+                redownload_missing=redownload_missing,
+            )
         finally:
             progress.close()
     console.run_summary(result, quiet=options["quiet"])
@@ -221,6 +250,151 @@ def techniques(slug: str | None, **kwargs: Any) -> int:
         items = batch.techniques(settings, slug)
     console.techniques(items, detailed=slug is not None)
     return int(ExitCode.OK)
+
+
+@cli.command()
+@click.option("--batch", "batch_name", help="Only this batch [default: every batch].")
+@click.option("--technique", help="Only the rows of this technique.")
+@click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True, help="Format."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file [default: stdout].",
+)
+@common_options
+def export(
+    batch_name: str | None, technique: str | None, fmt: str, output: Path | None, **kwargs: Any
+) -> int:
+    """One line per row: inputs, run id, status, error, request id, costs and output files.
+
+    A CSV export is a valid `rows_from.csv` for a new manifest (each input is a column
+    named by its id; `key: row_key` keeps the folder names): reprocess the rows with
+    another technique.
+
+    Example: floraq export --batch product-photos-2026-11 -o results.csv
+    """
+    with session(**session_options(kwargs)) as settings:
+        result = batch.export(
+            settings,
+            batch=batch_name,
+            technique=technique,
+            fmt="jsonl" if fmt == "jsonl" else "csv",
+            output=None if output is None or str(output) == "-" else output,
+            stream=console.data_stream(),
+        )
+    console.export_done(result)
+    return int(ExitCode.OK)
+
+
+@cli.command()
+@click.option("--batch", "batch_name", help="Only this batch [default: every batch].")
+@click.option("--failed", is_flag=True, help="Rows whose run failed.")
+@click.option("--rejected", is_flag=True, help="Rows refused (ones still invalid are skipped).")
+@click.option(
+    "--expired", is_flag=True, help="Rows whose outputs expired (try resume --redownload-missing)."
+)
+@click.option(
+    "--unknown",
+    is_flag=True,
+    help="Rows of unknown outcome, once you checked FLORA (may pay twice).",
+)
+@click.option("--queue-only", is_flag=True, help="Only re-queue them; `floraq resume` sends them.")
+@click.option("--concurrency", type=click.IntRange(1, 64), help="HTTP requests in flight.")
+@click.option("--max-cost", type=click.FloatRange(min=0), help="USD cap (wins over max_cost).")
+@common_options
+def retry(
+    batch_name: str | None,
+    queue_only: bool,
+    concurrency: int | None,
+    max_cost: float | None,
+    **kwargs: Any,
+) -> int:
+    """Give exactly these rows a new attempt (a new idempotency key), then run them.
+
+    Every other row is left alone; the ledger keeps each earlier attempt in its events.
+    The batches with re-queued rows then run as `floraq resume --batch` would, so the
+    exit code is resume's; with --queue-only, nothing is sent until `floraq resume`.
+
+    Example: floraq retry --batch product-photos-2026-11 --failed
+    """
+    flags: tuple[batch.RetryKind, ...] = ("failed", "rejected", "expired", "unknown")
+    kinds = [k for k in flags if kwargs.pop(k)]
+    options = session_options(kwargs)
+    with session(**options, concurrency=concurrency, max_cost=max_cost) as settings:
+        progress = console.ProgressDisplay(bars=settings.progress_bars, quiet=settings.quiet)
+        try:
+            result = batch.retry(
+                settings,
+                kinds=kinds,
+                batch=batch_name,
+                queue_only=queue_only,
+                progress=progress,
+            )
+        finally:
+            progress.close()
+    console.retry_summary(result, quiet=options["quiet"])
+    return int(result.exit_code)
+
+
+@cli.command()
+@click.option("--batch", "batch_name", help="Only this batch [default: every batch].")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.html"),
+    show_default=True,
+    help="The HTML file to write; output files are linked relative to it.",
+)
+@common_options
+def report(batch_name: str | None, output: Path, **kwargs: Any) -> int:
+    """Write one self-contained HTML page to look at every row and its outputs.
+
+    Failed rows come first; images show as thumbnails, videos and audio play, text is
+    inline. It loads nothing from the network: keep it beside the output folder.
+
+    Example: floraq report --batch product-photos-2026-11 -o report.html
+    """
+    with session(**session_options(kwargs)) as settings:
+        result = batch.report(settings, batch=batch_name, output=output)
+    console.report_done(result)
+    return int(ExitCode.OK)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@common_options
+def batches(as_json: bool, **kwargs: Any) -> int:
+    """Every batch in the ledger with its counts, cost and last activity.
+
+    Example: floraq batches --json
+    """
+    with session(**session_options(kwargs)) as settings:
+        items = batch.batches(settings)
+    if as_json:
+        console.batches_json(items)
+    else:
+        console.batches(items)
+    return int(ExitCode.OK)
+
+
+@cli.command()
+@click.option("--batch", "batch_name", help="Only this batch [default: every batch].")
+@common_options
+def verify(batch_name: str | None, **kwargs: Any) -> int:
+    """Re-hash every downloaded file against the ledger; list the missing or changed ones.
+
+    Exits 1 if any; `floraq resume --redownload-missing` fetches them again.
+
+    Example: floraq verify --batch product-photos-2026-11
+    """
+    with session(**session_options(kwargs)) as settings:
+        result = batch.verify(settings, batch=batch_name)
+    console.verify(result)
+    return int(result.exit_code)
 
 
 def _register_sandbox() -> None:

@@ -15,8 +15,17 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from floraq.batch import PlanResult, RunResult, StatusResult
-from floraq.core.lifecycle import JobState
+from floraq.batch import (
+    BatchSummary,
+    ExportResult,
+    PlanResult,
+    ReportResult,
+    RetryResult,
+    RunResult,
+    StatusResult,
+    VerifyResult,
+)
+from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
 from floraq.core.problems import Problem
 from floraq.core.technique import Technique
 from floraq.errors import ExitCode
@@ -80,8 +89,13 @@ def run_summary(result: RunResult, *, quiet: bool = False) -> None:
         f"{', '.join(result.batches) or 'no batch'}: {status.total()} row(s):"
         f" {', '.join(parts) or 'nothing'}; {cost}"
     )
+    if not quiet:
+        for line in _technique_cost_lines(status):
+            out(line)
     if result.inserted:
         out(f"{result.inserted} new row(s) queued")
+    for change in status.cost_changes:
+        err(f"warning: {change.describe()}")
     for note in result.notes:
         err(note)
     if result.report.paused:
@@ -109,9 +123,21 @@ def status(result: StatusResult) -> None:
         sub = StatusResult(counts=rows, failures=[])
         out(f"batch {batch}: {sub.total()} row(s); {_cost_text(sub)}")
         shown = [s for s in states if any(s in t for t in techniques.values())]
-        out(f"  {'technique':<26}" + "".join(f" {s:>15}" for s in shown))
+        costs = _technique_costs(sub)
+        out(
+            f"  {'technique':<26}"
+            + "".join(f" {s:>15}" for s in shown)
+            + f" {'charged':>12} {'estimated':>12}"
+        )
         for slug, counts in techniques.items():
-            out(f"  {slug:<26}" + "".join(f" {counts.get(s, 0):>15}" for s in shown))
+            charged, estimated, unsettled = costs[(batch, slug)]
+            out(
+                f"  {slug:<26}"
+                + "".join(f" {counts.get(s, 0):>15}" for s in shown)
+                + f" {_money(charged, unsettled):>12} {estimated:>12.4f}"
+            )
+    for change in result.cost_changes:
+        out(f"warning: {change.describe()}")
     if result.failures:
         out("")
         out("rows that need a look:")
@@ -145,9 +171,28 @@ def status_json(result: StatusResult) -> None:
         b["estimated_cost"] = round(b["estimated_cost"] + c.estimated_cost, 6)
         b["charged_cost"] = round(b["charged_cost"] + c.charged_cost, 6)
         b["unsettled_runs"] += c.unsettled
+    for (name, slug), (charged, estimated, unsettled) in _technique_costs(result).items():
+        batches[name].setdefault("technique_costs", {})[slug] = {
+            "charged_cost": charged,
+            "estimated_cost": estimated,
+            "unsettled_runs": unsettled,
+            "charged_cost_is_floor": unsettled > 0,
+        }
     for b in batches.values():
         b["charged_cost_is_floor"] = b["unsettled_runs"] > 0
-    out(json.dumps({"batches": batches, "failures": result.failures}, indent=2, sort_keys=True))
+    changes = [
+        {
+            "batch": c.batch,
+            "technique": c.technique,
+            "quotes": [{"run_cost": price, "rows": n} for price, n in c.quotes],
+            "run_cost": c.run_cost,
+            "charged_other_than_quoted": c.differs,
+            "message": c.describe(),
+        }
+        for c in result.cost_changes
+    ]
+    data = {"batches": batches, "failures": result.failures, "cost_changes": changes}
+    out(json.dumps(data, indent=2, sort_keys=True))
 
 
 def techniques(items: list[Technique], *, detailed: bool) -> None:
@@ -214,3 +259,119 @@ def _by_state(status: StatusResult) -> dict[str, int]:
 def _cost_text(status: StatusResult) -> str:
     floor = f" (at least: {status.unsettled} charge(s) not settled yet)" if status.unsettled else ""
     return f"charged {status.charged:.4f} USD{floor}, estimated {status.estimated:.4f} USD"
+
+
+# -- costs per technique ------------------------------------------------------------------
+
+
+def _technique_costs(status: StatusResult) -> dict[tuple[str, str], tuple[float, float, int]]:
+    """(batch, technique) -> (charged, estimated, unsettled runs)."""
+    sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
+    for c in status.counts:
+        entry = sums[(c.batch, c.technique)]
+        entry[0] += c.charged_cost
+        entry[1] += c.estimated_cost
+        entry[2] += c.unsettled
+    return {k: (round(v[0], 6), round(v[1], 6), int(v[2])) for k, v in sums.items()}
+
+
+def _technique_cost_lines(status: StatusResult) -> list[str]:
+    costs = _technique_costs(status)
+    if len(costs) < 2:
+        return []
+    return [
+        f"  {slug}: charged {_money(charged, unsettled)} USD, estimated {estimated:.4f} USD"
+        for (_, slug), (charged, estimated, unsettled) in costs.items()
+    ]
+
+
+def _money(amount: float, unsettled: int) -> str:
+    """A charged total; ">=" marks a floor (some charges are not settled yet)."""
+    return f"{'>=' if unsettled else ''}{amount:.4f}"
+
+
+# -- export, retry, report, batches, verify -------------------------------------------------
+
+
+def data_stream() -> TextIO:
+    """Where data goes when no file is named: stdout."""
+    return sys.stdout
+
+
+def export_done(result: ExportResult) -> None:
+    where = str(result.path) if result.path is not None else "stdout"
+    err(f"exported {result.rows} row(s) of {', '.join(result.batches) or 'no batch'} to {where}")
+
+
+def retry_summary(result: RetryResult, *, quiet: bool = False) -> None:
+    for line in result.skipped:
+        err(f"skipped: {line}")
+    parts = [f"{kind} {n}" for kind, n in result.requeued.items()]
+    total = sum(result.requeued.values())
+    if not total:
+        why = f"{len(result.skipped)} row(s) skipped" if result.skipped else "no such row"
+        out(f"nothing to retry: {why}")
+        return
+    out(f"{total} row(s) given a new attempt: {', '.join(parts)}")
+    if result.run is None:
+        err("queued only: run `floraq resume` to send them")
+        return
+    run_summary(result.run, quiet=quiet)
+
+
+def report_done(result: ReportResult) -> None:
+    out(
+        f"wrote {result.path}: {result.rows} row(s) of {', '.join(result.batches) or 'no batch'},"
+        f" {result.images} output image(s)"
+    )
+
+
+def batches(items: list[BatchSummary]) -> None:
+    if not items:
+        out("no batches in the ledger")
+        return
+    out(
+        f"{'batch':<30} {'rows':>7} {'done':>7} {'problems':>9} {'active':>7}"
+        f" {'charged':>12} {'estimated':>12}  last activity"
+    )
+    for b in items:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.last_activity))
+        out(
+            f"{b.name:<30} {b.rows:>7} {b.states.get('downloaded', 0):>7}"
+            f" {b.count(PROBLEM_STATES):>9} {b.count(ACTIVE):>7}"
+            f" {_money(b.charged, b.unsettled):>12} {b.estimated:>12.4f}  {when}"
+        )
+
+
+def batches_json(items: list[BatchSummary]) -> None:
+    data = [
+        {
+            "batch": b.name,
+            "rows": b.rows,
+            "states": b.states,
+            "charged_cost": b.charged,
+            "charged_cost_is_floor": b.unsettled > 0,
+            "estimated_cost": b.estimated,
+            "last_activity": b.last_activity,
+        }
+        for b in items
+    ]
+    out(json.dumps({"batches": data}, indent=2, sort_keys=True))
+
+
+def verify(result: VerifyResult) -> None:
+    for p in result.problems:
+        f = p.file
+        if p.kind == "missing":
+            out(f"missing: {f.path} ({f.location}, output {f.output_id})")
+        else:
+            out(
+                f"changed: {f.path} ({f.location}, output {f.output_id}):"
+                f" {p.actual_bytes} bytes, sha256 {p.actual_sha256 or '(not hashed)'};"
+                f" the ledger has {f.bytes} bytes, sha256 {f.sha256}"
+            )
+    missing = sum(1 for p in result.problems if p.kind == "missing")
+    changed = len(result.problems) - missing
+    out(f"{result.checked} file(s) checked: {missing} missing, {changed} changed")
+    if result.problems:
+        err("run `floraq resume --redownload-missing` to fetch them again while their URLs work")
