@@ -34,6 +34,8 @@ from floraq.errors import (
     Interrupted,
     ManifestError,
     NotFound,
+    ServerError,
+    TransportError,
     UsageError,
 )
 from floraq.export import Columns, Format, write_rows
@@ -237,7 +239,9 @@ def resume(
                     )
                 names = [batch]
             refetch = _redownload_missing(ledger, names) if redownload_missing else None
-            result = _run_batches(settings, ledger, names, wait=True, progress=progress)
+            result = _run_batches(
+                settings, ledger, names, wait=True, progress=progress, refresh_techniques=True
+            )
             if refetch is not None:
                 result.notes.append(refetch.describe())
             return result
@@ -252,6 +256,7 @@ def _run_batches(
     *,
     wait: bool,
     progress: Progress | None,
+    refresh_techniques: bool = False,
 ) -> RunResult:
     plans: dict[str, BatchPlan] = {}
     concurrency = settings.concurrency
@@ -267,8 +272,9 @@ def _run_batches(
         if concurrency is None and row["concurrency"]:
             concurrency = int(row["concurrency"])
     concurrency = concurrency or DEFAULT_CONCURRENCY
+    slugs = ledger.techniques_used(names)
     techniques: dict[str, Technique] = {}
-    for slug in ledger.techniques_used(names):
+    for slug in slugs:
         cached = ledger.technique(slug)
         if cached is not None:
             techniques[slug] = Technique.from_api(slug, cached)
@@ -293,6 +299,8 @@ def _run_batches(
                 log=log_request if settings.verbose else None,
             ) as downloader,
         ):
+            if refresh_techniques:
+                await _refresh_techniques(client, ledger, slugs, techniques)
             runner = Runner(
                 ledger=ledger,
                 client=client,
@@ -310,8 +318,25 @@ def _run_batches(
     result = RunResult(batches=names, inserted=0, report=report, status=status)
     result.exit_code = _exit_code(report, status)
     if report.auth_error is not None:
-        result.notes.append(f"the API refused the key: {report.auth_error}")
+        result.notes.append(str(report.auth_error))
     return result
+
+
+async def _refresh_techniques(
+    client: FloraClient, ledger: Ledger, slugs: list[str], techniques: dict[str, Technique]
+) -> None:
+    """Today's definitions, so a resume quotes (and caps) at today's run_cost.
+
+    A technique that cannot be fetched now keeps its cached definition; FLORA will
+    refuse its rows if it is really gone.
+    """
+    for slug in slugs:
+        try:
+            fresh = Technique.from_api(slug, await client.get_technique(slug))
+        except (NotFound, ServerError, TransportError, ValueError):
+            continue
+        ledger.save_technique(slug, fresh.to_api(), fresh.run_cost)
+        techniques[slug] = fresh
 
 
 def _exit_code(report: RunReport, status: StatusResult) -> ExitCode:
@@ -351,20 +376,6 @@ def status(settings: Settings, *, batch: str | None = None) -> StatusResult:
 def _status(ledger: Ledger, names: list[str]) -> StatusResult:
     if not names:
         return StatusResult(counts=[], failures=[])
-    marks = ",".join("?" * len(names))
-    rows = ledger.query(
-        f"""
-        SELECT batch, technique, state, COUNT(*) AS n,
-            COALESCE(SUM(estimated_cost), 0) AS estimated,
-            COALESCE(SUM(COALESCE(charged_cost, 0) + prior_charged_cost), 0) AS charged,
-            SUM(prior_unsettled + CASE WHEN state = 'unknown_outcome' OR (state IN
-                ('completed', 'downloaded', 'expired') AND charged_cost IS NULL)
-                THEN 1 ELSE 0 END) AS unsettled
-        FROM jobs WHERE batch IN ({marks})
-        GROUP BY batch, technique, state ORDER BY batch, technique, state
-        """,
-        names,
-    )
     counts = [
         StateCount(
             batch=r["batch"],
@@ -375,18 +386,9 @@ def _status(ledger: Ledger, names: list[str]) -> StatusResult:
             charged_cost=float(r["charged"]),
             unsettled=int(r["unsettled"] or 0),
         )
-        for r in rows
+        for r in ledger.state_counts(names)
     ]
-    failures = ledger.query(
-        f"""
-        SELECT batch, technique, location, state, run_id, error_code, error_message,
-            error_fields, failure_tier, request_id, attempt
-        FROM jobs WHERE batch IN ({marks}) AND state IN ('failed', 'rejected',
-            'unknown_outcome', 'expired')
-        ORDER BY id
-        """,
-        names,
-    )
+    failures = ledger.problem_rows(names)
     return StatusResult(counts=counts, failures=failures, cost_changes=_cost_changes(ledger, names))
 
 
@@ -613,11 +615,8 @@ def _queue_rows(
     inserted += ledger.insert_jobs(chunk)
     for job, message in rejected:
         if ledger.insert_jobs([job]):
-            row = ledger.query(
-                "SELECT id FROM jobs WHERE idempotency_key = ?", [job.idempotency_key]
-            )
             ledger.move(
-                row[0]["id"],
+                ledger.job_id_for_key(job.idempotency_key),
                 JobState.QUEUED,
                 JobState.REJECTED,
                 error_code="invalid_row",
@@ -783,7 +782,9 @@ def retry(
                             touched.add(job.batch)
             if touched and not queue_only:
                 ordered = [n for n in names if n in touched]
-                result.run = _run_batches(settings, ledger, ordered, wait=True, progress=progress)
+                result.run = _run_batches(
+                    settings, ledger, ordered, wait=True, progress=progress, refresh_techniques=True
+                )
             return result
         finally:
             ledger.close()

@@ -491,6 +491,68 @@ class Ledger:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
 
+    def committed_cost(self, batch: str) -> float:
+        """What a batch has spent or may be spending: the figure its cost cap guards.
+
+        Charged runs count at their charge (earlier attempts included); runs in flight,
+        finished runs whose charge has not settled, and unknown outcomes (a run may
+        exist) count at their quote.
+        """
+        row = self.conn.execute(
+            """
+            SELECT COALESCE(SUM(prior_charged_cost + CASE
+                WHEN charged_cost IS NOT NULL THEN charged_cost
+                WHEN state IN ('submitting', 'submitted', 'completed', 'downloaded',
+                               'expired', 'unknown_outcome')
+                    THEN COALESCE(estimated_cost, 0)
+                ELSE 0 END), 0)
+            FROM jobs WHERE batch = ?
+            """,
+            (batch,),
+        ).fetchone()
+        return float(row[0])
+
+    def state_counts(self, batches: Sequence[str]) -> list[dict[str, Any]]:
+        """Rows, quotes, charges and unsettled charges per batch, technique and state."""
+        if not batches:
+            return []
+        marks = ",".join("?" * len(batches))
+        return self.query(
+            f"""
+            SELECT batch, technique, state, COUNT(*) AS n,
+                COALESCE(SUM(estimated_cost), 0) AS estimated,
+                COALESCE(SUM(COALESCE(charged_cost, 0) + prior_charged_cost), 0) AS charged,
+                SUM(prior_unsettled + CASE WHEN state = 'unknown_outcome' OR (state IN
+                    ('completed', 'downloaded', 'expired') AND charged_cost IS NULL)
+                    THEN 1 ELSE 0 END) AS unsettled
+            FROM jobs WHERE batch IN ({marks})
+            GROUP BY batch, technique, state ORDER BY batch, technique, state
+            """,
+            list(batches),
+        )
+
+    def problem_rows(self, batches: Sequence[str]) -> list[dict[str, Any]]:
+        """Every failed, rejected, unknown or expired row, with what support will ask for."""
+        if not batches:
+            return []
+        marks = ",".join("?" * len(batches))
+        return self.query(
+            f"""
+            SELECT batch, technique, location, state, run_id, error_code, error_message,
+                error_fields, failure_tier, request_id, attempt
+            FROM jobs WHERE batch IN ({marks}) AND state IN ('failed', 'rejected',
+                'unknown_outcome', 'expired')
+            ORDER BY id
+            """,
+            list(batches),
+        )
+
+    def job_id_for_key(self, key: str) -> int:
+        row = self.conn.execute("SELECT id FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no job with idempotency key {key}")
+        return int(row[0])
+
     def typical_durations(self, technique: str, limit: int = 50) -> list[float]:
         """Creation-to-completion seconds of this technique's recent runs, by the API's clock."""
         rows = self.conn.execute(

@@ -205,7 +205,7 @@ class Runner:
         self.report = RunReport()
         self.committer = GroupCommitter(ledger)
         self.budgets = {
-            name: Budget(b.max_cost, self._committed_cost(name)) for name, b in batches.items()
+            name: Budget(b.max_cost, ledger.committed_cost(name)) for name, b in batches.items()
         }
         self.paused_batches: set[str] = set()  # reached their cost cap: no new claims
         self.stop_all = False  # credentials refused: nothing more may be sent
@@ -368,9 +368,21 @@ class Runner:
             sent = True
             return True
 
+        try:
+            inputs = run_inputs(job.inputs, technique)
+        except ValueError as e:  # a row re-queued by hand that the technique no longer fits
+            budget.release(cost)
+            await self._move(
+                job,
+                JobState.SUBMITTING,
+                JobState.REJECTED,
+                error_code="invalid_row",
+                error_message=f"{e}; fix the row, then `floraq retry --rejected`",
+            )
+            return None
         while True:
             if self._window_passed(job):
-                budget.release(cost)
+                # The quote stays committed: a run may exist (the ledger counts it too).
                 await self._move(
                     job,
                     JobState.SUBMITTING,
@@ -385,7 +397,7 @@ class Runner:
                 self.report.posts += 1
                 info = await self.client.create_run(
                     job.technique,
-                    inputs=run_inputs(job.inputs, technique),
+                    inputs=inputs,
                     idempotency_key=job.idempotency_key,
                     proceed=proceed,
                 )
@@ -402,7 +414,7 @@ class Runner:
                     await self._move(job, JobState.SUBMITTING, JobState.QUEUED)
                 return None  # an earlier attempt may have reached FLORA: keep the intent
             except IdempotencyDuplicate as e:
-                budget.release(cost)
+                # A run exists that we cannot see; its quote stays committed.
                 await self._fail(job, JobState.SUBMITTING, JobState.UNKNOWN_OUTCOME, e)
                 return None
             except InsufficientCredits as e:
@@ -726,20 +738,6 @@ class Runner:
     def _run_cost(self, job: JobRecord) -> float:
         technique = self.techniques.get(job.technique)
         return technique.run_cost if technique else (job.estimated_cost or 0.0)
-
-    def _committed_cost(self, batch: str) -> float:
-        row = self.ledger.query(
-            """
-            SELECT COALESCE(SUM(CASE
-                WHEN charged_cost IS NOT NULL THEN charged_cost
-                WHEN state IN ('submitting', 'submitted', 'completed', 'downloaded')
-                    THEN COALESCE(estimated_cost, 0)
-                ELSE 0 END), 0) AS committed
-            FROM jobs WHERE batch = ?
-            """,
-            (batch,),
-        )
-        return float(row[0]["committed"])
 
     def _expire_stale_intents(self, batches: Iterable[str]) -> None:
         """Intents older than the key window can never be re-sent safely."""

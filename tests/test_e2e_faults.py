@@ -26,16 +26,18 @@ def rows_of(technique: str, values: list[str], field: str = "prompt") -> dict[st
     return {"technique": technique, "rows": [{field: v} for v in values]}
 
 
-def catalog_without(tmp: Path, drop: str, *, extra_input: str | None = None) -> str:
-    """A copy of the packaged catalog with one technique removed, or given an extra input."""
+def catalog_without(tmp: Path, drop: str, *, retype: str | None = None) -> str:
+    """A copy of the packaged catalog with one technique removed, or one input made an image."""
     packaged = Path(__file__).resolve().parent.parent / "floraq" / "sandbox" / "catalog.yaml"
     data = yaml.safe_load(packaged.read_text())
     techniques = []
     for t in data["techniques"]:
         if t["slug"] == drop:
-            if extra_input is None:
+            if retype is None:
                 continue
-            t["inputs"].append({"id": extra_input, "name": "Extra", "type": "text"})
+            for slot in t["inputs"]:
+                if slot["id"] == retype:
+                    slot["type"] = "imageUrl"
         techniques.append(t)
     path = tmp / "catalog.yaml"
     path.write_text(yaml.safe_dump({"techniques": techniques}))
@@ -208,12 +210,12 @@ def test_key_without_run_permission_stops_submitting(
 
 @pytest.mark.parametrize(
     ("change", "code"),
-    [("extra_input", "input_validation_error"), ("removed", "not_found")],
+    [("retyped", "input_validation_error"), ("removed", "not_found")],
 )
 def test_server_refusals_reject_the_rows_with_fields_and_request_id(
     floraq: Floraq, sandbox: SandboxServer, tmp_path: Path, change: str, code: str
 ) -> None:
-    """A 400 (the technique changed) or 404 (it is gone) rejects its rows; others finish."""
+    """A 400 (an input changed type) or 404 (it is gone) rejects its rows; others finish."""
     jobs = floraq.write_manifest(
         batch="refused",
         concurrency=1,
@@ -224,16 +226,16 @@ def test_server_refusals_reject_the_rows_with_fields_and_request_id(
     )
     crashed = floraq("submit", str(jobs), FLORAQ_CRASH_AT="after_intent_commit")
     assert crashed.returncode == -signal.SIGKILL
-    extra = "style" if change == "extra_input" else None
-    sandbox.configure(catalog=catalog_without(tmp_path, "poster-maker", extra_input=extra))
+    retype = "prompt" if change == "retyped" else None
+    sandbox.configure(catalog=catalog_without(tmp_path, "poster-maker", retype=retype))
     done = floraq("resume")
     assert done.returncode == 1, done.stderr
     assert floraq.states() == {"rejected": 2, "downloaded": 1}
     failures = status_json(floraq)["failures"]
     assert [f["error_code"] for f in failures] == [code, code]
     assert all(f["request_id"].startswith("req_") for f in failures)
-    if change == "extra_input":
-        assert "Missing input 'style'" in failures[0]["error_fields"]
+    if change == "retyped":
+        assert '"field": "inputs[0].value"' in failures[0]["error_fields"], failures[0]
     assert sandbox.stats()["runs_created"] == 1
 
 

@@ -229,3 +229,21 @@ def test_retry_rejected_skips_rows_that_are_still_invalid(
     assert "nothing to retry" in done.stdout
     assert floraq.states() == {"downloaded": 1, "rejected": 1}
     assert sandbox.stats()["runs_created"] == 1
+
+
+def test_resume_quotes_and_caps_at_todays_price(floraq: Floraq, sandbox: SandboxServer) -> None:
+    """A price rise between pause and resume: the resumed rows are quoted, and capped, anew."""
+    manifest = portraits(floraq, 6, max_cost=0.1)
+    assert floraq("submit", str(manifest)).returncode == 4
+    catalog = yaml.safe_load(CATALOG.read_text())
+    catalog["techniques"][0]["run_cost"] = 0.1
+    (floraq.cwd / "catalog.yaml").write_text(yaml.safe_dump(catalog))
+    sandbox.configure(catalog=str(floraq.cwd / "catalog.yaml"))
+    done = floraq("resume", "--max-cost", "0.3")
+    assert done.returncode == 4, done.stderr
+    quotes = floraq.query(
+        "SELECT estimated_cost AS q, COUNT(*) AS n FROM jobs GROUP BY q ORDER BY q"
+    )
+    assert [(r["q"], r["n"]) for r in quotes] == [(0.05, 4), (0.1, 2)]
+    assert floraq.states() == {"downloaded": 4, "queued": 2}
+    assert sandbox.stats()["charged_total"] <= 0.3 + 1e-9
