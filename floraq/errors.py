@@ -95,6 +95,13 @@ class AuthError(FloraqError):
         self.code = code
         self.request_id = request_id
 
+    def __str__(self) -> str:
+        where = f", request-id {self.request_id}" if self.request_id else ""
+        return (
+            f"the API refused the key: {self.message} ({self.status} {self.code}{where});"
+            " check FLORA_API_KEY"
+        )
+
 
 class ApiError(FloraqError):
     """An error answer from the FLORA API, with everything support asks for."""

@@ -384,7 +384,8 @@ def test_key_never_leaks_into_errors_logs_or_repr() -> None:
         run(with_client(Recorder(echo), use, log=log))
     texts = [str(caught.value), repr(caught.value), *log, *client_repr]
     assert all(CANARY not in text for text in texts)
-    assert str(caught.value) == "Invalid API key [redacted]"
+    assert caught.value.message == "Invalid API key [redacted]"
+    assert str(caught.value).startswith("the API refused the key: Invalid API key [redacted] (401")
     assert caught.value.exit_code == ExitCode.AUTH
 
 
