@@ -105,13 +105,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _refusal(url: str | httpx.URL) -> str | None:
+def _refusal(url: httpx.URL) -> str | None:
     """Why this URL may not be fetched, or None when it may."""
     if not url_is_safe(url):
         return "only https:// URLs (or http:// to a loopback host) are fetched"
-    if httpx.URL(url).userinfo:
+    if url.userinfo:
         return "URLs with credentials in them are not fetched"
     return None
+
+
+def _parse(url: str) -> httpx.URL | None:
+    """The URL parsed once for every check and the request itself; None when it is invalid."""
+    try:
+        return httpx.URL(url)
+    except httpx.InvalidURL:
+        return None
 
 
 async def _check_request(request: httpx.Request) -> None:
@@ -250,8 +258,9 @@ class Downloader:
         short bodies are retried per policy, then raise DownloadError. A stale
         ``.part`` from a crashed process is overwritten, never trusted.
         """
-        why = _refusal(url)
-        if why is not None:
+        parsed = _parse(url)
+        why = "the URL is not valid" if parsed is None else _refusal(parsed)
+        if why is not None or parsed is None:
             raise DownloadRefused(f"refusing to fetch {redact_url(url)}: {why}")
         self.downloads_started += 1
         state = RetryState(self._policy, rand=self._rand, clock=self._clock)
@@ -259,7 +268,7 @@ class Downloader:
         try:
             while True:
                 async with self._slots:
-                    outcome = await self._attempt(url, progress)
+                    outcome = await self._attempt(parsed, progress)
                 if isinstance(outcome, Downloaded):
                     return outcome
                 delay = state.delay_for(
@@ -267,7 +276,7 @@ class Downloader:
                 )
                 if delay is None:
                     raise DownloadError(
-                        f"could not download {redact_url(url)} after {state.attempts} "
+                        f"could not download {redact_url(parsed)} after {state.attempts} "
                         f"attempt(s): {outcome.reason}"
                     )
                 await self._sleep(delay)
@@ -275,7 +284,7 @@ class Downloader:
             progress.discard()
             raise
 
-    async def _attempt(self, url: str, progress: _Progress) -> Downloaded | _Retry:
+    async def _attempt(self, url: httpx.URL, progress: _Progress) -> Downloaded | _Retry:
         resume = progress.can_resume()
         headers: dict[str, str] = {}
         if resume:
@@ -283,16 +292,19 @@ class Downloader:
             if progress.validator:
                 headers["If-Range"] = progress.validator
         started = time.perf_counter()
-        label = f"GET {redact_url(url)}" + (f" from byte {progress.received}" if resume else "")
+
+        def label() -> str:  # only when there is a log line to write: redacting costs a parse
+            return f"GET {redact_url(url)}" + (f" from byte {progress.received}" if resume else "")
+
         try:
             async with self._http.stream("GET", url, headers=headers) as response:
                 if self._log is not None:
                     ms = round((time.perf_counter() - started) * 1000)
-                    self._log(f"{label} -> {response.status_code} in {ms} ms")
+                    self._log(f"{label()} -> {response.status_code} in {ms} ms")
                 return await self._receive(url, response, progress, resume)
         except RETRIED_ERRORS as exc:
             if self._log is not None:
-                self._log(f"{label} -> {type(exc).__name__}")
+                self._log(f"{label()} -> {type(exc).__name__}")
             return _Retry(Rule.BACKOFF, f"{type(exc).__name__}: {exc}")
         except httpx.HTTPError as exc:
             raise DownloadError(f"could not download {redact_url(url)}: {exc}") from exc
@@ -300,7 +312,7 @@ class Downloader:
             raise DownloadError(f"could not write {progress.part}: {exc}") from exc
 
     async def _receive(
-        self, url: str, response: httpx.Response, progress: _Progress, resume: bool
+        self, url: httpx.URL, response: httpx.Response, progress: _Progress, resume: bool
     ) -> Downloaded | _Retry:
         status = response.status_code
         if status in EXPIRED_STATUSES:

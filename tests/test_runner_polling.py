@@ -1,0 +1,99 @@
+"""The runner's poll schedule on a fake clock: pending runs back off, running runs are predicted.
+
+One run waits 20 s for a slot, then runs 30 s. The server's clock is far from ours, so the
+prediction must come from the server's own ``created_at``/``started_at`` difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from floraq.api import FloraClient
+from floraq.core.technique import Technique
+from floraq.downloads import Downloader
+from floraq.retry import RetryPolicy
+from floraq.runner import BatchPlan, Runner, RunnerConfig
+from tests.test_runner_rounds import BASE, MEDIA, POSTER, ledger_with, media, no_wait, states
+
+SERVER_EPOCH_MS = 1_700_000_000_000  # the server's created_at; our fake clock starts at 0
+WAIT, RUN = 20.0, 30.0  # seconds pending, then seconds running
+
+
+class FakeFlora:
+    """One run whose answers follow the fake clock, as the sandbox's do for real time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.polls: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+    def run(self) -> dict[str, Any]:
+        t = self.now
+        body: dict[str, Any] = {"run_id": "run_1", "created_at": SERVER_EPOCH_MS, "progress": 0}
+        if t < WAIT:
+            return body | {"status": "pending"}
+        body["started_at"] = SERVER_EPOCH_MS + int(WAIT * 1000)
+        if t < WAIT + RUN:
+            return body | {"status": "running", "progress": math.floor(100 * (t - WAIT) / RUN)}
+        return body | {
+            "status": "completed",
+            "progress": 100,
+            "completed_at": SERVER_EPOCH_MS + int((WAIT + RUN) * 1000),
+            "charged_cost": 0.1,
+            "outputs": [{"output_id": "poster", "type": "imageUrl", "url": MEDIA}],
+        }
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "media.test":
+            return media(request)
+        if request.method == "POST":
+            return httpx.Response(200, json=self.run())
+        self.polls.append(round(self.now, 3))
+        return httpx.Response(200, json=self.run())
+
+
+def test_pending_polls_back_off_and_progress_predicts_the_end(tmp_path: Path) -> None:
+    """Pending polls back off (5, 7.5, 10 s); then progress points at the end: 6 polls."""
+    fake = FakeFlora()
+    ledger = ledger_with(["a kite"])
+
+    async def go() -> None:
+        policy = RetryPolicy(time_scale=0.0)
+        transport = httpx.MockTransport(fake.handler)
+        async with (
+            FloraClient(
+                base_url=BASE, api_key="sk_test", policy=policy, transport=transport, sleep=no_wait
+            ) as client,
+            Downloader(policy=policy, transport=transport, sleep=no_wait) as downloader,
+        ):
+            runner = Runner(
+                ledger=ledger,
+                client=client,
+                downloader=downloader,
+                techniques={"poster": Technique.from_api("poster", POSTER)},
+                batches={"b": BatchPlan("b", tmp_path, None, 1)},
+                config=RunnerConfig(time_scale=1.0),
+                clock=lambda: fake.now,
+                sleep=fake.sleep,
+                rand=lambda: 0.0,
+            )
+            await runner.run()
+
+    asyncio.run(go())
+    assert states(ledger) == {"downloaded": 1}
+    # 1.6 s (2 s less 20 % jitter), then pending back-off 5, 7.5, 10 (capped at 5 + 5 with
+    # nothing learned); at 24.1 s it has run 4.1 s at 13 %: it cannot end before 49.29 s;
+    # there it says 97 %, so the next poll waits the floor (1.6 s) and sees it completed.
+    assert fake.polls == pytest.approx([1.6, 6.6, 14.1, 24.1, 49.286, 50.886], abs=0.001)
+    row = ledger.query("SELECT polls, completed_at FROM jobs")[0]
+    assert row["polls"] == 6
+    assert row["completed_at"] - (WAIT + RUN) == pytest.approx(0.886, abs=0.001)
