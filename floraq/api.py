@@ -71,7 +71,7 @@ def is_loopback_host(host: str) -> bool:
 def url_is_safe(url: str | httpx.URL) -> bool:
     """https:// anywhere, http:// only to a loopback host; nothing else."""
     try:
-        parsed = httpx.URL(url)
+        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
     except httpx.InvalidURL:
         return False
     if not parsed.host:
@@ -84,7 +84,7 @@ def url_is_safe(url: str | httpx.URL) -> bool:
 def redact_url(url: str | httpx.URL) -> str:
     """A URL fit for a message: no userinfo, no query (either may hold a secret)."""
     try:
-        parsed = httpx.URL(url)
+        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
     except httpx.InvalidURL:
         return "<invalid URL>"
     return str(parsed.copy_with(userinfo=b"", query=None, fragment=None))
@@ -233,6 +233,8 @@ class FloraClient:
             raise UsageError("the FLORA API key contains spaces or non-ASCII characters")
         self.base_url = base
         self._base = httpx.URL(base)
+        self._base_origin = _origin(self._base)
+        self._urls: dict[tuple[str, ...], httpx.URL] = {}  # per-technique paths, parsed once
         self._key = key
         self._policy = policy
         self._sleep = sleep
@@ -313,9 +315,12 @@ class FloraClient:
             raise ValueError("create_run needs an idempotency key")
         body = {"inputs": inputs, "mode": "async", "idempotency_key": idempotency_key}
         content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        runs = self._urls.get(("runs", slug))
+        if runs is None:
+            runs = self._urls[("runs", slug)] = self._url("techniques", slug, "runs")
         return await self._call(
             "POST",
-            self._url("techniques", slug, "runs"),
+            runs,
             RunInfo.from_response,
             content=content,
             headers={"Content-Type": "application/json", "Idempotency-Key": idempotency_key},
@@ -325,14 +330,16 @@ class FloraClient:
 
     async def get_run(self, slug: str, run_id: str, *, poll_url: str | None = None) -> RunInfo:
         """Poll a run: at ``poll_url`` when it is on the base URL's origin, else by path."""
-        url = self._url("techniques", slug, "runs", run_id)
+        url: httpx.URL | None = None
         if poll_url:
             try:
-                candidate = httpx.URL(poll_url)
+                url = httpx.URL(poll_url)
             except httpx.InvalidURL:
-                candidate = None
-            if candidate is not None and _origin(candidate) == _origin(self._base):
-                url = candidate
+                url = None
+            if url is not None and _origin(url) != self._base_origin:
+                url = None
+        if url is None:
+            url = self._url("techniques", slug, "runs", run_id)
         return await self._call("GET", url, RunInfo.from_response)
 
     def _url(self, *parts: str) -> httpx.URL:
@@ -357,6 +364,7 @@ class FloraClient:
         retryable = method in IDEMPOTENT_METHODS or bool(idempotency_key)
         state = RetryState(self._policy, rand=self._rand, clock=self._clock)
         label = f"{method} {self._path(url)}"
+        unanswered = 0  # attempts that may have reached FLORA without a readable answer
         while True:
             async with self.throttle:
                 if proceed is not None and not proceed():
@@ -375,6 +383,7 @@ class FloraClient:
                 ms = round((time.perf_counter() - started) * 1000)
 
             if failure is not None:
+                unanswered += 1
                 retried = isinstance(failure, RETRIED_ERRORS) and retryable
                 delay = state.delay_for(Rule.BACKOFF) if retried else None
                 self._emit(f"{label} -> {type(failure).__name__} after {ms} ms", delay)
@@ -397,6 +406,7 @@ class FloraClient:
                 try:
                     result = parse(response)
                 except ServerError as exc:
+                    unanswered += 1  # a 2xx we cannot read: the request probably succeeded
                     error = exc
                 else:
                     self.throttle.on_success()
@@ -423,6 +433,7 @@ class FloraClient:
             self._emit(outcome, delay)
             if delay is None:
                 error.attempts = state.attempts
+                error.unanswered = unanswered
                 if isinstance(error, ServerError) and identity is not None:
                     limit = self._policy.max_identical_5xx
                     error.repeated = state.identical if state.identical >= limit else 0

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
 
 from floraq.api import FloraClient, log_request
-from floraq.core.keys import idempotency_key, inputs_digest, row_key
+from floraq.core.keys import api_key_fingerprint, idempotency_key, inputs_digest, row_key
 from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
 from floraq.core.manifest import Manifest, Row
 from floraq.core.problems import Problem
@@ -39,7 +39,7 @@ from floraq.errors import (
     UsageError,
 )
 from floraq.export import Columns, Format, write_rows
-from floraq.ledger import JobRecord, JobView, Ledger, NewJob, StoredFile
+from floraq.ledger import JobRecord, JobView, Ledger, NewJob, SeenRows, StoredFile
 from floraq.lock import LedgerLock
 from floraq.manifest_files import iter_job_rows, load_manifest
 from floraq.report import Summary, write_report
@@ -161,10 +161,19 @@ class RunResult:
 
 
 def plan(settings: Settings, manifest_path: Path) -> PlanResult:
-    """Validate every row against its technique and price the batch; sends no run."""
+    """Validate every row against its technique and price the batch; sends no run.
+
+    If the ledger exists it is read (never written), so `plan` also reports what `submit`
+    would refuse because of earlier batches: changed rows, folders already in use.
+    """
     manifest = load_manifest(manifest_path)
     techniques, problems = _run(_fetch_techniques(settings, manifest))
-    return _check_manifest(manifest, techniques, problems, ledger=None)
+    reader = Ledger.open_readonly(settings.ledger_path)
+    try:
+        return _check_manifest(manifest, techniques, problems, ledger=reader)
+    finally:
+        if reader is not None:
+            reader.close()
 
 
 # -- submit / resume ------------------------------------------------------------------------
@@ -285,6 +294,7 @@ def _run_batches(
         idempotency_window=settings.idempotency_window,
         window_margin=min(settings.window_margin, settings.idempotency_window / 4),
         time_scale=settings.time_scale,
+        key_fingerprint=api_key_fingerprint(settings.require_key()),
     )
 
     async def go() -> RunReport:
@@ -476,93 +486,150 @@ def _check_rows(
     ledger: Ledger | None,
     stats: Counter[str],
 ) -> Iterator[_Checked]:
-    """Every row, checked on its own and against the others; problems are appended."""
-    seen_keys: set[str] = set()
-    paths: dict[tuple[str, str], str] = {}
-    for job in manifest.jobs:
-        technique = techniques.get(job.technique)
-        pending: list[_Checked] = []
-        input_ids = [i.id for i in technique.inputs] if technique else None
-        for item in iter_job_rows(manifest, job, input_ids=input_ids):
-            if isinstance(item, Problem):
-                problems.append(item)
-                continue
-            if technique is None:
-                continue
-            row_problems = check_row(item, technique)
-            problems.extend(p for p in row_problems if p.severity == "warning")
-            errors = [p for p in row_problems if p.severity == "error"]
-            values = dict(item.values)
-            key = idempotency_key(
-                batch=manifest.batch, technique=job.technique, inputs=values, attempt=1
-            )
-            folder = item.key if item.key is not None and not errors else row_key(values)
-            digest = inputs_digest(values)
-            if not errors:
-                if key in seen_keys:
-                    stats["duplicates"] += 1
-                    problems.append(
-                        Problem(
-                            item.location,
-                            "duplicate of an earlier row (same technique and inputs):"
-                            " submitted once",
-                            "warning",
-                        )
-                    )
+    """Every row, checked on its own and against the others; problems are appended.
+
+    Rows are held a chunk at a time: duplicates and shared output folders are looked up in
+    a ``SeenRows`` store on disk, so memory does not grow with the manifest.
+    """
+    with SeenRows() as seen:
+        for job in manifest.jobs:
+            technique = techniques.get(job.technique)
+            buffered: list[Problem | _Checked] = []  # in row order, problems as they came
+            rows = 0
+            input_ids = [i.id for i in technique.inputs] if technique else None
+            for item in iter_job_rows(manifest, job, input_ids=input_ids):
+                if isinstance(item, Problem):
+                    buffered.append(item)
                     continue
-                seen_keys.add(key)
-                other = paths.get((job.technique, folder))
-                if other is not None:
-                    errors.append(
-                        Problem(
-                            item.location,
-                            f"writes the same output folder {job.technique}/{folder} as {other};"
-                            " give each row a distinct key",
-                        )
+                if technique is None:
+                    continue
+                row_problems = check_row(item, technique)
+                buffered.extend(p for p in row_problems if p.severity == "warning")
+                errors = [p for p in row_problems if p.severity == "error"]
+                values = dict(item.values)
+                folder = item.key if item.key is not None and not errors else row_key(values)
+                buffered.append(
+                    _Checked(
+                        row=item,
+                        job=NewJob(
+                            batch=manifest.batch,
+                            technique=job.technique,
+                            job_number=item.job,
+                            row_number=item.number,
+                            csv_line=item.csv_line,
+                            location=item.location,
+                            row_key=folder,
+                            inputs=values,
+                            inputs_digest=inputs_digest(values),
+                            idempotency_key=idempotency_key(
+                                batch=manifest.batch,
+                                technique=job.technique,
+                                inputs=values,
+                                attempt=1,
+                            ),
+                            estimated_cost=technique.run_cost,
+                        ),
+                        errors=errors,
                     )
-                else:
-                    paths[(job.technique, folder)] = item.location
-            checked = _Checked(
-                row=item,
-                job=NewJob(
-                    batch=manifest.batch,
-                    technique=job.technique,
-                    job_number=item.job,
-                    row_number=item.number,
-                    csv_line=item.csv_line,
-                    location=item.location,
-                    row_key=folder,
-                    inputs=values,
-                    inputs_digest=digest,
-                    idempotency_key=key,
-                    estimated_cost=technique.run_cost,
-                ),
-                errors=errors,
-            )
-            pending.append(checked)
-            if len(pending) >= INSERT_CHUNK:
-                yield from _against_ledger(pending, ledger)
-                pending = []
-        yield from _against_ledger(pending, ledger)
+                )
+                rows += 1
+                if rows >= INSERT_CHUNK:
+                    settled = _against_earlier(buffered, seen, job.technique, problems, stats)
+                    yield from _against_ledger(settled, ledger, str(manifest.output_dir))
+                    buffered, rows = [], 0
+            settled = _against_earlier(buffered, seen, job.technique, problems, stats)
+            yield from _against_ledger(settled, ledger, str(manifest.output_dir))
 
 
-def _against_ledger(pending: list[_Checked], ledger: Ledger | None) -> list[_Checked]:
-    """A keyed row whose inputs changed since it was queued would reuse a paid-for key."""
+def _against_earlier(
+    buffered: list[Problem | _Checked],
+    seen: SeenRows,
+    technique: str,
+    problems: list[Problem],
+    stats: Counter[str],
+) -> list[_Checked]:
+    """One chunk against every row before it: duplicates go, a second claim on a folder errs.
+
+    Problems land in ``problems`` in row order; duplicates are left out of the result.
+    """
+    valid = [b for b in buffered if isinstance(b, _Checked) and not b.errors]
+    earlier = seen.known_keys([c.job.idempotency_key for c in valid])
+    owners = seen.folder_owners(technique, [c.job.row_key for c in valid])
+    new_keys: list[str] = []
+    new_folders: list[tuple[str, str, str]] = []
+    settled: list[_Checked] = []
+    for entry in buffered:
+        if isinstance(entry, Problem):
+            problems.append(entry)
+            continue
+        if not entry.errors:
+            key, folder = entry.job.idempotency_key, entry.job.row_key
+            if key in earlier:
+                stats["duplicates"] += 1
+                problems.append(
+                    Problem(
+                        entry.row.location,
+                        "duplicate of an earlier row (same technique and inputs): submitted once",
+                        "warning",
+                    )
+                )
+                continue
+            earlier.add(key)
+            new_keys.append(key)
+            other = owners.get(folder)
+            if other is not None:
+                entry.errors.append(
+                    Problem(
+                        entry.row.location,
+                        f"writes the same output folder {technique}/{folder} as {other};"
+                        " give each row a distinct key",
+                    )
+                )
+            else:
+                owners[folder] = entry.row.location
+                new_folders.append((technique, folder, entry.row.location))
+        settled.append(entry)
+    seen.add(new_keys, new_folders)
+    return settled
+
+
+def _against_ledger(
+    pending: list[_Checked], ledger: Ledger | None, output_dir: str
+) -> list[_Checked]:
+    """Rows the ledger already knows, in ways that would cost money or overwrite files.
+
+    A keyed row whose inputs changed since it was queued would reuse a paid-for key; a row
+    whose output folder another batch already fills would overwrite that batch's files.
+    """
     if ledger is None or not pending:
         return pending
     by_technique: dict[str, list[_Checked]] = defaultdict(list)
     for checked in pending:
         by_technique[checked.job.technique].append(checked)
     for technique, group in by_technique.items():
-        known = ledger.existing_rows(group[0].job.batch, technique, [c.job.row_key for c in group])
+        batch = group[0].job.batch
+        keys = [c.job.row_key for c in group]
+        known = ledger.existing_rows(batch, technique, keys)
+        taken = ledger.folders_of_other_batches(batch, output_dir, technique, keys)
         for checked in group:
-            digest = known.get(checked.job.row_key)
-            if digest is not None and digest != checked.job.inputs_digest and not checked.errors:
+            if checked.errors:
+                continue
+            key = checked.job.row_key
+            digest = known.get(key)
+            if digest is not None and digest != checked.job.inputs_digest:
                 checked.errors.append(
                     Problem(
                         checked.row.location,
-                        f"this row (key {checked.job.row_key!r}) changed since it was submitted"
-                        " in this batch; give it a new key, or use a new batch name",
+                        f"this row (key {key!r}) changed since it was submitted in this batch;"
+                        " give it a new key, or use a new batch name and output_dir",
+                    )
+                )
+            elif key in taken:
+                checked.errors.append(
+                    Problem(
+                        checked.row.location,
+                        f"its output folder {technique}/{key} already holds the files of"
+                        f" batch {taken[key]!r}; set another output_dir for this batch",
                     )
                 )
     return pending

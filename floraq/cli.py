@@ -5,11 +5,12 @@ Exit codes (also in the README):
 \b
   0  every row is done: nothing more to do
   1  finished; some rows failed, were rejected, expired or have an unknown outcome
-  2  invalid manifest, CSV, flags or settings; nothing was sent
+  2  invalid manifest, CSV, flags or settings, or an unreadable ledger; nothing sent
   3  the API refused the key; nothing more was sent
   4  paused by credits or the budget cap; rows stay queued: run again later
   5  another floraq process holds this ledger: try again later
   6  runs still in flight (--no-wait, or the network gave up): `floraq resume` later
+  70 a bug in floraq (a traceback was printed); the ledger is safe: report it
   130 interrupted (Ctrl-C / SIGTERM): `floraq resume` continues
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -425,4 +427,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         console.error_line("interrupted; run `floraq resume` to continue")
         sys.exit(ExitCode.INTERRUPTED)
+    except Exception:
+        traceback.print_exc()
+        console.error_line(
+            "this is a bug in floraq: please report it with the traceback above."
+            " Every state change so far is saved in the ledger; `floraq resume` continues"
+        )
+        sys.exit(ExitCode.INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)

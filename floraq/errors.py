@@ -19,7 +19,7 @@ anything else that escapes is a bug in floraq.
     ├── DownloadError                an output could not be fetched or verified
     │   ├── DownloadExpired          the output URL answers 403/404/410
     │   └── DownloadRefused          the output URL is not one floraq may fetch (plain http)
-    ├── LedgerError                  the ledger cannot be opened or is inconsistent
+    ├── LedgerError                  exit 2  the ledger cannot be opened or is inconsistent
     │   └── LedgerBusy               exit 5  another floraq holds this ledger
     └── Interrupted                  exit 130  Ctrl-C or SIGTERM; `floraq resume` continues
 """
@@ -86,6 +86,7 @@ class AuthError(FloraqError):
 
     exit_code = ExitCode.AUTH
     attempts: int = 1  # requests sent before this answer (set by the client)
+    unanswered: int = 0  # of those, how many got no answer we could read (a run may exist)
 
     def __init__(
         self, message: str, *, status: int, code: str, request_id: str | None = None
@@ -107,6 +108,7 @@ class ApiError(FloraqError):
     """An error answer from the FLORA API, with everything support asks for."""
 
     attempts: int = 1  # requests sent before this answer (set by the client)
+    unanswered: int = 0  # of those, how many got no answer we could read (a run may exist)
 
     def __init__(
         self,
@@ -222,6 +224,8 @@ class DownloadRefused(DownloadError):
 class LedgerError(FloraqError):
     """The ledger cannot be opened, or holds something floraq cannot read."""
 
+    exit_code = ExitCode.USAGE
+
 
 class LedgerBusy(LedgerError):
     """Another floraq process holds this ledger's lock."""
@@ -270,9 +274,10 @@ def _parse_envelope(
         return None, None, []
     code = error.get("code") if isinstance(error.get("code"), str) else None
     message = error.get("message") if isinstance(error.get("message"), str) else None
+    raw_fields = error.get("fields")
     fields = [
         {"field": str(f.get("field", "")), "message": str(f.get("message", ""))}
-        for f in error.get("fields") or []
+        for f in (raw_fields if isinstance(raw_fields, list) else [])
         if isinstance(f, dict)
     ]
     return code, message, fields

@@ -51,6 +51,7 @@ _MOVE_FIELDS = frozenset(
         "remote_completed_at",
         "attempt",
         "idempotency_key",
+        "key_fingerprint",
     }
 )
 
@@ -95,6 +96,7 @@ class JobRecord:
     completed_at: float | None
     auto_retries: int
     polls: int
+    key_fingerprint: str | None = None  # of the API key the intent was committed under
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> JobRecord:
@@ -118,6 +120,7 @@ class JobRecord:
             completed_at=row["completed_at"],
             auto_retries=row["auto_retries"],
             polls=row["polls"],
+            key_fingerprint=row["key_fingerprint"],
         )
 
 
@@ -302,6 +305,23 @@ class Ledger:
                 [batch, technique, *chunk],
             ):
                 found[row[0]] = row[1]
+        return found
+
+    def folders_of_other_batches(
+        self, batch: str, output_dir: str, technique: str, row_keys: Sequence[str]
+    ) -> dict[str, str]:
+        """row_key -> the other batch whose outputs already live in that folder."""
+        found: dict[str, str] = {}
+        for start in range(0, len(row_keys), 500):
+            chunk = list(row_keys[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                f"SELECT j.row_key, j.batch FROM jobs j JOIN batches b ON b.name = j.batch"
+                f" WHERE b.output_dir = ? AND j.batch != ? AND j.technique = ?"
+                f" AND j.row_key IN ({marks})",
+                [output_dir, batch, technique, *chunk],
+            ):
+                found.setdefault(row[0], row[1])
         return found
 
     def insert_jobs(self, jobs: Iterable[NewJob]) -> int:
@@ -569,7 +589,13 @@ class Ledger:
     # -- attempts, exports, reports, verification ----------------------------------------
 
     def new_attempt(
-        self, job_id: int, current: JobState, *, attempt: int, idempotency_key: str
+        self,
+        job_id: int,
+        current: JobState,
+        *,
+        attempt: int,
+        idempotency_key: str,
+        auto_retries: int = 0,
     ) -> None:
         """Re-queue a finished job as a new attempt with a new key, in one transaction.
 
@@ -620,7 +646,7 @@ class Ledger:
                 attempt=attempt,
                 idempotency_key=idempotency_key,
                 **dict.fromkeys(_ATTEMPT_FIELDS),
-                auto_retries=0,
+                auto_retries=auto_retries,
                 polls=0,
             )
 
@@ -875,3 +901,65 @@ class StoredFile:
     technique: str
     row_key: str
     location: str
+
+
+class SeenRows:
+    """Idempotency keys and output folders a manifest check has met so far, on disk.
+
+    A million-row manifest would need hundreds of MB as Python sets; this keeps them in a
+    private temporary SQLite database (SQLite spills it to a temp file), so the check's
+    memory stays flat however many rows it reads. Ask about a chunk, then add it.
+    """
+
+    def __init__(self) -> None:
+        self.conn = sqlite3.connect("", isolation_level=None)  # "": private, temporary
+        self.conn.execute("PRAGMA journal_mode = OFF")
+        self.conn.execute("PRAGMA synchronous = OFF")
+        self.conn.execute("CREATE TABLE keys (key TEXT PRIMARY KEY) WITHOUT ROWID")
+        self.conn.execute(
+            "CREATE TABLE folders (technique TEXT, folder TEXT, location TEXT,"
+            " PRIMARY KEY (technique, folder)) WITHOUT ROWID"
+        )
+
+    def __enter__(self) -> SeenRows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def known_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` were added before."""
+        found: set[str] = set()
+        for part in _chunks(list(dict.fromkeys(keys))):
+            marks = ", ".join("?" * len(part))
+            rows = self.conn.execute(f"SELECT key FROM keys WHERE key IN ({marks})", part)
+            found.update(key for (key,) in rows)
+        return found
+
+    def folder_owners(self, technique: str, folders: Sequence[str]) -> dict[str, str]:
+        """folder -> location of the row that claimed it first, for ``folders`` already added."""
+        owners: dict[str, str] = {}
+        for part in _chunks(list(dict.fromkeys(folders))):
+            marks = ", ".join("?" * len(part))
+            rows = self.conn.execute(
+                f"SELECT folder, location FROM folders WHERE technique = ? AND folder IN ({marks})",
+                [technique, *part],
+            )
+            owners.update(rows)
+        return owners
+
+    def add(self, keys: Iterable[str], folders: Iterable[tuple[str, str, str]]) -> None:
+        """Remember keys and (technique, folder, location) claims; the first claim stays."""
+        self.conn.execute("BEGIN")
+        self.conn.executemany("INSERT OR IGNORE INTO keys VALUES (?)", ((k,) for k in keys))
+        self.conn.executemany("INSERT OR IGNORE INTO folders VALUES (?, ?, ?)", folders)
+        self.conn.execute("COMMIT")
+
+
+def _chunks(items: list[str], size: int = 900) -> Iterator[list[str]]:
+    """Slices small enough for SQLite's limit on bound parameters."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

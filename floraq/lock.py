@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from floraq.errors import LedgerBusy
+from floraq.errors import LedgerBusy, UsageError
 
 
 def lock_path_for(ledger_path: Path) -> Path:
@@ -20,7 +20,13 @@ def lock_path_for(ledger_path: Path) -> Path:
 
 def ensure_private_dir(path: Path) -> None:
     """Create the ledger's folder user-only (0700) if it does not exist yet."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(
+            f"cannot create the ledger folder {path}: {e.strerror or e};"
+            " choose another place with --ledger or FLORAQ_LEDGER"
+        ) from None
 
 
 class LedgerLock:

@@ -122,3 +122,12 @@ def m0002_attempt_costs(db: Database) -> None:
     # Earlier attempts that may have been charged but never said so (an unsettled charge,
     # an unknown outcome): while any is > 0 the row's charged total is only a floor.
     db.execute("ALTER TABLE jobs ADD COLUMN prior_unsettled INTEGER NOT NULL DEFAULT 0")
+
+
+@migrations(name="0003_key_fingerprint")
+def m0003_key_fingerprint(db: Database) -> None:
+    # FLORA keeps idempotency keys per API key: an intent sent under one key must never be
+    # re-sent under another. A short hash of the key (never the key) tells them apart.
+    db.execute("ALTER TABLE jobs ADD COLUMN key_fingerprint TEXT")
+    # Which batches already fill an output folder (checked before every submit).
+    db.execute("CREATE INDEX jobs_technique_row_key ON jobs (technique, row_key)")

@@ -23,7 +23,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,7 +31,12 @@ from floraq.api import FloraClient, RunInfo
 from floraq.core.failures import FailureTier, classify_failure
 from floraq.core.keys import idempotency_key
 from floraq.core.lifecycle import JobState
-from floraq.core.polling import PollPolicy, next_poll_delay, typical_duration
+from floraq.core.polling import (
+    PollPolicy,
+    earliest_remaining,
+    next_poll_delay,
+    typical_duration,
+)
 from floraq.core.technique import Technique
 from floraq.core.validation import SAFE_NAME, run_inputs
 from floraq.crashpoints import CrashPoints
@@ -91,6 +96,7 @@ class RunnerConfig:
     idempotency_window: float = 7200.0
     window_margin: float = 600.0
     time_scale: float = 1.0
+    key_fingerprint: str | None = None  # of the API key in use (core.keys.api_key_fingerprint)
 
 
 @dataclass(slots=True)
@@ -209,13 +215,16 @@ class Runner:
         }
         self.paused_batches: set[str] = set()  # reached their cost cap: no new claims
         self.stop_all = False  # credentials refused: nothing more may be sent
+        self._bug: Exception | None = None  # a bug stopped the loop: raised once all is saved
         self.out_of_credits = False  # a 402: the workspace cannot pay for any new run
         self._tasks: set[asyncio.Task[None]] = set()
         scale = config.time_scale
-        self.poll_policy = PollPolicy(min_interval=2.0 * scale, max_interval=5.0 * scale)
+        self.poll_policy = PollPolicy().scaled(scale)
         self.durations: dict[str, deque[float]] = {
             slug: deque(ledger.typical_durations(slug), maxlen=50) for slug in techniques
         }
+        # From started_at: how long runs take once they have a slot (learned in this process).
+        self.run_times: dict[str, deque[float]] = {}
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -257,6 +266,8 @@ class Runner:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
             self.committer.flush()
+        if self._bug is not None:
+            raise self._bug  # every transition so far is committed; `resume` continues
         return self.report
 
     async def _drive_guarded(self, job: JobRecord, slots: asyncio.Semaphore) -> None:
@@ -264,6 +275,9 @@ class Runner:
             await self._drive(job)
         except AuthError as e:
             self.report.auth_error = self.report.auth_error or e
+            self._stop_everything()
+        except Exception as e:  # a bug in floraq: stop safely, then let it be seen
+            self._bug = self._bug or e
             self._stop_everything()
         finally:
             slots.release()
@@ -279,33 +293,28 @@ class Runner:
                 task.cancel()
 
     async def _drive(self, job: JobRecord) -> None:
-        """Move one job as far as it can go: submit, poll, download."""
-        state = job.state
+        """Move one job as far as it can go: submit, poll, download.
+
+        Each step hands back the job as it committed it, so the ledger is not read again.
+        """
         while True:
             claimed = False
-            if state is JobState.QUEUED:
-                if not await self._claim(job):
+            if job.state is JobState.QUEUED:
+                intent = await self._claim(job)
+                if intent is None:
                     return
-                job = self.ledger.job(job.id)
-                state = JobState.SUBMITTING
-                claimed = True
-            if state is JobState.SUBMITTING:
-                info = await self._submit(job, claimed=claimed)
-                if info is None or not self.config.wait:
+                job, claimed = intent, True
+            first: RunInfo | None = None
+            if job.state is JobState.SUBMITTING:
+                sent = await self._submit(job, claimed=claimed)
+                if sent is None or not self.config.wait:
                     return
-                job = self.ledger.job(job.id)
-                state = JobState.SUBMITTED
-                first: RunInfo | None = info
-            else:
-                first = None
-            if state is JobState.SUBMITTED:
-                retry = await self._poll_until_done(job, first)
-                if retry is not None:
-                    job, state = retry, JobState.QUEUED
-                    continue
-                job = self.ledger.job(job.id)
-                state = job.state
-            if state is JobState.COMPLETED:
+                job, first = sent
+            if job.state is JobState.SUBMITTED:
+                job = await self._poll_until_done(job, first)
+                if job.state is JobState.QUEUED:
+                    continue  # a failed run's new attempt
+            if job.state is JobState.COMPLETED:
                 await self._download(job)
             return
 
@@ -319,22 +328,24 @@ class Runner:
         """No POST may leave at all, not even for an intent already committed."""
         return self.stop_all or self.out_of_credits
 
-    async def _claim(self, job: JobRecord) -> bool:
-        """Reserve budget and commit the intent; False when this batch may not submit now."""
+    async def _claim(self, job: JobRecord) -> JobRecord | None:
+        """Reserve budget and commit the intent; None when this batch may not submit now."""
         if self._submitting_stopped(job.batch):
-            return False
+            return None
         cost = self._run_cost(job)
         if not self.budgets[job.batch].reserve(cost):
             self._pause(job.batch, "budget")
-            return False
+            return None
+        at = self.clock()
         try:
             await self.committer.commit(
                 lambda: self.ledger.move(
                     job.id,
                     JobState.QUEUED,
                     JobState.SUBMITTING,
-                    submitting_at=self.clock(),
+                    submitting_at=at,
                     estimated_cost=cost,
+                    key_fingerprint=self.config.key_fingerprint,
                 )
             )
         except asyncio.CancelledError:
@@ -346,10 +357,18 @@ class Runner:
             self.budgets[job.batch].release(cost)
             raise
         self.crash("after_intent_commit")
-        return True
+        return replace(
+            job,
+            state=JobState.SUBMITTING,
+            submitting_at=at,
+            estimated_cost=cost,
+            key_fingerprint=self.config.key_fingerprint,
+        )
 
-    async def _submit(self, job: JobRecord, *, claimed: bool) -> RunInfo | None:
+    async def _submit(self, job: JobRecord, *, claimed: bool) -> tuple[JobRecord, RunInfo] | None:
         """POST the run (same key on every retry); commit its id the moment it arrives.
+
+        Returns the job as committed (``submitted``) and the create answer.
 
         ``claimed``: this process committed the intent and has sent nothing for it yet,
         so a POST withdrawn now can go back to ``queued`` without any risk.
@@ -360,6 +379,9 @@ class Runner:
         rounds = 0
         repeated_500s = 0
         sent = False  # an attempt may have left (so a run may exist for this key)
+        # Could a run exist for this key already? Yes if an earlier process holds the intent
+        # or any attempt went unanswered: then no error answer may be read as "no run".
+        doubt = not claimed
 
         def proceed() -> bool:
             nonlocal sent
@@ -368,9 +390,30 @@ class Runner:
             sent = True
             return True
 
+        if self._key_changed(job):
+            await self._move(
+                job,
+                JobState.SUBMITTING,
+                JobState.UNKNOWN_OUTCOME,
+                error_code="api_key_changed",
+                error_message="this row's POST was sent with another API key, and FLORA keeps"
+                " idempotency keys per API key: re-sending could pay twice. Check FLORA, then"
+                " `floraq retry --unknown`",
+            )
+            return None
         try:
             inputs = run_inputs(job.inputs, technique)
         except ValueError as e:  # a row re-queued by hand that the technique no longer fits
+            if doubt:  # an earlier process may have sent it under the old definition
+                await self._move(
+                    job,
+                    JobState.SUBMITTING,
+                    JobState.UNKNOWN_OUTCOME,
+                    error_code="invalid_row",
+                    error_message=f"{e}; an earlier POST may have created a run: check FLORA,"
+                    " then `floraq retry --unknown`",
+                )
+                return None
             budget.release(cost)
             await self._move(
                 job,
@@ -418,10 +461,15 @@ class Runner:
                 await self._fail(job, JobState.SUBMITTING, JobState.UNKNOWN_OUTCOME, e)
                 return None
             except InsufficientCredits as e:
-                # FLORA looks the key up before the balance: no run exists for this key.
-                budget.release(cost)
                 self.out_of_credits = True
                 self.report.paused.add("insufficient_credits")
+                if doubt or e.unanswered:
+                    # An earlier attempt may have made the run: keep the intent (and its
+                    # time, so the key window still counts from the first POST).
+                    self.report.incomplete += 1
+                    await self._note(job, e)
+                    return None
+                budget.release(cost)
                 await self._move(
                     job,
                     JobState.SUBMITTING,
@@ -432,13 +480,16 @@ class Runner:
                 )
                 return None
             except (InputRejected, NotFound) as e:
+                if doubt or e.unanswered:
+                    await self._fail(job, JobState.SUBMITTING, JobState.UNKNOWN_OUTCOME, e)
+                    return None
                 budget.release(cost)
                 await self._fail(job, JobState.SUBMITTING, JobState.REJECTED, e)
                 return None
             except AuthError as e:
                 self.report.auth_error = self.report.auth_error or e
                 self._stop_everything()  # before any await: no other POST may leave now
-                if claimed and rounds == 0 and e.attempts == 1:  # refused: no run made
+                if not doubt and not e.unanswered:  # every attempt refused: no run made
                     budget.release(cost)
                     await self._move(
                         job,
@@ -454,6 +505,9 @@ class Runner:
                     repeated_500s += 1
                     if repeated_500s >= IDENTICAL_500_ROUNDS:
                         # The same 500 over and over: this row is the problem (a malformed id).
+                        if doubt or e.unanswered:
+                            await self._fail(job, JobState.SUBMITTING, JobState.UNKNOWN_OUTCOME, e)
+                            return None
                         budget.release(cost)
                         await self._fail(
                             job,
@@ -463,22 +517,30 @@ class Runner:
                             tier=FailureTier.REPORT,
                         )
                         return None
-            except (TransportError, RateLimited):
-                pass  # no answer we can trust: a run may exist; only this key may ask
+                doubt = doubt or bool(e.unanswered)
+            except TransportError:
+                doubt = True  # no answer we can trust: a run may exist; only this key may ask
+            except RateLimited as e:
+                doubt = doubt or bool(e.unanswered)
             except ApiError as e:
                 if e.status != 408:
-                    # An answer nobody documents (413, 415, ...): no run; show it to a person.
+                    # An answer nobody documents (413, 415, ...): show it to a person.
+                    if doubt or e.unanswered:
+                        await self._fail(job, JobState.SUBMITTING, JobState.UNKNOWN_OUTCOME, e)
+                        return None
                     budget.release(cost)
                     await self._fail(
                         job, JobState.SUBMITTING, JobState.FAILED, e, tier=FailureTier.REPORT
                     )
                     return None
+                doubt = True
             rounds += 1
             if rounds > JOB_ROUNDS or self._posting_stopped():
                 self.report.incomplete += 1  # stays `submitting`: `resume` re-POSTs this key
                 return None
             await self._pause_round(rounds)
         self.crash("after_post_before_commit")
+        at = self.clock()
         await self._move(
             job,
             JobState.SUBMITTING,
@@ -488,7 +550,7 @@ class Runner:
             remote_status=info.status,
             progress=info.progress,
             remote_created_at=info.created_at,
-            submitted_at=self.clock(),
+            submitted_at=at,
             request_id=info.request_id,
             error_code=None,
             error_message=None,
@@ -496,25 +558,49 @@ class Runner:
             failure_tier=None,
         )
         self.progress.advance("submitted")
-        return info
+        done = replace(
+            job,
+            state=JobState.SUBMITTED,
+            run_id=info.run_id,
+            poll_url=info.poll_url,
+            submitted_at=at,
+        )
+        return done, info
 
     # -- poll ---------------------------------------------------------------------------
 
-    async def _poll_until_done(self, job: JobRecord, first: RunInfo | None) -> JobRecord | None:
-        """Poll until the run completes or fails; a new attempt's job when it is re-queued."""
+    async def _poll_until_done(self, job: JobRecord, first: RunInfo | None) -> JobRecord:
+        """Poll until the run completes or fails; the job as it then stands.
+
+        Still ``submitted`` when polling gave up for now; ``queued`` (a new attempt) when a
+        failed run is tried again.
+        """
         assert job.run_id is not None
         polls = job.polls
         info = first
         submitted = job.submitted_at or self.clock()
         rounds = 0
+        pending_polls = 0  # poll answers in a row that said `pending`
+        predicted_end: float | None = None  # on our clock: the soonest the last answer allows
         while info is None or not _is_finished(info):
-            typical = typical_duration(list(self.durations.get(job.technique, ())))
+            typical = typical_duration(
+                list(self.durations.get(job.technique, ())), self.poll_policy
+            )
+            now = self.clock()
+            remaining = None if predicted_end is None else max(0.0, predicted_end - now)
             delay = next_poll_delay(
                 self.poll_policy,
                 polls=polls,
-                elapsed=self.clock() - submitted,
+                elapsed=now - submitted,
                 typical=typical,
                 rand=self.rand(),
+                pending_polls=pending_polls,
+                remaining=remaining,
+                run_typical=typical_duration(
+                    list(self.run_times.get(job.technique, ())), self.poll_policy
+                )
+                if pending_polls
+                else None,
             )
             await self.sleep(delay)
             try:
@@ -523,20 +609,36 @@ class Runner:
                 await self._fail(
                     job, JobState.SUBMITTED, JobState.FAILED, e, tier=FailureTier.REPORT
                 )
-                return None
+                return replace(job, state=JobState.FAILED)
             except (TransportError, ApiError):
                 rounds += 1
                 if rounds > JOB_ROUNDS:
                     self.report.incomplete += 1
-                    return None
+                    return job
                 await self._pause_round(rounds)
                 continue
             polls += 1
             self.report.polls += 1
+            pending_polls = pending_polls + 1 if info.status == "pending" else 0
+            answered = self.clock()
+            left = self._remaining(info, submitted, answered)
+            predicted_end = None if left is None else answered + left
         if info.status == "completed":
             await self._completed(job, info, polls)
+            return replace(job, state=JobState.COMPLETED, polls=polls)
+        retry = await self._failed(job, info, polls)
+        return retry or replace(job, state=JobState.FAILED, polls=polls)
+
+    def _remaining(self, info: RunInfo, submitted: float, now: float) -> float | None:
+        """When a running run can end at the soonest, from its progress (seconds from now).
+
+        The server's clock is mapped onto ours by its ``created_at`` and our ``submitted``
+        (both taken at the POST), so a skewed server clock does not matter.
+        """
+        if info.status != "running" or info.started_at is None or info.created_at is None:
             return None
-        return await self._failed(job, info, polls)
+        started = submitted + (info.started_at - info.created_at) / 1000.0
+        return earliest_remaining(progress=info.progress, running_for=now - started)
 
     async def _completed(self, job: JobRecord, info: RunInfo, polls: int) -> None:
         charged = info.charged_cost
@@ -557,6 +659,10 @@ class Runner:
         if info.created_at is not None and info.completed_at is not None:
             self.durations.setdefault(job.technique, deque(maxlen=50)).append(
                 (info.completed_at - info.created_at) / 1000.0
+            )
+        if info.started_at is not None and info.completed_at is not None:
+            self.run_times.setdefault(job.technique, deque(maxlen=50)).append(
+                (info.completed_at - info.started_at) / 1000.0
             )
 
         def record() -> None:
@@ -600,16 +706,16 @@ class Runner:
         key = idempotency_key(
             batch=job.batch, technique=job.technique, inputs=job.inputs, attempt=attempt
         )
-        await self._move(
-            job,
-            JobState.FAILED,
-            JobState.QUEUED,
-            attempt=attempt,
-            idempotency_key=key,
-            auto_retries=job.auto_retries + 1,
-            run_id=None,
-            poll_url=None,
-            polls=0,
+        # new_attempt keeps the failed run's charge (and its history) in the ledger.
+        await self.committer.commit(
+            functools.partial(
+                self.ledger.new_attempt,
+                job.id,
+                JobState.FAILED,
+                attempt=attempt,
+                idempotency_key=key,
+                auto_retries=job.auto_retries + 1,
+            )
         )
         return self.ledger.job(job.id)
 
@@ -706,6 +812,23 @@ class Runner:
     async def _pause_round(self, rounds: int) -> None:
         """The wait before trying a step again after the client gave up on it."""
         await self.sleep(ROUND_PAUSE * 2.0 ** (rounds - 1) * self.config.time_scale)
+
+    def _key_changed(self, job: JobRecord) -> bool:
+        """Was this row's intent committed under another API key than ours?"""
+        mine = self.config.key_fingerprint
+        return bool(job.key_fingerprint and mine and job.key_fingerprint != mine)
+
+    async def _note(self, job: JobRecord, error: ApiError) -> None:
+        """Record an error on a job that keeps its state (the status shows it)."""
+        await self.committer.commit(
+            functools.partial(
+                self.ledger.update,
+                job.id,
+                error_code=error.code,
+                error_message=error.message,
+                request_id=error.request_id,
+            )
+        )
 
     async def _move(self, job: JobRecord, current: JobState, new: JobState, **fields: Any) -> None:
         await self.committer.commit(lambda: self.ledger.move(job.id, current, new, **fields))

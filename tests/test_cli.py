@@ -36,8 +36,6 @@ def test_every_command_is_in_the_readme(name: str) -> None:
 @pytest.mark.parametrize("code", list(ExitCode))
 def test_every_exit_code_is_documented(code: ExitCode) -> None:
     """Each exit code appears in `floraq --help` and in the README's table."""
-    if code is ExitCode.INTERNAL:
-        return  # a bug in floraq: documented in the error tree, not a promise
     help_text = CliRunner().invoke(cli, ["--help"]).output
     assert re.search(rf"^\s+{int(code)}\s", help_text, re.M), f"{int(code)} missing from --help"
     assert re.search(rf"^\| {int(code)} \|", README, re.M), f"{int(code)} missing from README"
@@ -64,3 +62,22 @@ def test_missing_key_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("floraq: error: no API key: set FLORA_API_KEY")
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_a_bug_exits_70_with_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unexpected exception prints its traceback and exits 70, never 1 (rows need a look)."""
+    from floraq import batch
+    from floraq.cli import main
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(batch, "status", broken)
+    with pytest.raises(SystemExit) as exited:
+        main(["status"])
+    assert exited.value.code == ExitCode.INTERNAL == 70
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: boom" in err
+    assert "this is a bug in floraq" in err

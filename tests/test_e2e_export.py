@@ -15,10 +15,13 @@ from floraq.sandbox import SandboxServer
 IMG = "https://storage.googleapis.com/floraq-demo/{n}.jpg"
 
 
-def mixed_batch(floraq: Floraq, *, batch: str = "src", rows: int = 4) -> Path:
+def mixed_batch(
+    floraq: Floraq, *, batch: str = "src", rows: int = 4, output_dir: str = "outputs"
+) -> Path:
     """`rows` portraits and two posters, one of which fails (model_timeout)."""
     return floraq.write_manifest(
         batch=batch,
+        output_dir=output_dir,
         retry_failed_runs=0,
         jobs=[
             {
@@ -111,7 +114,7 @@ def test_batches_lists_every_batch_with_counts_and_cost(
 ) -> None:
     """`batches --json`: each batch's rows per state, charged and estimated cost, activity."""
     assert floraq("submit", str(mixed_batch(floraq, rows=2))).returncode == 1
-    other = mixed_batch(floraq, batch="second", rows=1)
+    other = mixed_batch(floraq, batch="second", rows=1, output_dir="outputs-second")
     assert floraq("submit", str(other)).returncode == 1
     done = floraq("batches", "--json")
     assert done.returncode == 0, done.stderr

@@ -208,27 +208,31 @@ def test_key_without_run_permission_stops_submitting(
 # -- answers that reject a row ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("change", "code"),
-    [("retyped", "input_validation_error"), ("removed", "not_found")],
-)
-def test_server_refusals_reject_the_rows_with_fields_and_request_id(
-    floraq: Floraq, sandbox: SandboxServer, tmp_path: Path, change: str, code: str
-) -> None:
-    """A 400 (an input changed type) or 404 (it is gone) rejects its rows; others finish."""
-    jobs = floraq.write_manifest(
+REFUSALS = [("retyped", "input_validation_error"), ("removed", "not_found")]
+
+
+def refused_batch(floraq: Floraq) -> Path:
+    """A caption row (0.02) then two poster rows (0.08 each), one request at a time."""
+    return floraq.write_manifest(
         batch="refused",
         concurrency=1,
         jobs=[
-            rows_of("poster-maker", ["a red kite", "a blue kite"]),
             rows_of("caption-writer", ["https://storage.googleapis.com/k/1.jpg"], "input_image"),
+            rows_of("poster-maker", ["a red kite", "a blue kite"]),
         ],
     )
-    crashed = floraq("submit", str(jobs), FLORAQ_CRASH_AT="after_intent_commit")
-    assert crashed.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize(("change", "code"), REFUSALS)
+def test_server_refusals_reject_the_rows_with_fields_and_request_id(
+    floraq: Floraq, sandbox: SandboxServer, tmp_path: Path, change: str, code: str
+) -> None:
+    """A 400 (an input changed type) or 404 (it is gone) to a fresh POST rejects the row."""
+    paused = floraq("submit", str(refused_batch(floraq)), "--max-cost", "0.02")
+    assert paused.returncode == 4 and floraq.states() == {"downloaded": 1, "queued": 2}
     retype = "prompt" if change == "retyped" else None
     sandbox.configure(catalog=catalog_without(tmp_path, "poster-maker", retype=retype))
-    done = floraq("resume")
+    done = floraq("resume", "--max-cost", "1")
     assert done.returncode == 1, done.stderr
     assert floraq.states() == {"rejected": 2, "downloaded": 1}
     failures = status_json(floraq)["failures"]
@@ -236,6 +240,24 @@ def test_server_refusals_reject_the_rows_with_fields_and_request_id(
     assert all(f["request_id"].startswith("req_") for f in failures)
     if change == "retyped":
         assert '"field": "inputs[0].value"' in failures[0]["error_fields"], failures[0]
+    assert sandbox.stats()["runs_created"] == 1
+
+
+@pytest.mark.parametrize(("change", "code"), REFUSALS)
+def test_refusal_of_an_intent_from_before_a_crash_is_an_unknown_outcome(
+    floraq: Floraq, sandbox: SandboxServer, tmp_path: Path, change: str, code: str
+) -> None:
+    """After a crash floraq cannot know if the POST left: a 400/404 then is no proof of no run."""
+    crashed = floraq("submit", str(refused_batch(floraq)), FLORAQ_CRASH_AT="after_intent_commit")
+    assert crashed.returncode == -signal.SIGKILL
+    retype = "prompt" if change == "retyped" else None
+    sandbox.configure(catalog=catalog_without(tmp_path, "poster-maker", retype=retype))
+    done = floraq("resume")
+    assert done.returncode == 1, done.stderr
+    assert floraq.states() == {"unknown_outcome": 2, "downloaded": 1}
+    failures = status_json(floraq)["failures"]
+    assert [f["error_code"] for f in failures] == [code, code]
+    assert all(f["request_id"].startswith("req_") for f in failures)
     assert sandbox.stats()["runs_created"] == 1
 
 

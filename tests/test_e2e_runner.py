@@ -175,3 +175,57 @@ def test_plan_prices_what_the_sandbox_then_charges(floraq: Floraq, sandbox: Sand
     done = floraq("submit", "jobs.example.yaml")
     assert done.returncode == 0, done.stderr
     assert abs(sandbox.stats()["charged_total"] - total) < 1e-6
+
+
+def test_a_second_batch_may_not_overwrite_the_first_ones_outputs(
+    floraq: Floraq, sandbox: SandboxServer
+) -> None:
+    """Same output_dir and row key in a new batch: exit 2, nothing sent, first file intact."""
+    (floraq.cwd / "rows.csv").write_text("sku,prompt\nmug-001,a red mug\n")
+    job = {"technique": "poster-maker", "rows_from": {"csv": "rows.csv", "key": "sku"}}
+    first = floraq.write_manifest(batch="v1", jobs=[job])
+    assert floraq("submit", str(first)).returncode == 0
+    poster = next((floraq.cwd / "outputs" / "poster-maker" / "mug-001").iterdir())
+    before = sha256(poster)
+    (floraq.cwd / "rows.csv").write_text("sku,prompt\nmug-001,a blue mug\n")
+    second = floraq.write_manifest("v2.yaml", batch="v2", jobs=[job])
+    done = floraq("submit", str(second))
+    assert done.returncode == 2, done.stderr
+    assert (
+        "its output folder poster-maker/mug-001 already holds the files of batch 'v1'"
+        in done.stderr
+    )
+    assert sandbox.stats()["runs_created"] == 1 and sha256(poster) == before
+
+
+def test_a_new_api_key_never_resends_an_old_keys_intent(
+    floraq: Floraq, sandbox: SandboxServer
+) -> None:
+    """Killed after a POST, resumed with a rotated key: unknown outcome, one run, not two."""
+    sandbox.configure(api_keys=[sandbox.api_key, "sk_test_rotated"])
+    manifest = floraq.write_manifest(
+        batch="rotate", jobs=[{"technique": "poster-maker", "rows": [{"prompt": "a fox"}]}]
+    )
+    crashed = floraq("submit", str(manifest), FLORAQ_CRASH_AT="after_post_before_commit")
+    assert crashed.returncode == -signal.SIGKILL
+    done = floraq("resume", FLORA_API_KEY="sk_test_rotated")
+    assert done.returncode == 1, done.stderr
+    assert floraq.states() == {"unknown_outcome": 1}
+    assert floraq.query("SELECT error_code FROM jobs")[0]["error_code"] == "api_key_changed"
+    assert sandbox.stats()["runs_created"] == 1
+
+
+def test_plan_reports_what_submit_would_refuse_and_writes_nothing(
+    floraq: Floraq, sandbox: SandboxServer
+) -> None:
+    """`plan` reads the ledger: a row changed since it was submitted is an error there too."""
+    (floraq.cwd / "rows.csv").write_text("sku,prompt\nmug-001,a red mug\n")
+    job = {"technique": "poster-maker", "rows_from": {"csv": "rows.csv", "key": "sku"}}
+    manifest = floraq.write_manifest(batch="v1", jobs=[job])
+    assert floraq("submit", str(manifest)).returncode == 0
+    (floraq.cwd / "rows.csv").write_text("sku,prompt\nmug-001,a blue mug\n")
+    before = floraq.ledger_path.read_bytes()
+    planned = floraq("plan", str(manifest))
+    assert planned.returncode == 2
+    assert "(key 'mug-001') changed since it was submitted in this batch" in planned.stdout
+    assert floraq.ledger_path.read_bytes() == before

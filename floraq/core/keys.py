@@ -56,3 +56,12 @@ def row_key(inputs: Mapping[str, str]) -> str:
 def inputs_digest(inputs: Mapping[str, str]) -> str:
     """The full sha256 of a row's inputs, so the ledger can tell when a row changed."""
     return _sha256(dict(inputs))
+
+
+def api_key_fingerprint(api_key: str) -> str:
+    """16 hex digits that tell two API keys apart without revealing either.
+
+    Stored with each intent: FLORA scopes idempotency keys per API key, so a POST sent
+    under one key must not be re-sent under another.
+    """
+    return hashlib.sha256(f"floraq-api-key:{api_key}".encode()).hexdigest()[:16]

@@ -1,0 +1,193 @@
+"""Never pay twice when an answer is ambiguous: edges found in review, over MockTransport.
+
+Each case is a POST whose first attempt may have created a run (its reply was lost), then
+an error answer. Only when no attempt could have reached FLORA may floraq read an error
+as "no run exists"; otherwise the row keeps its intent or becomes `unknown_outcome`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from test_runner_rounds import BASE, DONE, POSTER, ledger_with, media, no_wait, states
+
+from floraq.api import FloraClient
+from floraq.core.keys import api_key_fingerprint
+from floraq.core.lifecycle import JobState
+from floraq.core.technique import Technique
+from floraq.downloads import Downloader
+from floraq.ledger import Ledger
+from floraq.retry import RetryPolicy
+from floraq.runner import BatchPlan, Runner, RunnerConfig, RunReport
+
+KEY = "sk_test_one"
+
+
+def drive(
+    ledger: Ledger,
+    handler: Callable[[httpx.Request], httpx.Response],
+    tmp: Path,
+    *,
+    clock: Callable[[], float],
+    key: str = KEY,
+    techniques: dict[str, Technique] | None = None,
+) -> RunReport:
+    async def go() -> RunReport:
+        policy = RetryPolicy(time_scale=0.0)
+        transport = httpx.MockTransport(handler)
+        async with (
+            FloraClient(
+                base_url=BASE, api_key=key, policy=policy, transport=transport, sleep=no_wait
+            ) as client,
+            Downloader(policy=policy, transport=transport, sleep=no_wait) as downloader,
+        ):
+            runner = Runner(
+                ledger=ledger,
+                client=client,
+                downloader=downloader,
+                techniques=(
+                    {"poster": Technique.from_api("poster", POSTER)}
+                    if techniques is None
+                    else techniques
+                ),
+                batches={"b": BatchPlan("b", tmp, None, 1)},
+                config=RunnerConfig(
+                    concurrency=1, time_scale=0.0, key_fingerprint=api_key_fingerprint(key)
+                ),
+                sleep=no_wait,
+                clock=clock,
+            )
+            return await runner.run()
+
+    return asyncio.run(go())
+
+
+class LostReply:
+    """FLORA creates the run on the first POST but the reply is lost; then it answers `then`."""
+
+    def __init__(self, then: httpx.Response) -> None:
+        self.then = then
+        self.posts = 0
+        self.runs = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "media.test":
+            return media(request)
+        if request.method == "POST":
+            self.posts += 1
+            if self.posts == 1:
+                self.runs += 1
+                raise httpx.ReadTimeout("reply lost", request=request)
+            return self.then
+        return httpx.Response(200, json=DONE)
+
+
+def error_code(ledger: Ledger) -> str:
+    return str(ledger.query("SELECT error_code FROM jobs WHERE id = 1")[0]["error_code"])
+
+
+def error(status: int, code: str) -> httpx.Response:
+    return httpx.Response(status, json={"error": {"code": code, "message": code}})
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(400, "input_validation_error"), (404, "not_found"), (500, "unknown_error")],
+)
+def test_error_after_a_lost_reply_is_an_unknown_outcome(
+    tmp_path: Path, status: int, code: str
+) -> None:
+    """A 400/404/repeated 500 after a lost reply: a run may exist, so never `failed`/`rejected`."""
+    flora = LostReply(error(status, code))
+    ledger = ledger_with(["a kite"])
+    drive(ledger, flora, tmp_path, clock=lambda: 1_000_000.0)
+    assert states(ledger) == {"unknown_outcome": 1}
+    assert error_code(ledger) == code
+
+
+def test_402_after_a_lost_reply_keeps_the_intent_and_its_time(tmp_path: Path) -> None:
+    """A 402 after a lost reply keeps `submitting` and its first time; past the window it is
+    `unknown_outcome`, never POSTed again."""
+    flora = LostReply(error(402, "insufficient_credits"))
+    ledger = ledger_with(["a kite"])
+    report = drive(ledger, flora, tmp_path, clock=lambda: 1_000_000.0)
+    assert report.paused == {"insufficient_credits"}
+    job = ledger.job(1)
+    assert (job.state, job.submitting_at) == (JobState.SUBMITTING, 1_000_000.0)
+    posts = flora.posts
+    drive(ledger, flora, tmp_path, clock=lambda: 1_000_000.0 + 3 * 3600)
+    assert states(ledger) == {"unknown_outcome": 1}
+    assert flora.posts == posts and flora.runs == 1
+
+
+def test_a_clean_402_puts_the_row_back_in_the_queue(tmp_path: Path) -> None:
+    """A 402 on the very first attempt means no run: the row is queued again, to send later."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return error(402, "insufficient_credits")
+
+    ledger = ledger_with(["a kite"])
+    drive(ledger, handler, tmp_path, clock=lambda: 1_000_000.0)
+    assert states(ledger) == {"queued": 1}
+
+
+def test_intent_sent_under_another_api_key_is_never_resent(tmp_path: Path) -> None:
+    """FLORA keeps idempotency keys per API key: a new key must not re-send an old intent."""
+    ledger = ledger_with(["a kite"])
+    ledger.move(
+        1,
+        JobState.QUEUED,
+        JobState.SUBMITTING,
+        submitting_at=1_000_000.0,
+        key_fingerprint=api_key_fingerprint("sk_test_old"),
+    )
+    posts: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posts.append(request)
+        return httpx.Response(200, json=DONE)
+
+    drive(ledger, handler, tmp_path, clock=lambda: 1_000_100.0, key="sk_test_new")
+    assert states(ledger) == {"unknown_outcome": 1}
+    assert error_code(ledger) == "api_key_changed"
+    assert posts == []
+
+
+def test_automatic_rerun_keeps_the_failed_runs_charge(tmp_path: Path) -> None:
+    """A "retry now" failure that was charged still counts after the automatic re-run."""
+    created = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "media.test":
+            return media(request)
+        if request.method == "POST":
+            created["n"] += 1
+            return httpx.Response(200, json={"run_id": f"run_{created['n']}", "status": "pending"})
+        if request.url.path.endswith("run_1"):
+            failed = {"run_id": "run_1", "status": "failed", "progress": 100}
+            return httpx.Response(200, json={**failed, "error_code": "model_timeout",
+                                             "charged_cost": 0.1})  # fmt: skip
+        return httpx.Response(200, json={**DONE, "run_id": "run_2"})
+
+    ledger = ledger_with(["a kite"])
+    drive(ledger, handler, tmp_path, clock=lambda: 1_000_000.0)
+    assert states(ledger) == {"downloaded": 1} and created["n"] == 2
+    assert ledger.committed_cost("b") == pytest.approx(0.2)
+    kinds = [e["kind"] for e in ledger.query("SELECT kind FROM events WHERE job_id = 1")]
+    assert "attempt_archived" in kinds
+
+
+def test_a_bug_in_one_task_stops_the_loop_and_is_raised(tmp_path: Path) -> None:
+    """An unexpected exception is not swallowed: the loop stops and raises it (exit 70)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=DONE)
+
+    ledger = ledger_with(["a kite"])
+    with pytest.raises(KeyError):
+        drive(ledger, handler, tmp_path, clock=lambda: 1_000_000.0, techniques={})
+    assert ledger.integrity_ok()
