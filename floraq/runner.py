@@ -480,11 +480,7 @@ class Runner:
                 )
                 return None
             except (InputRejected, NotFound) as e:
-                if doubt or e.unanswered:
-                    await self._fail(job, JobState.SUBMITTING, JobState.UNKNOWN_OUTCOME, e)
-                    return None
-                budget.release(cost)
-                await self._fail(job, JobState.SUBMITTING, JobState.REJECTED, e)
+                await self._refused(job, e, JobState.REJECTED, doubtful=doubt, cost=cost)
                 return None
             except AuthError as e:
                 self.report.auth_error = self.report.auth_error or e
@@ -505,15 +501,12 @@ class Runner:
                     repeated_500s += 1
                     if repeated_500s >= IDENTICAL_500_ROUNDS:
                         # The same 500 over and over: this row is the problem (a malformed id).
-                        if doubt or e.unanswered:
-                            await self._fail(job, JobState.SUBMITTING, JobState.UNKNOWN_OUTCOME, e)
-                            return None
-                        budget.release(cost)
-                        await self._fail(
+                        await self._refused(
                             job,
-                            JobState.SUBMITTING,
-                            JobState.FAILED,
                             e,
+                            JobState.FAILED,
+                            doubtful=doubt,
+                            cost=cost,
                             tier=FailureTier.REPORT,
                         )
                         return None
@@ -525,12 +518,8 @@ class Runner:
             except ApiError as e:
                 if e.status != 408:
                     # An answer nobody documents (413, 415, ...): show it to a person.
-                    if doubt or e.unanswered:
-                        await self._fail(job, JobState.SUBMITTING, JobState.UNKNOWN_OUTCOME, e)
-                        return None
-                    budget.release(cost)
-                    await self._fail(
-                        job, JobState.SUBMITTING, JobState.FAILED, e, tier=FailureTier.REPORT
+                    await self._refused(
+                        job, e, JobState.FAILED, doubtful=doubt, cost=cost, tier=FailureTier.REPORT
                     )
                     return None
                 doubt = True
@@ -812,6 +801,27 @@ class Runner:
     async def _pause_round(self, rounds: int) -> None:
         """The wait before trying a step again after the client gave up on it."""
         await self.sleep(ROUND_PAUSE * 2.0 ** (rounds - 1) * self.config.time_scale)
+
+    async def _refused(
+        self,
+        job: JobRecord,
+        error: ApiError,
+        new: JobState,
+        *,
+        doubtful: bool,
+        cost: float,
+        tier: FailureTier | None = None,
+    ) -> None:
+        """A POST refused: ``new`` when no attempt can have made a run, else unknown_outcome.
+
+        Only an answer to every attempt of a fresh intent proves there is no run; after a
+        lost reply, or an intent from an earlier process, the quote stays committed.
+        """
+        if doubtful or error.unanswered:
+            await self._fail(job, JobState.SUBMITTING, JobState.UNKNOWN_OUTCOME, error)
+            return
+        self.budgets[job.batch].release(cost)
+        await self._fail(job, JobState.SUBMITTING, new, error, tier=tier)
 
     def _key_changed(self, job: JobRecord) -> bool:
         """Was this row's intent committed under another API key than ours?"""
