@@ -116,6 +116,10 @@ def session(
         )
 
 
+def progress_display(settings: Settings) -> console.ProgressDisplay:
+    return console.ProgressDisplay(bars=settings.progress_bars, quiet=settings.quiet)
+
+
 def session_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: kwargs.pop(k) for k in ("base_url", "ledger", "sandbox", "verbose", "quiet")}
 
@@ -172,14 +176,13 @@ def submit(
     Example: floraq submit jobs.yaml
     """
     options = session_options(kwargs)
-    with session(**options, concurrency=concurrency, max_cost=max_cost) as settings:
-        progress = console.ProgressDisplay(bars=settings.progress_bars, quiet=settings.quiet)
-        try:
-            result = batch.submit(
-                settings, manifest, wait=not no_wait, skip_invalid=skip_invalid, progress=progress
-            )
-        finally:
-            progress.close()
+    with (
+        session(**options, concurrency=concurrency, max_cost=max_cost) as settings,
+        progress_display(settings) as progress,
+    ):
+        result = batch.submit(
+            settings, manifest, wait=not no_wait, skip_invalid=skip_invalid, progress=progress
+        )
     console.run_summary(result, quiet=options["quiet"])
     return int(result.exit_code)
 
@@ -207,17 +210,16 @@ def resume(
     Example: floraq resume --batch product-photos-2026-11
     """
     options = session_options(kwargs)
-    with session(**options, concurrency=concurrency, max_cost=max_cost) as settings:
-        progress = console.ProgressDisplay(bars=settings.progress_bars, quiet=settings.quiet)
-        try:
-            result = batch.resume(
-                settings,
-                batch=batch_name,
-                progress=progress,
-                redownload_missing=redownload_missing,
-            )
-        finally:
-            progress.close()
+    with (
+        session(**options, concurrency=concurrency, max_cost=max_cost) as settings,
+        progress_display(settings) as progress,
+    ):
+        result = batch.resume(
+            settings,
+            batch=batch_name,
+            progress=progress,
+            redownload_missing=redownload_missing,
+        )
     console.run_summary(result, quiet=options["quiet"])
     return int(result.exit_code)
 
@@ -325,18 +327,17 @@ def retry(
     flags: tuple[batch.RetryKind, ...] = ("failed", "rejected", "expired", "unknown")
     kinds = [k for k in flags if kwargs.pop(k)]
     options = session_options(kwargs)
-    with session(**options, concurrency=concurrency, max_cost=max_cost) as settings:
-        progress = console.ProgressDisplay(bars=settings.progress_bars, quiet=settings.quiet)
-        try:
-            result = batch.retry(
-                settings,
-                kinds=kinds,
-                batch=batch_name,
-                queue_only=queue_only,
-                progress=progress,
-            )
-        finally:
-            progress.close()
+    with (
+        session(**options, concurrency=concurrency, max_cost=max_cost) as settings,
+        progress_display(settings) as progress,
+    ):
+        result = batch.retry(
+            settings,
+            kinds=kinds,
+            batch=batch_name,
+            queue_only=queue_only,
+            progress=progress,
+        )
     console.retry_summary(result, quiet=options["quiet"])
     return int(result.exit_code)
 

@@ -248,6 +248,12 @@ class ProgressDisplay:
         for bar in self.bars.values():
             bar.close()
 
+    def __enter__(self) -> ProgressDisplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def _by_state(status: StatusResult) -> dict[str, int]:
     totals: dict[str, int] = {s.value: 0 for s in JobState}

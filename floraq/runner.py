@@ -469,15 +469,7 @@ class Runner:
                     self.report.incomplete += 1
                     await self._note(job, e)
                     return None
-                budget.release(cost)
-                await self._move(
-                    job,
-                    JobState.SUBMITTING,
-                    JobState.QUEUED,
-                    error_code=e.code,
-                    error_message=e.message,
-                    request_id=e.request_id,
-                )
+                await self._requeue(job, e, cost)
                 return None
             except (InputRejected, NotFound) as e:
                 await self._refused(job, e, JobState.REJECTED, doubtful=doubt, cost=cost)
@@ -486,15 +478,7 @@ class Runner:
                 self.report.auth_error = self.report.auth_error or e
                 self._stop_everything()  # before any await: no other POST may leave now
                 if not doubt and not e.unanswered:  # every attempt refused: no run made
-                    budget.release(cost)
-                    await self._move(
-                        job,
-                        JobState.SUBMITTING,
-                        JobState.QUEUED,
-                        error_code=e.code,
-                        error_message=e.message,
-                        request_id=e.request_id,
-                    )
+                    await self._requeue(job, e, cost)
                 raise
             except ServerError as e:
                 if e.status == 500 and e.repeated:
@@ -801,6 +785,18 @@ class Runner:
     async def _pause_round(self, rounds: int) -> None:
         """The wait before trying a step again after the client gave up on it."""
         await self.sleep(ROUND_PAUSE * 2.0 ** (rounds - 1) * self.config.time_scale)
+
+    async def _requeue(self, job: JobRecord, error: ApiError | AuthError, cost: float) -> None:
+        """Every attempt of a fresh intent was refused (402, 401/403): no run; send later."""
+        self.budgets[job.batch].release(cost)
+        await self._move(
+            job,
+            JobState.SUBMITTING,
+            JobState.QUEUED,
+            error_code=error.code,
+            error_message=error.message,
+            request_id=error.request_id,
+        )
 
     async def _refused(
         self,
