@@ -97,6 +97,9 @@ class RunnerConfig:
     window_margin: float = 600.0
     time_scale: float = 1.0
     key_fingerprint: str | None = None  # of the API key in use (core.keys.api_key_fingerprint)
+    # Polls of one run in one process before it is left for the next `resume` (~5.5 h at
+    # the 5 s interval): a run FLORA never finishes must not hold the ledger lock forever.
+    max_polls: int = 4000
 
 
 @dataclass(slots=True)
@@ -592,6 +595,12 @@ class Runner:
                 continue
             polls += 1
             self.report.polls += 1
+            if polls - job.polls >= self.config.max_polls and not _is_finished(info):
+                self.report.incomplete += 1  # still `submitted`: the next resume polls on
+                await self.committer.commit(
+                    functools.partial(self.ledger.update, job.id, polls=polls)
+                )
+                return replace(job, polls=polls)
             pending_polls = pending_polls + 1 if info.status == "pending" else 0
             answered = self.clock()
             left = self._remaining(info, submitted, answered)

@@ -35,6 +35,7 @@ def drive(
     clock: Callable[[], float],
     key: str = KEY,
     techniques: dict[str, Technique] | None = None,
+    max_polls: int = 4000,
 ) -> RunReport:
     async def go() -> RunReport:
         policy = RetryPolicy(time_scale=0.0)
@@ -56,7 +57,10 @@ def drive(
                 ),
                 batches={"b": BatchPlan("b", tmp, None, 1)},
                 config=RunnerConfig(
-                    concurrency=1, time_scale=0.0, key_fingerprint=api_key_fingerprint(key)
+                    concurrency=1,
+                    time_scale=0.0,
+                    key_fingerprint=api_key_fingerprint(key),
+                    max_polls=max_polls,
                 ),
                 sleep=no_wait,
                 clock=clock,
@@ -191,3 +195,18 @@ def test_a_bug_in_one_task_stops_the_loop_and_is_raised(tmp_path: Path) -> None:
     with pytest.raises(KeyError):
         drive(ledger, handler, tmp_path, clock=lambda: 1_000_000.0, techniques={})
     assert ledger.integrity_ok()
+
+
+def test_a_run_that_never_finishes_is_left_for_the_next_resume(tmp_path: Path) -> None:
+    """A run stuck in `pending` is polled a bounded number of times, then left `submitted`."""
+    polls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            polls["n"] += 1
+        return httpx.Response(200, json={"run_id": "run_1", "status": "pending", "progress": 0})
+
+    ledger = ledger_with(["a kite"])
+    report = drive(ledger, handler, tmp_path, clock=lambda: 1_000_000.0, max_polls=20)
+    assert states(ledger) == {"submitted": 1} and report.incomplete == 1
+    assert polls["n"] == 20 == ledger.query("SELECT polls FROM jobs")[0]["polls"]
