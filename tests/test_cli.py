@@ -81,3 +81,36 @@ def test_a_bug_exits_70_with_a_traceback(
     err = capsys.readouterr().err
     assert "Traceback" in err and "RuntimeError: boom" in err
     assert "this is a bug in floraq" in err
+
+
+def test_sandbox_takes_the_key_from_the_environment_and_never_prints_it(tmp_path: Path) -> None:
+    """`floraq sandbox` with FLORA_API_KEY set accepts that key and does not echo it."""
+    import os
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    canary = "sk_live_CANARY_0123456789"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "FLORA_API_KEY": canary, "PYTHONPATH": str(README_PATH.parent)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "floraq", "sandbox", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/api/v1/techniques/poster-maker"
+        for _ in range(100):
+            try:
+                answer = httpx.get(url, headers={"Authorization": f"Bearer {canary}"})
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert answer.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    assert "API key:" in err and canary not in err + out

@@ -39,7 +39,12 @@ _SECONDS = click.FloatRange(min=0)
     help="Technique catalog YAML (default: the packaged one).",
 )
 @click.option(
-    "--key", default=DEFAULT_API_KEY, show_default=True, help="The API key clients must send."
+    "--key",
+    default=DEFAULT_API_KEY,
+    show_default=True,
+    envvar="FLORA_API_KEY",
+    show_envvar=True,
+    help="The API key clients must send.",
 )
 @click.option("--seed", type=int, help="Seed for durations, failures, run ids and faults.")
 @click.option(
@@ -153,7 +158,10 @@ def sandbox_command(
         click.echo("FLORA sandbox running (Ctrl-C to stop)", err=True)
         click.echo(f"  base URL:  {server.base_url}", err=True)
         click.echo(f"  media URL: {server.media_url}", err=True)
-        click.echo(f"  API key:   {server.api_key}", err=True)
+        from_env = click.get_current_context().get_parameter_source("key")
+        secret = from_env is click.core.ParameterSource.ENVIRONMENT
+        shown = "the value of FLORA_API_KEY" if secret else server.api_key
+        click.echo(f"  API key:   {shown}", err=True)
         sys.stderr.flush()
         server.wait()
     except KeyboardInterrupt:
