@@ -112,6 +112,14 @@ def floraq(tmp_path: Path, sandbox: SandboxServer) -> Floraq:
     return Floraq(cwd=tmp_path, env=env)
 
 
+def ledger_states(floraq: Floraq) -> dict[str, int]:
+    """The ledger's state counts while another process writes it ({} until it exists)."""
+    try:
+        return floraq.states()
+    except sqlite3.Error:
+        return {}
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import Floraq
+from conftest import Floraq, ledger_states
 from test_e2e_crash import assert_sound, manifest
 
 from floraq.errors import ExitCode
@@ -53,8 +53,8 @@ def test_overlapping_starts_one_worker_and_the_next_takes_over_after_a_kill(
         busy = BUSY.format(pid=worker.pid)
         assert all(busy in err and "Traceback" not in err for _, err, _ in losers)
         deadline = time.monotonic() + 30
-        while sandbox.stats()["runs_created"] < 16 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        while ledger_states(floraq) != {"submitted": 16} and time.monotonic() < deadline:
+            time.sleep(0.01)  # every run id committed (not just created at the sandbox)
         worker.kill()  # midway: every run is in flight, nothing downloaded yet
     assert floraq.states() == {"submitted": 16}
     with started_together(floraq, 3, "resume") as second:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import Floraq, status_json
+from conftest import Floraq, ledger_states, status_json
 from test_e2e_crash import assert_sound, manifest
 
 from floraq.sandbox import SandboxServer
@@ -174,8 +174,8 @@ def test_key_revoked_mid_batch_stops_everything_at_once(
     jobs = manifest(floraq, 12)
     proc = floraq.start("submit", str(jobs))
     deadline = time.monotonic() + 20
-    while sandbox.stats()["runs_created"] < 12 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    while ledger_states(floraq) != {"submitted": 12} and time.monotonic() < deadline:
+        time.sleep(0.01)  # every run id committed, so the 401 meets only polls
     sandbox.configure(revoked_keys=[sandbox.api_key])
     revoked = time.monotonic()
     _, err = proc.communicate(timeout=20)
