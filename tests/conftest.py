@@ -100,16 +100,21 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def floraq(tmp_path: Path, sandbox: SandboxServer) -> Floraq:
+def floraq_against(cwd: Path, server: SandboxServer) -> Floraq:
+    """The CLI in `cwd`, pointed at `server`, with its ledger under `cwd/state`."""
     env = clean_env()
     env.update(
-        FLORA_API_KEY=sandbox.api_key,
-        FLORA_BASE_URL=sandbox.base_url,
-        FLORAQ_LEDGER=str(tmp_path / "state" / "floraq.db"),
+        FLORA_API_KEY=server.api_key,
+        FLORA_BASE_URL=server.base_url,
+        FLORAQ_LEDGER=str(cwd / "state" / "floraq.db"),
         FLORAQ_TIME_SCALE=TIME_SCALE,
     )
-    return Floraq(cwd=tmp_path, env=env)
+    return Floraq(cwd=cwd, env=env)
+
+
+@pytest.fixture
+def floraq(tmp_path: Path, sandbox: SandboxServer) -> Floraq:
+    return floraq_against(tmp_path, sandbox)
 
 
 def ledger_states(floraq: Floraq) -> dict[str, int]:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Floraq, clean_env
+from conftest import Floraq, floraq_against
 
 from floraq.sandbox import SandboxConfig, SandboxServer
 
@@ -35,14 +35,7 @@ def shared() -> Iterator[SandboxServer]:
 
 @pytest.fixture
 def cli(tmp_path: Path, shared: SandboxServer) -> Floraq:
-    env = clean_env()
-    env.update(
-        FLORA_API_KEY=shared.api_key,
-        FLORA_BASE_URL=shared.base_url,
-        FLORAQ_LEDGER=str(tmp_path / "state" / "floraq.db"),
-        FLORAQ_TIME_SCALE="0.01",
-    )
-    return Floraq(cwd=tmp_path, env=env)
+    return floraq_against(tmp_path, shared)
 
 
 def write(folder: Path, manifest: str, csv: bytes | None = None) -> None:

@@ -13,13 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from floraq.api import FloraClient
-from floraq.core.technique import Technique
-from floraq.downloads import Downloader
-from floraq.retry import RetryPolicy
-from floraq.runner import BatchPlan, Runner, RunnerConfig
-from tests.test_runner_rounds import BASE, MEDIA, POSTER, ledger_with, media, no_wait, states
+from test_runner_rounds import MEDIA, drive, ledger_with, media, states
 
 SERVER_EPOCH_MS = 1_700_000_000_000  # the server's created_at; our fake clock starts at 0
 WAIT, RUN = 20.0, 30.0  # seconds pending, then seconds running
@@ -66,29 +60,16 @@ def test_pending_polls_back_off_and_progress_predicts_the_end(tmp_path: Path) ->
     fake = FakeFlora()
     ledger = ledger_with(["a kite"])
 
-    async def go() -> None:
-        policy = RetryPolicy(time_scale=0.0)
-        transport = httpx.MockTransport(fake.handler)
-        async with (
-            FloraClient(
-                base_url=BASE, api_key="sk_test", policy=policy, transport=transport, sleep=no_wait
-            ) as client,
-            Downloader(policy=policy, transport=transport, sleep=no_wait) as downloader,
-        ):
-            runner = Runner(
-                ledger=ledger,
-                client=client,
-                downloader=downloader,
-                techniques={"poster": Technique.from_api("poster", POSTER)},
-                batches={"b": BatchPlan("b", tmp_path, None, 1)},
-                config=RunnerConfig(time_scale=1.0),
-                clock=lambda: fake.now,
-                sleep=fake.sleep,
-                rand=lambda: 0.0,
-            )
-            await runner.run()
-
-    asyncio.run(go())
+    drive(
+        ledger,
+        fake.handler,
+        tmp_path,
+        slots=8,
+        clock=lambda: fake.now,
+        sleep=fake.sleep,
+        rand=lambda: 0.0,
+        time_scale=1.0,
+    )
     assert states(ledger) == {"downloaded": 1}
     # 1.6 s (2 s less 20 % jitter), then pending back-off 5, 7.5, 10 (capped at 5 + 5 with
     # nothing learned); at 24.1 s it has run 4.1 s at 13 %: it cannot end before 49.29 s;

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import random
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from floraq.api import FloraClient
-from floraq.core.keys import idempotency_key, inputs_digest
+from floraq.core.keys import api_key_fingerprint, idempotency_key, inputs_digest
 from floraq.core.technique import Technique
 from floraq.downloads import Downloader
 from floraq.ledger import Ledger, NewJob
@@ -71,9 +74,22 @@ def ledger_with(prompts: list[str]) -> Ledger:
 
 
 def drive(
-    ledger: Ledger, handler: Callable[[httpx.Request], httpx.Response], tmp: Path, *, slots: int
+    ledger: Ledger,
+    handler: Callable[[httpx.Request], httpx.Response],
+    tmp: Path,
+    *,
+    slots: int = 1,
+    key: str = "sk_test",
+    techniques: dict[str, Technique] | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], Awaitable[None]] = no_wait,
+    rand: Callable[[], float] = random.random,
+    **config: Any,
 ) -> RunReport:
-    """Run every job of batch `b` to the end against `handler`, on a fake clock."""
+    """Run every job of batch `b` to the end against `handler`, never sleeping for real.
+
+    ``config`` overrides RunnerConfig fields (time scale 0 by default).
+    """
 
     async def go() -> RunReport:
         policy = RetryPolicy(time_scale=0.0)
@@ -81,7 +97,7 @@ def drive(
         async with (
             FloraClient(
                 base_url=BASE,
-                api_key="sk_test",
+                api_key=key,
                 policy=policy,
                 max_concurrency=slots,
                 transport=transport,
@@ -93,10 +109,23 @@ def drive(
                 ledger=ledger,
                 client=client,
                 downloader=downloader,
-                techniques={"poster": Technique.from_api("poster", POSTER)},
+                techniques=(
+                    {"poster": Technique.from_api("poster", POSTER)}
+                    if techniques is None
+                    else techniques
+                ),
                 batches={"b": BatchPlan("b", tmp, None, 1)},
-                config=RunnerConfig(concurrency=slots, time_scale=0.0),
-                sleep=no_wait,
+                config=RunnerConfig(
+                    **{
+                        "concurrency": slots,
+                        "time_scale": 0.0,
+                        "key_fingerprint": api_key_fingerprint(key),
+                        **config,
+                    }
+                ),
+                clock=clock,
+                sleep=sleep,
+                rand=rand,
             )
             return await runner.run()
 

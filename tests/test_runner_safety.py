@@ -7,67 +7,15 @@ as "no run exists"; otherwise the row keeps its intent or becomes `unknown_outco
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from test_runner_rounds import BASE, DONE, POSTER, ledger_with, media, no_wait, states
+from test_runner_rounds import DONE, drive, ledger_with, media, states
 
-from floraq.api import FloraClient
 from floraq.core.keys import api_key_fingerprint
 from floraq.core.lifecycle import JobState
-from floraq.core.technique import Technique
-from floraq.downloads import Downloader
 from floraq.ledger import Ledger
-from floraq.retry import RetryPolicy
-from floraq.runner import BatchPlan, Runner, RunnerConfig, RunReport
-
-KEY = "sk_test_one"
-
-
-def drive(
-    ledger: Ledger,
-    handler: Callable[[httpx.Request], httpx.Response],
-    tmp: Path,
-    *,
-    clock: Callable[[], float],
-    key: str = KEY,
-    techniques: dict[str, Technique] | None = None,
-    max_polls: int = 4000,
-) -> RunReport:
-    async def go() -> RunReport:
-        policy = RetryPolicy(time_scale=0.0)
-        transport = httpx.MockTransport(handler)
-        async with (
-            FloraClient(
-                base_url=BASE, api_key=key, policy=policy, transport=transport, sleep=no_wait
-            ) as client,
-            Downloader(policy=policy, transport=transport, sleep=no_wait) as downloader,
-        ):
-            runner = Runner(
-                ledger=ledger,
-                client=client,
-                downloader=downloader,
-                techniques=(
-                    {"poster": Technique.from_api("poster", POSTER)}
-                    if techniques is None
-                    else techniques
-                ),
-                batches={"b": BatchPlan("b", tmp, None, 1)},
-                config=RunnerConfig(
-                    concurrency=1,
-                    time_scale=0.0,
-                    key_fingerprint=api_key_fingerprint(key),
-                    max_polls=max_polls,
-                ),
-                sleep=no_wait,
-                clock=clock,
-            )
-            return await runner.run()
-
-    return asyncio.run(go())
 
 
 class LostReply:
