@@ -6,6 +6,7 @@ environment only (never a flag: flags end up in shell history and `ps`).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -76,10 +77,10 @@ def resolve(
     ledger_path = ledger or (Path(env[ENV_LEDGER]) if env.get(ENV_LEDGER) else default_ledger)
     return Settings(
         base_url=(base_url or env.get(ENV_BASE_URL) or DEFAULT_BASE_URL).rstrip("/"),
-        api_key=env.get(ENV_API_KEY) or None,
+        api_key=_api_key(env),
         ledger_path=ledger_path,
         concurrency=concurrency,
-        max_cost=max_cost,
+        max_cost=_cap(max_cost),
         idempotency_window=_env_float(env, ENV_IDEMPOTENCY_WINDOW, DEFAULT_IDEMPOTENCY_WINDOW),
         time_scale=_env_float(env, ENV_TIME_SCALE, 1.0),
         crash_at=crash_at,
@@ -87,6 +88,23 @@ def resolve(
         quiet=quiet,
         progress_bars=stderr_is_tty and not quiet,
     )
+
+
+def _api_key(env: Mapping[str, str]) -> str | None:
+    """The key exactly as it is sent and fingerprinted: stripped here, and only here.
+
+    A trailing newline from ``export FLORA_API_KEY=$(cat file)`` must not make the key
+    look rotated (its fingerprint guards re-sending an intent under another key).
+    """
+    key = (env.get(ENV_API_KEY) or "").strip()
+    return key or None
+
+
+def _cap(max_cost: float | None) -> float | None:
+    """A cost cap is a finite amount >= 0: NaN would compare false and cap nothing."""
+    if max_cost is not None and (not math.isfinite(max_cost) or max_cost < 0):
+        raise UsageError(f"--max-cost {max_cost}: give a finite amount of USD, 0 or more")
+    return max_cost
 
 
 def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -97,6 +115,6 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise UsageError(f"{name}={raw!r} is not a number") from None
-    if value < 0:
-        raise UsageError(f"{name}={raw!r} must not be negative")
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"{name}={raw!r} must be a finite number, 0 or more")
     return value

@@ -109,6 +109,27 @@ CASES: dict[str, tuple[str, bytes | None, str]] = {
         r"row 2 \(rows\.csv line 3\).*same output folder poster-maker/A1",
     ),
     "http-url": (rows_yaml("http://example.com/a.jpg"), None, r"row 1, field 'input_image'.*http"),
+    "nul-in-a-value": (
+        POSTER_CSV,
+        b"sku,prompt\nA1,a red\x00kite\n",
+        r"row 1 \(rows\.csv line 2\), field 'prompt'.*control character U\+0000 at position 6",
+    ),
+    "escape-sequence-in-a-value": (
+        POSTER_CSV,
+        b"sku,prompt\nA1,\x1b[31ma red kite\n",
+        r"row 1 \(rows\.csv line 2\), field 'prompt'.*control character U\+001B",
+    ),
+    "credentials-in-a-url": (
+        rows_yaml("https://ops:hunter2@storage.googleapis.com/a.jpg"),
+        None,
+        r"row 1, field 'input_image'.*'https://\*\*\*@storage\.googleapis\.com/a\.jpg'"
+        r" carries credentials",
+    ),
+    "url-over-the-limit": (
+        rows_yaml("https://storage.googleapis.com/" + "a" * 9000),
+        None,
+        r"row 1, field 'input_image'.*URL is 9,031 characters long \(at most 8,192\)",
+    ),
 }
 
 
@@ -129,6 +150,33 @@ def test_bad_input_is_one_located_line_and_touches_nothing(
     assert shared.stats()["requests"].get(POSTS, 0) == posts
     assert not cli.ledger_path.parent.exists()
     assert not (cli.cwd / "pwned").exists()
+    assert "hunter2" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "pattern"),
+    [
+        (("--max-cost", "nan"), {}, r"--max-cost nan: give a finite amount"),
+        (("--max-cost", "inf"), {}, r"--max-cost inf: give a finite amount"),
+        ((), {"FLORAQ_IDEMPOTENCY_WINDOW": "nan"}, r"FLORAQ_IDEMPOTENCY_WINDOW='nan' must be"),
+        ((), {"FLORAQ_IDEMPOTENCY_WINDOW": "-1"}, r"FLORAQ_IDEMPOTENCY_WINDOW='-1' must be"),
+        ((), {"FLORAQ_TIME_SCALE": "inf"}, r"FLORAQ_TIME_SCALE='inf' must be a finite number"),
+        ((), {"FLORA_API_KEY": "   "}, r"no API key: set FLORA_API_KEY"),
+    ],
+    ids=["nan-cap", "inf-cap", "nan-window", "negative-window", "inf-time-scale", "blank-key"],
+)
+def test_bad_numbers_and_keys_are_one_line_and_send_nothing(
+    cli: Floraq, shared: SandboxServer, args: tuple[str, ...], env: dict[str, str], pattern: str
+) -> None:
+    """A cap or knob that is NaN, infinite or negative, or a blank key: exit 2, no POST."""
+    write(cli.cwd, rows_yaml(IMG.format(n=1)))
+    posts = shared.stats()["requests"].get(POSTS, 0)
+    done = cli("submit", "jobs.yaml", *args, **env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert re.search(pattern, done.stderr.splitlines()[-1]), done.stderr
+    assert "Traceback" not in done.stderr
+    assert shared.stats()["requests"].get(POSTS, 0) == posts
+    assert not cli.ledger_path.parent.exists()
 
 
 def ledger_bytes(cli: Floraq) -> str:

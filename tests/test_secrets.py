@@ -251,3 +251,26 @@ def test_loopback_check_is_not_fooled_by_names(canary: tuple[SandboxServer, Flor
     done = floraq("techniques", FLORA_BASE_URL="http://127.0.0.1.nip.io/api/v1")
     assert done.returncode == 2
     assert "refusing base URL" in done.stderr
+
+
+def test_a_key_with_a_trailing_newline_is_the_same_key_on_resume(
+    canary: tuple[SandboxServer, Floraq],
+) -> None:
+    """`export FLORA_API_KEY=$(cat keyfile)` keeps a newline: the intent is still re-sent.
+
+    The key is stripped once, before it is both sent and fingerprinted; a fingerprint of
+    the raw value would make the resumed row `unknown_outcome api_key_changed`.
+    """
+    sandbox, floraq = canary
+    jobs = floraq.write_manifest(
+        batch="newline-key",
+        jobs=[{"technique": "poster-maker", "rows": [{"prompt": "a kite"}]}],
+    )
+    key = floraq.env["FLORA_API_KEY"]
+    crashed = floraq("submit", str(jobs), FLORAQ_CRASH_AT="after_intent_commit")
+    assert crashed.returncode == -9, crashed.stderr
+    assert floraq.states() == {"submitting": 1}
+    done = floraq("resume", FLORA_API_KEY=key + "\n")
+    assert done.returncode == 0, done.stderr
+    assert floraq.states() == {"downloaded": 1}
+    assert sandbox.stats()["runs_created"] == 1

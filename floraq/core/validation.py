@@ -17,6 +17,12 @@ from floraq.core.manifest import Row
 from floraq.core.problems import Problem
 from floraq.core.technique import Technique, TechniqueIO
 
+# C0 controls (but tab, newline, carriage return: prompts have lines), DEL and C1 controls.
+# They corrupt terminals, logs and CSV exports, and no technique input needs them.
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+MAX_URL_LENGTH = 8192  # longer than any storage host accepts; almost surely a pasted blob
+MAX_TEXT_LENGTH = 100_000  # characters of a text input before floraq warns
+
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 SAFE_NAME_RULE = (
     "letters, digits, '.', '_' and '-' only, starting with a letter or digit, "
@@ -119,13 +125,33 @@ def _check_value(row: Row, slot: TechniqueIO, value: object) -> list[Problem]:
         return [Problem(at, f"must be a string; quote it (got {type(value).__name__} {value!r})")]
     if not value.strip():
         return [Problem(at, f"is empty; give a {'URL' if slot.is_media else 'value'}")]
+    control = CONTROL_CHARS.search(value)
+    if control is not None:
+        return [
+            Problem(
+                at,
+                f"contains the control character U+{ord(control.group()):04X} at position"
+                f" {control.start() + 1}; remove it (only tabs and line breaks are allowed)",
+            )
+        ]
     if not slot.is_media:
+        if len(value) > MAX_TEXT_LENGTH:
+            return [
+                Problem(
+                    at,
+                    f"is {len(value):,} characters long (over {MAX_TEXT_LENGTH:,}); FLORA may"
+                    " refuse or truncate it",
+                    severity="warning",
+                )
+            ]
         return []
     return _check_url(at, value)
 
 
 def _check_url(at: str, value: str) -> list[Problem]:
-    shown = value if len(value) <= 80 else value[:77] + "..."
+    if len(value) > MAX_URL_LENGTH:
+        return [Problem(at, f"URL is {len(value):,} characters long (at most {MAX_URL_LENGTH:,})")]
+    shown = _shown_url(value)
     if any(ch.isspace() for ch in value):
         return [Problem(at, f"URL {shown!r} contains whitespace; percent-encode it (%20)")]
     try:
@@ -149,6 +175,14 @@ def _check_url(at: str, value: str) -> list[Problem]:
         ]
     if not host:
         return [Problem(at, f"{shown!r} has no host; use https://host/path")]
+    if parts.username is not None or parts.password is not None:
+        return [
+            Problem(
+                at,
+                f"{shown!r} carries credentials (user:password@); floraq would store them in"
+                " the ledger and exports: use a signed URL instead",
+            )
+        ]
     if not is_supported_host(host):
         return [
             Problem(
@@ -159,3 +193,12 @@ def _check_url(at: str, value: str) -> list[Problem]:
             )
         ]
     return []
+
+
+def _shown_url(value: str) -> str:
+    """A URL as an error line may show it: credentials masked, at most 80 characters."""
+    scheme, sep, rest = value.partition("://")
+    authority, slash, path = rest.partition("/")
+    if sep and "@" in authority:
+        value = f"{scheme}://***@{authority.rsplit('@', 1)[1]}{slash}{path}"
+    return value if len(value) <= 80 else value[:77] + "..."
