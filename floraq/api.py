@@ -414,7 +414,7 @@ class FloraClient:
                     return result
                 rule = Rule.BACKOFF
             else:
-                error = ApiError.from_response(response)
+                error = ApiError.from_response(response, scrub=self._scrub)
                 rule = rule_for_status(response.status_code)
 
             retry_after = error.retry_after if isinstance(error, RateLimited) else None
@@ -432,12 +432,11 @@ class FloraClient:
                 self.throttle.on_success()
             self._emit(outcome, delay)
             if delay is None:
-                error.attempts = state.attempts
-                error.unanswered = unanswered
+                error = error.with_attempts(state.attempts, unanswered=unanswered)
                 if isinstance(error, ServerError) and identity is not None:
                     limit = self._policy.max_identical_5xx
-                    error.repeated = state.identical if state.identical >= limit else 0
-                raise self._scrubbed(error)
+                    error = error.with_repeated(state.identical if state.identical >= limit else 0)
+                raise error
             if rule is not Rule.RETRY_AFTER:
                 await self._sleep(delay)  # a 429's wait is the shared pause, taken on entry
 
@@ -447,18 +446,8 @@ class FloraClient:
             self._log(self._scrub(line + suffix))
 
     def _scrub(self, text: str) -> str:
+        """The server may echo our key back; never let it reach a message or a log."""
         return text.replace(self._key, "[redacted]")
-
-    def _scrubbed(self, error: ApiError | AuthError) -> ApiError | AuthError:
-        """The server may echo our key in its message; never let it reach a log."""
-        error.message = self._scrub(error.message)
-        error.args = (error.message,)
-        if isinstance(error, ApiError):
-            error.fields = tuple(
-                {name: self._scrub(value) for name, value in field.items()}
-                for field in error.fields
-            )
-        return error
 
 
 def _technique_page(response: httpx.Response) -> tuple[list[dict[str, Any]], str | None]:
