@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -94,6 +95,23 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return (url.scheme, url.host.lower(), url.port)
 
 
+class RunStatus(StrEnum):
+    """A run's status as FLORA reports it; a StrEnum, so it compares equal to the raw text."""
+
+    PENDING = "pending"  # accepted, queued behind other runs; nothing produced yet
+    RUNNING = "running"  # started; ``progress`` and ``started_at`` may be set
+    COMPLETED = "completed"  # finished; ``outputs`` hold the files (URLs expire)
+    FAILED = "failed"  # finished without outputs; ``error_code``/``error_message`` say why
+
+
+def run_status(raw: str) -> RunStatus | str:
+    """The known status for ``raw``, or ``raw`` itself: a status FLORA adds later is kept."""
+    try:
+        return RunStatus(raw)
+    except ValueError:
+        return raw
+
+
 @dataclass(frozen=True, slots=True)
 class RunOutput:
     """One file (or text) a run produced; the URL is on a third-party host."""
@@ -108,7 +126,7 @@ class RunInfo:
     """What FLORA said about a run, from a create or a poll answer."""
 
     run_id: str  # opaque: do not assume a run_ prefix
-    status: str  # pending | running | completed | failed; unknown strings kept as-is
+    status: RunStatus | str  # a str only for a status this floraq does not know
     progress: float | None
     created_at: int | None  # epoch ms
     started_at: int | None
@@ -149,7 +167,7 @@ class RunInfo:
             )
         return cls(
             run_id=run_id,
-            status=status,
+            status=run_status(status),
             progress=_number(data.get("progress")),
             created_at=_epoch_ms(data.get("created_at")),
             started_at=_epoch_ms(data.get("started_at")),
