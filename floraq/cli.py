@@ -29,6 +29,7 @@ import click
 from floraq import batch, console
 from floraq.errors import ExitCode, FloraqError, ManifestError
 from floraq.export import FORMATS
+from floraq.request_log import show_requests
 from floraq.settings import ENV_BASE_URL, ENV_LEDGER, Settings, resolve
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -88,18 +89,7 @@ def session(
         stderr_is_tty=sys.stderr.isatty() and sys.stdout.isatty(),
     )
     if verbose and not quiet:
-        # -v: one line per HTTP request on stderr (the client has already removed the key)
-        import logging
-
-        from floraq.api import REQUEST_LOGGER
-
-        logger = logging.getLogger(REQUEST_LOGGER)
-        if not logger.handlers:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("request: %(message)s"))
-            logger.addHandler(handler)
-            logger.setLevel(logging.INFO)
-            logger.propagate = False
+        show_requests(sys.stderr)  # -v: one line per HTTP request (the key already removed)
     if not sandbox:
         yield settings
         return

@@ -22,7 +22,7 @@ from types import TracebackType
 
 import httpx
 
-from floraq.api import USER_AGENT, redact_url, url_is_safe
+from floraq.api import USER_AGENT
 from floraq.errors import DownloadError, DownloadExpired, DownloadRefused
 from floraq.retry import (
     RETRIED_ERRORS,
@@ -31,6 +31,7 @@ from floraq.retry import (
     Rule,
     rule_for_status,
 )
+from floraq.url_safety import redact_url, url_is_safe
 
 DEFAULT_TIMEOUT = 60.0
 MAX_REDIRECTS = 5
