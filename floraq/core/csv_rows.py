@@ -59,23 +59,30 @@ def iter_csv_rows(
             if problem is not None:
                 yield Problem(location, problem)
             else:
-                yield Row(
-                    job=job.number,
-                    technique=job.technique,
-                    number=number,
-                    csv_line=start,
-                    key=record[key_index] if key_index is not None else None,
-                    values=MappingProxyType(
-                        {**job.constants, **{input_id: record[i] for input_id, i in picks.items()}}
-                    ),
-                    location=location,
-                )
+                key = record[key_index] if key_index is not None else None
+                values = {input_id: record[i] for input_id, i in picks.items()}
+                yield _row(job, number, start, key, values, location)
             number += 1
     except _BadCsv as error:
         yield Problem(f"{prefix}, {spec.display} line {error.line}", error.message)
         return
     if number == first_number:
         yield Problem(f"{prefix}, {spec.display}", "has a header but no rows", severity="warning")
+
+
+def _row(
+    job: JobSpec, number: int, line: int, key: str | None, values: Mapping[str, str], at: str
+) -> Row:
+    """A CSV record as a Row: the job's constants merged under the record's values."""
+    return Row(
+        job=job.number,
+        technique=job.technique,
+        number=number,
+        csv_line=line,
+        key=key,
+        values=MappingProxyType({**job.constants, **values}),
+        location=at,
+    )
 
 
 class _BadCsv(Exception):
