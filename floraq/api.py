@@ -1,97 +1,59 @@
 """The FLORA API client: auth, timeouts, retries, and error answers turned into exceptions.
 
-Only this module speaks HTTP to FLORA. Every request goes through one loop
-(``FloraClient._call``) that applies ``floraq.retry``; every error answer becomes
-``ApiError.from_response``; every transport failure becomes ``TransportError``. The
-key travels only in the Authorization header, only to the base URL's origin, and is
-scrubbed from anything the server echoes back into an error message.
+Only this module (with ``floraq.api_calls``, its request loop) speaks HTTP to FLORA.
+Every request goes through ``Caller.call``, which applies ``floraq.retry``; every error
+answer becomes ``ApiError.from_response``; every transport failure becomes
+``TransportError``. The key travels only in the Authorization header, only to the base
+URL's origin, and is scrubbed from anything the server echoes back into an error message.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
-import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from floraq import __version__
-from floraq.errors import (
-    ApiError,
-    AuthError,
-    NotSent,
-    RateLimited,
-    ServerError,
-    TransportError,
-    UsageError,
-)
-from floraq.retry import (
-    IDEMPOTENT_METHODS,
-    RETRIED_ERRORS,
-    RetryPolicy,
-    RetryState,
-    Rule,
-    Throttle,
-    retry_after_delay,
-    rule_for_status,
-)
+from floraq.api_calls import Caller
+from floraq.errors import ServerError, UsageError
+from floraq.request_log import REQUEST_LOGGER as REQUEST_LOGGER  # re-exported: batch, cli
+from floraq.request_log import log_request as log_request
+from floraq.retry import RetryPolicy, Throttle
+from floraq.url_safety import is_loopback_host as is_loopback_host  # re-exported
+from floraq.url_safety import origin
+from floraq.url_safety import redact_url as redact_url  # re-exported
+from floraq.url_safety import url_is_safe as url_is_safe  # re-exported
 
 DEFAULT_BASE_URL = "https://app.flora.ai/api/v1"
 DEFAULT_TIMEOUT = 30.0
 USER_AGENT = f"floraq/{__version__}"
 MALFORMED = "malformed_response"
-REQUEST_LOGGER = "floraq.requests"  # one line per HTTP attempt; the CLI shows it with -v
-
-T = TypeVar("T")
 
 
-def log_request(line: str) -> None:
-    """Hand one request line (already free of the key) to the ``floraq.requests`` logger."""
-    logging.getLogger(REQUEST_LOGGER).info(line)
+class RunStatus(StrEnum):
+    """A run's status as FLORA reports it; a StrEnum, so it compares equal to the raw text."""
+
+    PENDING = "pending"  # accepted, queued behind other runs; nothing produced yet
+    RUNNING = "running"  # started; ``progress`` and ``started_at`` may be set
+    COMPLETED = "completed"  # finished; ``outputs`` hold the files (URLs expire)
+    FAILED = "failed"  # finished without outputs; ``error_code``/``error_message`` say why
 
 
-def is_loopback_host(host: str) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1: the only hosts plain HTTP may reach."""
-    if host.lower() == "localhost":
-        return True
+def run_status(raw: str) -> RunStatus | str:
+    """The known status for ``raw``, or ``raw`` itself: a status FLORA adds later is kept."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return RunStatus(raw)
     except ValueError:
-        return False
-
-
-def url_is_safe(url: str | httpx.URL) -> bool:
-    """https:// anywhere, http:// only to a loopback host; nothing else."""
-    try:
-        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
-    except httpx.InvalidURL:
-        return False
-    if not parsed.host:
-        return False
-    if parsed.scheme == "https":
-        return True
-    return parsed.scheme == "http" and is_loopback_host(parsed.host)
-
-
-def redact_url(url: str | httpx.URL) -> str:
-    """A URL fit for a message: no userinfo, no query (either may hold a secret)."""
-    try:
-        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
-    except httpx.InvalidURL:
-        return "<invalid URL>"
-    return str(parsed.copy_with(userinfo=b"", query=None, fragment=None))
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    return (url.scheme, url.host.lower(), url.port)
+        return raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +70,7 @@ class RunInfo:
     """What FLORA said about a run, from a create or a poll answer."""
 
     run_id: str  # opaque: do not assume a run_ prefix
-    status: str  # pending | running | completed | failed; unknown strings kept as-is
+    status: RunStatus | str  # a str only for a status this floraq does not know
     progress: float | None
     created_at: int | None  # epoch ms
     started_at: int | None
@@ -149,7 +111,7 @@ class RunInfo:
             )
         return cls(
             run_id=run_id,
-            status=status,
+            status=run_status(status),
             progress=_number(data.get("progress")),
             created_at=_epoch_ms(data.get("created_at")),
             started_at=_epoch_ms(data.get("started_at")),
@@ -233,17 +195,8 @@ class FloraClient:
             raise UsageError("the FLORA API key contains spaces or non-ASCII characters")
         self.base_url = base
         self._base = httpx.URL(base)
-        self._base_origin = _origin(self._base)
+        self._base_origin = origin(self._base)
         self._urls: dict[tuple[str, ...], httpx.URL] = {}  # per-technique paths, parsed once
-        self._key = key
-        self._policy = policy
-        self._sleep = sleep
-        self._rand = rand
-        self._clock = clock
-        self._log = log
-        self.throttle = Throttle(max_concurrency=max_concurrency, clock=clock, sleep=sleep)
-        self.requests_sent = 0
-        self.rate_limited = 0
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=timeout,
@@ -254,6 +207,28 @@ class FloraClient:
                 "Accept": "application/json",
             },
         )
+        self.throttle = Throttle(max_concurrency=max_concurrency, clock=clock, sleep=sleep)
+        self._calls = Caller(
+            self._http,
+            base=self._base,
+            key=key,
+            policy=policy,
+            throttle=self.throttle,
+            sleep=sleep,
+            rand=rand,
+            clock=clock,
+            log=log,
+        )
+
+    @property
+    def requests_sent(self) -> int:
+        """Every HTTP attempt so far, retries included."""
+        return self._calls.requests_sent
+
+    @property
+    def rate_limited(self) -> int:
+        """How many attempts were answered 429."""
+        return self._calls.rate_limited
 
     def __repr__(self) -> str:
         return f"FloraClient(base_url={self.base_url!r})"
@@ -274,7 +249,7 @@ class FloraClient:
 
     async def get_technique(self, slug: str) -> dict[str, Any]:
         """The technique's definition (inputs, outputs, run_cost) as raw JSON."""
-        return await self._call("GET", self._url("techniques", slug), _json_object)
+        return await self._calls.call("GET", self._url("techniques", slug), _json_object)
 
     async def list_techniques(self, *, limit: int = 100) -> list[dict[str, Any]]:
         """Every technique visible to the key, following ``meta.next_cursor`` to the end."""
@@ -284,7 +259,7 @@ class FloraClient:
         while True:
             params = {"limit": str(limit)} | ({"cursor": cursor} if cursor else {})
             url = self._url("techniques").copy_merge_params(params)
-            page, cursor = await self._call("GET", url, _technique_page)
+            page, cursor = await self._calls.call("GET", url, _technique_page)
             techniques.extend(page)
             if cursor is None:
                 return techniques
@@ -318,7 +293,7 @@ class FloraClient:
         runs = self._urls.get(("runs", slug))
         if runs is None:
             runs = self._urls[("runs", slug)] = self._url("techniques", slug, "runs")
-        return await self._call(
+        return await self._calls.call(
             "POST",
             runs,
             RunInfo.from_response,
@@ -336,129 +311,14 @@ class FloraClient:
                 url = httpx.URL(poll_url)
             except httpx.InvalidURL:
                 url = None
-            if url is not None and _origin(url) != self._base_origin:
+            if url is not None and origin(url) != self._base_origin:
                 url = None
         if url is None:
             url = self._url("techniques", slug, "runs", run_id)
-        return await self._call("GET", url, RunInfo.from_response)
+        return await self._calls.call("GET", url, RunInfo.from_response)
 
     def _url(self, *parts: str) -> httpx.URL:
         return httpx.URL(self.base_url + "".join("/" + quote(p, safe="") for p in parts))
-
-    def _path(self, url: httpx.URL) -> str:
-        path = url.raw_path.decode("ascii", "replace").split("?", 1)[0]
-        base = self._base.raw_path.decode("ascii", "replace").rstrip("/")
-        return path[len(base) :] if base and path.startswith(base + "/") else path
-
-    async def _call(
-        self,
-        method: str,
-        url: httpx.URL,
-        parse: Callable[[httpx.Response], T],
-        *,
-        content: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        idempotency_key: str | None = None,
-        proceed: Callable[[], bool] | None = None,
-    ) -> T:
-        retryable = method in IDEMPOTENT_METHODS or bool(idempotency_key)
-        state = RetryState(self._policy, rand=self._rand, clock=self._clock)
-        label = f"{method} {self._path(url)}"
-        unanswered = 0  # attempts that may have reached FLORA without a readable answer
-        while True:
-            async with self.throttle:
-                if proceed is not None and not proceed():
-                    raise NotSent(f"{label}: withdrawn before it was sent")
-                proceed = None  # asked before the first attempt only: retries must go on
-                self.requests_sent += 1
-                started = time.perf_counter()
-                try:
-                    response = await self._http.request(
-                        method, url, content=content, headers=headers
-                    )
-                except httpx.HTTPError as exc:
-                    failure: httpx.HTTPError | None = exc
-                else:
-                    failure = None
-                ms = round((time.perf_counter() - started) * 1000)
-
-            if failure is not None:
-                unanswered += 1
-                retried = isinstance(failure, RETRIED_ERRORS) and retryable
-                delay = state.delay_for(Rule.BACKOFF) if retried else None
-                self._emit(f"{label} -> {type(failure).__name__} after {ms} ms", delay)
-                if delay is None:
-                    raise TransportError(
-                        self._scrub(
-                            f"{label}: no answer from {self._base.host} after "
-                            f"{state.attempts} attempt(s) ({type(failure).__name__}: {failure})"
-                        )
-                    ) from failure
-                await self._sleep(delay)
-                continue
-
-            request_id = response.headers.get("request-id")
-            outcome = f"{label} -> {response.status_code} in {ms} ms" + (
-                f" (request-id {request_id})" if request_id else ""
-            )
-            error: ApiError | AuthError
-            if response.is_success:
-                try:
-                    result = parse(response)
-                except ServerError as exc:
-                    unanswered += 1  # a 2xx we cannot read: the request probably succeeded
-                    error = exc
-                else:
-                    self.throttle.on_success()
-                    self._emit(outcome, None)
-                    return result
-                rule = Rule.BACKOFF
-            else:
-                error = ApiError.from_response(response)
-                rule = rule_for_status(response.status_code)
-
-            retry_after = error.retry_after if isinstance(error, RateLimited) else None
-            identity = (response.status_code, error.code) if rule is Rule.BACKOFF else None
-            delay = (
-                state.delay_for(rule, identity=identity, retry_after=retry_after)
-                if retryable
-                else None
-            )
-            if rule is Rule.RETRY_AFTER:
-                self.rate_limited += 1
-                self.throttle.on_rate_limited()
-                self.throttle.pause_all(retry_after_delay(self._policy, retry_after))
-            elif rule is Rule.NEVER:
-                self.throttle.on_success()
-            self._emit(outcome, delay)
-            if delay is None:
-                error.attempts = state.attempts
-                error.unanswered = unanswered
-                if isinstance(error, ServerError) and identity is not None:
-                    limit = self._policy.max_identical_5xx
-                    error.repeated = state.identical if state.identical >= limit else 0
-                raise self._scrubbed(error)
-            if rule is not Rule.RETRY_AFTER:
-                await self._sleep(delay)  # a 429's wait is the shared pause, taken on entry
-
-    def _emit(self, line: str, delay: float | None) -> None:
-        if self._log is not None:
-            suffix = f"; retrying in {delay:.2f} s" if delay is not None else ""
-            self._log(self._scrub(line + suffix))
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "[redacted]")
-
-    def _scrubbed(self, error: ApiError | AuthError) -> ApiError | AuthError:
-        """The server may echo our key in its message; never let it reach a log."""
-        error.message = self._scrub(error.message)
-        error.args = (error.message,)
-        if isinstance(error, ApiError):
-            error.fields = tuple(
-                {name: self._scrub(value) for name, value in field.items()}
-                for field in error.fields
-            )
-        return error
 
 
 def _technique_page(response: httpx.Response) -> tuple[list[dict[str, Any]], str | None]:

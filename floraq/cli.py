@@ -16,112 +16,17 @@ Exit codes (also in the README):
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from floraq import batch, console
+from floraq.cli_options import common_options, progress_display, session, session_options
 from floraq.errors import ExitCode, FloraqError, ManifestError
 from floraq.export import FORMATS
-from floraq.settings import ENV_BASE_URL, ENV_LEDGER, Settings, resolve
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-SANDBOX_TIME_SCALE = 0.02  # --sandbox: a 5-60 s run takes 0.1-1.2 s
-
-
-def common_options(fn: F) -> F:
-    """Options every command takes, after the command name as well as before it."""
-    options = [
-        click.option(
-            "--base-url",
-            envvar=ENV_BASE_URL,
-            show_envvar=True,
-            help="FLORA API base URL [default: https://app.flora.ai/api/v1].",
-        ),
-        click.option(
-            "--ledger",
-            type=click.Path(dir_okay=False, path_type=Path),
-            envvar=ENV_LEDGER,
-            show_envvar=True,
-            help="The SQLite ledger [default: state/floraq.db; state/sandbox.db with --sandbox].",
-        ),
-        click.option(
-            "--sandbox",
-            is_flag=True,
-            help="Start a local FLORA-compatible sandbox and run against it (no key, no cost).",
-        ),
-        click.option("-v", "--verbose", count=True, help="Log every request (never the key)."),
-        click.option("-q", "--quiet", is_flag=True, help="Print only the final summary."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-@contextmanager
-def session(
-    *,
-    base_url: str | None,
-    ledger: Path | None,
-    sandbox: bool,
-    verbose: int,
-    quiet: bool,
-    concurrency: int | None = None,
-    max_cost: float | None = None,
-) -> Iterator[Settings]:
-    """Settings for one command, with an in-process sandbox behind them if asked."""
-    settings = resolve(
-        base_url=base_url,
-        ledger=ledger,
-        sandbox=sandbox,
-        concurrency=concurrency,
-        max_cost=max_cost,
-        verbose=verbose,
-        quiet=quiet,
-        stderr_is_tty=sys.stderr.isatty() and sys.stdout.isatty(),
-    )
-    if verbose and not quiet:
-        # -v: one line per HTTP request on stderr (the client has already removed the key)
-        import logging
-
-        from floraq.api import REQUEST_LOGGER
-
-        logger = logging.getLogger(REQUEST_LOGGER)
-        if not logger.handlers:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("request: %(message)s"))
-            logger.addHandler(handler)
-            logger.setLevel(logging.INFO)
-            logger.propagate = False
-    if not sandbox:
-        yield settings
-        return
-    from floraq.sandbox import SandboxConfig, SandboxServer
-
-    with SandboxServer(SandboxConfig(time_scale=SANDBOX_TIME_SCALE)) as server:
-        if not quiet:
-            console.err(f"sandbox: serving a local FLORA API at {server.base_url}")
-        yield dataclasses.replace(
-            settings,
-            base_url=server.base_url,
-            api_key=server.api_key,
-            time_scale=min(settings.time_scale, SANDBOX_TIME_SCALE),
-        )
-
-
-def progress_display(settings: Settings) -> console.ProgressDisplay:
-    return console.ProgressDisplay(bars=settings.progress_bars, quiet=settings.quiet)
-
-
-def session_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: kwargs.pop(k) for k in ("base_url", "ledger", "sandbox", "verbose", "quiet")}
 
 
 @click.group(
@@ -129,12 +34,16 @@ def session_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
 )
 @click.version_option(package_name="floraq")
-def cli() -> None:
+@common_options
+def cli(**global_options: Any) -> None:
     """Run batches of FLORA techniques safely, cheaply and resumably.
 
     Write a manifest (see jobs.example.yaml), check it with `floraq plan`, run it with
     `floraq submit`; `floraq resume` finishes whatever an interrupted run left.
     The API key comes from FLORA_API_KEY (never a flag).
+
+    The options below go before the command or after it (`floraq -v submit jobs.yaml`
+    is `floraq submit -v jobs.yaml`); given in both places, the one after the command wins.
     """
 
 

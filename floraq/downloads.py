@@ -15,15 +15,17 @@ import os
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import httpx
 
-from floraq.api import USER_AGENT, redact_url, url_is_safe
-from floraq.errors import DownloadError, DownloadExpired, DownloadRefused
+from floraq.api import USER_AGENT
+from floraq.core.media_types import EXTENSIONS as EXTENSIONS  # re-exported
+from floraq.core.media_types import extension_for as extension_for  # re-exported
+from floraq.errors import DownloadError, DownloadExpired, DownloadRefused, parse_retry_after
 from floraq.retry import (
     RETRIED_ERRORS,
     RetryPolicy,
@@ -31,59 +33,13 @@ from floraq.retry import (
     Rule,
     rule_for_status,
 )
+from floraq.url_safety import redact_url, url_is_safe
 
 DEFAULT_TIMEOUT = 60.0
 MAX_REDIRECTS = 5
 EXPIRED_STATUSES: frozenset[int] = frozenset({403, 404, 410})
 
-EXTENSIONS: Mapping[str, str] = {
-    "image/png": ".png",
-    "image/jpeg": ".jpg",
-    "image/jpg": ".jpg",
-    "image/pjpeg": ".jpg",
-    "image/webp": ".webp",
-    "image/gif": ".gif",
-    "image/avif": ".avif",
-    "image/heic": ".heic",
-    "image/tiff": ".tiff",
-    "image/bmp": ".bmp",
-    "image/svg+xml": ".svg",
-    "video/mp4": ".mp4",
-    "video/webm": ".webm",
-    "video/quicktime": ".mov",
-    "video/x-matroska": ".mkv",
-    "audio/mpeg": ".mp3",
-    "audio/mp3": ".mp3",
-    "audio/wav": ".wav",
-    "audio/wave": ".wav",
-    "audio/x-wav": ".wav",
-    "audio/ogg": ".ogg",
-    "audio/webm": ".weba",
-    "audio/mp4": ".m4a",
-    "audio/aac": ".aac",
-    "audio/flac": ".flac",
-    "text/plain": ".txt",
-    "text/markdown": ".md",
-    "text/csv": ".csv",
-    "text/html": ".html",
-    "application/json": ".json",
-    "application/pdf": ".pdf",
-    "application/zip": ".zip",
-}
-
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
-
-
-def extension_for(content_type: str | None, output_type: str) -> str:
-    """The file extension for an answer: from its Content-Type, else from the output type.
-
-    Unknown or generic types give ``.bin`` (``.txt`` for a ``text`` output): a name
-    that claims nothing is better than one that lies.
-    """
-    media = (content_type or "").split(";", 1)[0].strip().lower()
-    if media in EXTENSIONS:
-        return EXTENSIONS[media]
-    return ".txt" if output_type == "text" else ".bin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +82,6 @@ async def _check_request(request: httpx.Request) -> None:
     why = _refusal(request.url)
     if why is not None:
         raise DownloadRefused(f"refusing to fetch {redact_url(request.url)}: {why}")
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and seconds >= 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,24 +263,8 @@ class Downloader:
         self, url: httpx.URL, response: httpx.Response, progress: _Progress, resume: bool
     ) -> Downloaded | _Retry:
         status = response.status_code
-        if status in EXPIRED_STATUSES:
-            raise DownloadExpired(
-                f"{redact_url(url)} answered {status}: the output URL no longer works; "
-                "poll the run again for a fresh one"
-            )
         if not response.is_success:
-            rule = rule_for_status(status)
-            if status == 416 and resume:
-                progress.discard()
-                return _Retry(Rule.BACKOFF, "the server refused to resume (416)")
-            if rule is Rule.NEVER:
-                raise DownloadError(f"could not download {redact_url(url)}: HTTP {status}")
-            return _Retry(
-                rule,
-                f"HTTP {status}",
-                identity=(status, "") if rule is Rule.BACKOFF else None,
-                retry_after=_retry_after(response.headers.get("retry-after")),
-            )
+            return _refused(url, response, progress, resume)
         if status == 206:
             if not resume or not self._resumes_at(response, progress):
                 progress.discard()
@@ -341,8 +273,27 @@ class Downloader:
         else:
             progress.start_over(response)
             mode = "wb"
-        part = progress.part
-        assert part is not None and progress.final is not None
+        part, final = progress.part, progress.final
+        assert part is not None and final is not None
+        this_answer = await self._write(response, part, mode, progress)
+        cut = _cut_short(response, this_answer, progress)
+        if cut is not None:
+            if not progress.can_resume():
+                progress.discard()
+            return cut
+        await asyncio.to_thread(_commit, part, final)
+        self._crash("after_rename_before_commit")
+        return Downloaded(
+            path=final,
+            bytes=progress.received,
+            sha256=progress.digest.hexdigest(),
+            content_type=progress.content_type,
+        )
+
+    async def _write(
+        self, response: httpx.Response, part: Path, mode: str, progress: _Progress
+    ) -> int:
+        """Stream the body into ``part`` while hashing it; the bytes this answer carried."""
         this_answer = 0
         with part.open(mode) as f:
             async for chunk in response.aiter_bytes():
@@ -355,30 +306,7 @@ class Downloader:
                     progress.first_chunk_seen = True
                     f.flush()
                     self._crash("mid_download")
-        announced = response.headers.get("content-length")
-        encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
-        short = (
-            announced is not None
-            and announced.isdigit()
-            and not encoded
-            and this_answer != int(announced)
-        )
-        if short or (progress.total is not None and progress.received != progress.total):
-            expected = progress.total if progress.total is not None else announced
-            cut = _Retry(
-                Rule.BACKOFF, f"the body was cut short at {progress.received} of {expected} bytes"
-            )
-            if not progress.can_resume():
-                progress.discard()
-            return cut
-        await asyncio.to_thread(_commit, part, progress.final)
-        self._crash("after_rename_before_commit")
-        return Downloaded(
-            path=progress.final,
-            bytes=progress.received,
-            sha256=progress.digest.hexdigest(),
-            content_type=progress.content_type,
-        )
+        return this_answer
 
     @staticmethod
     def _resumes_at(response: httpx.Response, progress: _Progress) -> bool:
@@ -388,6 +316,46 @@ class Downloader:
             return False
         total = match.group(3)
         return total == "*" or progress.total is None or int(total) == progress.total
+
+
+def _refused(url: httpx.URL, response: httpx.Response, progress: _Progress, resume: bool) -> _Retry:
+    """An error answer: DownloadExpired or DownloadError when no retry can help."""
+    status = response.status_code
+    if status in EXPIRED_STATUSES:
+        raise DownloadExpired(
+            f"{redact_url(url)} answered {status}: the output URL no longer works; "
+            "poll the run again for a fresh one"
+        )
+    rule = rule_for_status(status)
+    if status == 416 and resume:
+        progress.discard()
+        return _Retry(Rule.BACKOFF, "the server refused to resume (416)")
+    if rule is Rule.NEVER:
+        raise DownloadError(f"could not download {redact_url(url)}: HTTP {status}")
+    return _Retry(
+        rule,
+        f"HTTP {status}",
+        identity=(status, "") if rule is Rule.BACKOFF else None,
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+    )
+
+
+def _cut_short(response: httpx.Response, this_answer: int, progress: _Progress) -> _Retry | None:
+    """A retry when the body is shorter than this answer announced, or than the whole file."""
+    announced = response.headers.get("content-length")
+    encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
+    short = (
+        announced is not None
+        and announced.isdigit()
+        and not encoded
+        and this_answer != int(announced)
+    )
+    if not short and (progress.total is None or progress.received == progress.total):
+        return None
+    expected = progress.total if progress.total is not None else announced
+    return _Retry(
+        Rule.BACKOFF, f"the body was cut short at {progress.received} of {expected} bytes"
+    )
 
 
 def _commit(part: Path, final: Path) -> None:

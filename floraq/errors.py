@@ -6,14 +6,15 @@ anything else that escapes is a bug in floraq.
     FloraqError                      exit 1  (finished, but something needs a look)
     ├── UsageError                   exit 2  bad flags, settings or environment; nothing sent
     │   └── ManifestError            exit 2  manifest or CSV invalid; carries every Problem
-    ├── AuthError                    exit 3  the API refused the key (401/403)
-    ├── ApiError                     exit 1  any other error answer from the FLORA API
-    │   ├── InputRejected            400 input_validation_error / invalid_json
-    │   ├── InsufficientCredits      402 (the batch pauses: exit 4)
-    │   ├── NotFound                 404
-    │   ├── IdempotencyDuplicate     409 idempotency_duplicate / 422 idempotency_conflict
-    │   ├── RateLimited              429 (carries retry_after)
-    │   └── ServerError              5xx, any body
+    ├── ApiAnswerError               the API answered with an error (ApiError.from_response)
+    │   ├── AuthError                exit 3  the API refused the key (401/403)
+    │   └── ApiError                 exit 1  any other error answer from the FLORA API
+    │       ├── InputRejected        400 input_validation_error / invalid_json
+    │       ├── InsufficientCredits  402 (the batch pauses: exit 4)
+    │       ├── NotFound             404
+    │       ├── IdempotencyDuplicate 409 idempotency_duplicate / 422 idempotency_conflict
+    │       ├── RateLimited          429 (carries retry_after)
+    │       └── ServerError          5xx, any body (and 2xx bodies that are not what was promised)
     ├── TransportError               connect / read / reset / timeout; no HTTP answer
     ├── NotSent                      a request withdrawn before it left (the batch stopped)
     ├── DownloadError                an output could not be fetched or verified
@@ -27,9 +28,9 @@ anything else that escapes is a bug in floraq.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 if TYPE_CHECKING:
     import httpx
@@ -81,20 +82,87 @@ class ManifestError(UsageError):
         super().__init__(first + more)
 
 
-class AuthError(FloraqError):
-    """The API refused our key (401) or this action (403); retrying cannot help."""
+def _as_is(text: str) -> str:
+    return text
 
-    exit_code = ExitCode.AUTH
-    attempts: int = 1  # requests sent before this answer (set by the client)
-    unanswered: int = 0  # of those, how many got no answer we could read (a run may exist)
+
+class ApiAnswerError(FloraqError):
+    """The FLORA API answered, and the answer was an error: the common root of AuthError
+    and ApiError, with everything support asks for.
+
+    Built complete by ``from_response`` (server text already scrubbed); a fact learnt later
+    (how many attempts the client made) gives a new error through ``with_attempts``,
+    so no error is ever patched after it was raised or logged.
+    """
 
     def __init__(
-        self, message: str, *, status: int, code: str, request_id: str | None = None
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str,
+        request_id: str | None = None,
+        attempts: int = 1,
+        unanswered: int = 0,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.request_id = request_id
+        self.attempts = attempts  # requests sent before this answer
+        self.unanswered = unanswered  # of those, how many got no readable answer (a run may exist)
+
+    @staticmethod
+    def from_response(
+        response: httpx.Response, *, scrub: Callable[[str], str] = _as_is
+    ) -> ApiError | AuthError:
+        """The right error for any error response, JSON envelope or not, in one place.
+
+        ``scrub`` is applied to every text the server sent (it may echo our key back).
+        """
+        status = response.status_code
+        raw_id = response.headers.get("request-id")
+        request_id = None if raw_id is None else scrub(raw_id)
+        code, message, fields = _parse_envelope(response.content)
+        if code is None:
+            code = _DEFAULT_CODES.get(status, "server_error" if status >= 500 else "http_error")
+        if message is None:
+            message = f"HTTP {status} with a non-JSON body"
+        message, code = scrub(message), scrub(code)
+        if status in (401, 403):
+            return AuthError(message, status=status, code=code, request_id=request_id)
+        cls = _CLASS_BY_STATUS.get(status, ServerError if status >= 500 else ApiError)
+        scrubbed = [{name: scrub(value) for name, value in f.items()} for f in fields]
+        extra: dict[str, Any] = {}
+        if cls is RateLimited:
+            extra["retry_after"] = parse_retry_after(response.headers.get("retry-after"))
+        return cls(
+            message, status=status, code=code, fields=scrubbed, request_id=request_id, **extra
+        )
+
+    def with_attempts(self, attempts: int, *, unanswered: int) -> Self:
+        """This error as the client gives it up: after ``attempts`` requests, ``unanswered``
+        of which got no readable answer."""
+        return self._replace(attempts=attempts, unanswered=unanswered)
+
+    def _values(self) -> dict[str, Any]:
+        """The constructor's keyword arguments that rebuild this error (see ``_replace``)."""
+        return {
+            "status": self.status,
+            "code": self.code,
+            "request_id": self.request_id,
+            "attempts": self.attempts,
+            "unanswered": self.unanswered,
+        }
+
+    def _replace(self, **changes: Any) -> Self:
+        return type(self)(self.message, **(self._values() | changes))
+
+
+class AuthError(ApiAnswerError):
+    """The API refused our key (401) or this action (403); retrying cannot help."""
+
+    exit_code = ExitCode.AUTH
 
     def __str__(self) -> str:
         where = f", request-id {self.request_id}" if self.request_id else ""
@@ -104,11 +172,8 @@ class AuthError(FloraqError):
         )
 
 
-class ApiError(FloraqError):
-    """An error answer from the FLORA API, with everything support asks for."""
-
-    attempts: int = 1  # requests sent before this answer (set by the client)
-    unanswered: int = 0  # of those, how many got no answer we could read (a run may exist)
+class ApiError(ApiAnswerError):
+    """Any error answer from the FLORA API other than a refused key."""
 
     def __init__(
         self,
@@ -118,41 +183,25 @@ class ApiError(FloraqError):
         code: str,
         fields: Sequence[Mapping[str, str]] = (),
         request_id: str | None = None,
+        attempts: int = 1,
+        unanswered: int = 0,
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
+        super().__init__(
+            message,
+            status=status,
+            code=code,
+            request_id=request_id,
+            attempts=attempts,
+            unanswered=unanswered,
+        )
         self.fields = tuple(dict(f) for f in fields)
-        self.request_id = request_id
 
     def __str__(self) -> str:
         where = f" (request-id {self.request_id})" if self.request_id else ""
         return f"{self.status} {self.code}: {self.message}{where}"
 
-    @staticmethod
-    def from_response(response: httpx.Response) -> ApiError | AuthError:
-        """Build the right error from any error response, JSON envelope or not."""
-        status = response.status_code
-        request_id = response.headers.get("request-id")
-        code, message, fields = _parse_envelope(response.content)
-        if code is None:
-            code = _DEFAULT_CODES.get(status, "server_error" if status >= 500 else "http_error")
-        if message is None:
-            message = f"HTTP {status} with a non-JSON body"
-        if status in (401, 403):
-            return AuthError(message, status=status, code=code, request_id=request_id)
-        cls: type[ApiError] = _CLASS_BY_STATUS.get(
-            status, ServerError if status >= 500 else ApiError
-        )
-        if cls is RateLimited:
-            return RateLimited(
-                message,
-                status=status,
-                code=code,
-                request_id=request_id,
-                retry_after=_parse_retry_after(response.headers.get("retry-after")),
-            )
-        return cls(message, status=status, code=code, fields=fields, request_id=request_id)
+    def _values(self) -> dict[str, Any]:
+        return super()._values() | {"fields": self.fields}
 
 
 class InputRejected(ApiError):
@@ -180,11 +229,25 @@ class RateLimited(ApiError):
         *,
         status: int = 429,
         code: str = "rate_limited",
+        fields: Sequence[Mapping[str, str]] = (),
         request_id: str | None = None,
+        attempts: int = 1,
+        unanswered: int = 0,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, status=status, code=code, request_id=request_id)
+        super().__init__(
+            message,
+            status=status,
+            code=code,
+            fields=fields,
+            request_id=request_id,
+            attempts=attempts,
+            unanswered=unanswered,
+        )
         self.retry_after = retry_after
+
+    def _values(self) -> dict[str, Any]:
+        return super()._values() | {"retry_after": self.retry_after}
 
 
 class ServerError(ApiError):
@@ -195,7 +258,35 @@ class ServerError(ApiError):
     this request itself is wrong (a malformed id), not that FLORA is struggling.
     """
 
-    repeated: int = 0
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str,
+        fields: Sequence[Mapping[str, str]] = (),
+        request_id: str | None = None,
+        attempts: int = 1,
+        unanswered: int = 0,
+        repeated: int = 0,
+    ) -> None:
+        super().__init__(
+            message,
+            status=status,
+            code=code,
+            fields=fields,
+            request_id=request_id,
+            attempts=attempts,
+            unanswered=unanswered,
+        )
+        self.repeated = repeated
+
+    def with_repeated(self, repeated: int) -> ServerError:
+        """This error after ``repeated`` identical answers in a row made the client stop."""
+        return self._replace(repeated=repeated)
+
+    def _values(self) -> dict[str, Any]:
+        return super()._values() | {"repeated": self.repeated}
 
 
 class TransportError(FloraqError):
@@ -283,7 +374,7 @@ def _parse_envelope(
     return code, message, fields
 
 
-def _parse_retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a `Retry-After` header (delta-seconds form only); None if absent or odd."""
     if value is None:
         return None

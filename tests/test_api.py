@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from floraq.api import FloraClient, RunInfo, RunOutput
+from floraq.api import FloraClient, RunInfo, RunOutput, RunStatus
 from floraq.errors import (
     AuthError,
     ExitCode,
@@ -127,6 +127,27 @@ def test_create_accepts_200_and_201_and_sees_replays(status: int) -> None:
     )
     info = run(with_client(Recorder(answer), create))
     assert (info.run_id, info.replayed, info.request_id) == ("j57abc", True, "req_9")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("pending", RunStatus.PENDING),
+        ("running", RunStatus.RUNNING),
+        ("completed", RunStatus.COMPLETED),
+        ("failed", RunStatus.FAILED),
+    ],
+)
+def test_known_run_statuses_become_the_enum(raw: str, expected: RunStatus) -> None:
+    """Each documented status is a RunStatus that still equals the text FLORA sent."""
+    info = RunInfo.from_response(httpx.Response(200, json=run_body(status=raw)))
+    assert info.status is expected and info.status == raw
+
+
+def test_an_unknown_run_status_is_kept_as_sent() -> None:
+    """A status FLORA adds later is kept verbatim, not refused nor mapped to a known one."""
+    info = RunInfo.from_response(httpx.Response(200, json=run_body(status="cancelled")))
+    assert info.status == "cancelled" and not isinstance(info.status, RunStatus)
 
 
 def test_run_parsing_is_tolerant_and_ids_opaque() -> None:

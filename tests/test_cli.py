@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -9,9 +10,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import Floraq, clean_env
 
 from floraq.cli import _register_sandbox, cli
 from floraq.errors import ExitCode
+from floraq.sandbox import SandboxServer
 
 README_PATH = Path(__file__).resolve().parent.parent / "README.md"
 README = README_PATH.read_text()
@@ -114,3 +117,83 @@ def test_sandbox_takes_the_key_from_the_environment_and_never_prints_it(tmp_path
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
     assert "API key:" in err and canary not in err + out
+
+
+# --- global options: before the command as well as after it ------------------------------
+
+GLOBAL_OPTIONS = ["-v", "--verbose", "-q", "--quiet", "--ledger", "--base-url", "--sandbox"]
+
+
+def one_row_manifest(floraq: Floraq) -> Path:
+    return floraq.write_manifest(
+        batch="b", jobs=[{"technique": "poster-maker", "rows": [{"prompt": "a lighthouse"}]}]
+    )
+
+
+def shown_states(done: subprocess.CompletedProcess[str]) -> dict[str, int]:
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout)["batches"]["b"]["states"])
+
+
+def test_help_documents_the_global_options() -> None:
+    """`floraq --help` lists every global option and says it may go before the command."""
+    help_text = CliRunner().invoke(cli, ["--help"]).output
+    assert all(re.search(rf"(^|\s){re.escape(o)}\b", help_text) for o in GLOBAL_OPTIONS)
+    assert "before the command or after it" in help_text
+
+
+def test_ledger_before_the_command_is_the_one_written_and_read(floraq: Floraq) -> None:
+    """`floraq --ledger X submit` writes X, not FLORAQ_LEDGER; `--ledger X status` reads X."""
+    other = floraq.cwd / "other.db"
+    done = floraq("--ledger", str(other), "submit", str(one_row_manifest(floraq)))
+    assert done.returncode == 0, done.stderr
+    assert other.exists() and not floraq.ledger_path.exists()
+    assert shown_states(floraq("--ledger", str(other), "status", "--json")) == {"downloaded": 1}
+    assert shown_states(floraq("status", "--json", "--ledger", str(other))) == {"downloaded": 1}
+
+
+def test_the_option_after_the_command_wins(floraq: Floraq) -> None:
+    """Given before and after the command, the value after it is used."""
+    other = floraq.cwd / "other.db"
+    assert floraq("submit", str(one_row_manifest(floraq)), "--ledger", str(other)).returncode == 0
+    read = floraq("--ledger", "missing.db", "status", "--json", "--ledger", str(other))
+    assert shown_states(read) == {"downloaded": 1}
+    refused = floraq("--ledger", str(other), "status", "--ledger", "missing.db")
+    assert refused.returncode == ExitCode.USAGE
+    assert refused.stderr.startswith("floraq: error: no ledger at missing.db")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["-v", "techniques", "poster-maker"], ["techniques", "poster-maker", "-v"]],
+    ids=["before", "after"],
+)
+def test_verbose_logs_each_request_before_or_after(floraq: Floraq, args: list[str]) -> None:
+    """`floraq -v techniques X` logs its request line on stderr, as `techniques X -v` does."""
+    done = floraq(*args)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^request: GET /techniques/poster-maker -> 200 in \d+ ms", done.stderr, re.M)
+
+
+def test_base_url_before_the_command_wins_over_the_environment(
+    floraq: Floraq, sandbox: SandboxServer
+) -> None:
+    """`floraq --base-url U techniques` asks U even when FLORA_BASE_URL names a dead port."""
+    dead = "http://127.0.0.1:9/api/v1"
+    done = floraq("--base-url", sandbox.base_url, "techniques", FLORA_BASE_URL=dead)
+    assert done.returncode == 0, done.stderr
+    assert "tech_portrait01" in done.stdout
+    failed = floraq("--base-url", sandbox.base_url, "techniques", "--base-url", dead)
+    assert failed.returncode == ExitCode.FAILURES
+    assert "no answer from 127.0.0.1" in failed.stderr
+
+
+@pytest.mark.parametrize(("quiet", "announced"), [([], True), (["-q"], False)])
+def test_sandbox_and_quiet_before_the_command(
+    tmp_path: Path, quiet: list[str], announced: bool
+) -> None:
+    """`floraq --sandbox plan` needs no key; `-q` before the command hides the sandbox line."""
+    floraq = Floraq(cwd=tmp_path, env=clean_env())
+    done = floraq("--sandbox", *quiet, "plan", str(one_row_manifest(floraq)))
+    assert done.returncode == 0, done.stderr
+    assert ("sandbox: serving a local FLORA API" in done.stderr) is announced

@@ -8,6 +8,7 @@ import pytest
 from floraq.core.lifecycle import TRANSITIONS, IllegalTransition, JobState, check_transition
 from floraq.core.problems import Problem
 from floraq.errors import (
+    ApiAnswerError,
     ApiError,
     AuthError,
     ExitCode,
@@ -86,6 +87,52 @@ def test_retry_after(header: str, seconds: float | None) -> None:
     assert error.retry_after == seconds
 
 
+def test_auth_and_api_errors_share_one_base_but_stay_apart() -> None:
+    """Both are answers from the API; catching ApiError still never swallows a refused key."""
+    auth = ApiError.from_response(response(401, '{"error":{"code":"x","message":"no"}}'))
+    other = ApiError.from_response(response(400, '{"error":{"code":"x","message":"no"}}'))
+    assert isinstance(auth, ApiAnswerError) and isinstance(other, ApiAnswerError)
+    assert not isinstance(auth, ApiError) and not isinstance(other, AuthError)
+    assert (auth.exit_code, other.exit_code) == (ExitCode.AUTH, ExitCode.FAILURES)
+
+
+def test_from_response_scrubs_every_text_the_server_sent() -> None:
+    """An echoed key never survives into the message, code, fields or request id."""
+    body = (
+        '{"error":{"code":"bad_sk_1","message":"key sk_1 is odd",'
+        '"fields":[{"field":"sk_1","message":"was sk_1"}]}}'
+    )
+    error = ApiError.from_response(
+        response(400, body, **{"request-id": "req_sk_1"}),
+        scrub=lambda text: text.replace("sk_1", "[redacted]"),
+    )
+    assert isinstance(error, InputRejected)
+    assert str(error) == "400 bad_[redacted]: key [redacted] is odd (request-id req_[redacted])"
+    assert error.fields == ({"field": "[redacted]", "message": "was [redacted]"},)
+
+
+def test_with_attempts_returns_a_new_complete_error() -> None:
+    """The client's later facts make a new error of the same class; the first is untouched."""
+    first = ApiError.from_response(
+        response(429, '{"error":{"code":"rate_limited","message":"slow"}}', **{"retry-after": "3"})
+    )
+    given_up = first.with_attempts(7, unanswered=2)
+    assert type(given_up) is RateLimited and given_up is not first
+    assert (given_up.attempts, given_up.unanswered, given_up.retry_after) == (7, 2, 3.0)
+    assert (given_up.code, given_up.message, str(given_up)) == (first.code, "slow", str(first))
+    assert (first.attempts, first.unanswered) == (1, 0)
+
+
+def test_server_error_with_repeated_keeps_everything_else() -> None:
+    """`repeated` is set on a copy that keeps status, code, request id and attempts."""
+    error = ApiError.from_response(response(500, "oops", **{"request-id": "req_9"}))
+    assert isinstance(error, ServerError)
+    repeated = error.with_attempts(4, unanswered=1).with_repeated(4)
+    assert (repeated.repeated, repeated.attempts, repeated.unanswered) == (4, 4, 1)
+    assert (repeated.status, repeated.code, repeated.request_id) == (500, "server_error", "req_9")
+    assert error.repeated == 0
+
+
 def test_manifest_error_summarises_all_problems() -> None:
     """The one-line message names the first problem and how many more there are."""
     error = ManifestError([Problem("a.yaml: job 1", "bad"), Problem("a.yaml: job 2", "worse")])
@@ -107,3 +154,27 @@ def test_illegal_transition_names_the_move() -> None:
     """An illegal move says which move and what would have been allowed."""
     with pytest.raises(IllegalTransition, match=r"downloaded cannot move to submitting"):
         check_transition(JobState.DOWNLOADED, JobState.SUBMITTING)
+
+
+def test_no_error_is_patched_after_it_is_built() -> None:
+    """No module sets an error's facts from outside: each is complete when constructed."""
+    import ast
+    from pathlib import Path
+
+    import floraq
+
+    facts = {"attempts", "unanswered", "repeated", "fields", "message", "retry_after", "args"}
+    patched = []
+    for path in sorted(Path(floraq.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            if isinstance(node, ast.AnnAssign | ast.AugAssign):
+                targets = [node.target]
+            patched += [
+                f"{path.name}:{node.lineno}"
+                for t in targets
+                if isinstance(t, ast.Attribute)
+                and t.attr in facts
+                and not (isinstance(t.value, ast.Name) and t.value.id == "self")
+            ]
+    assert patched == []
