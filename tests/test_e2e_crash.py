@@ -12,6 +12,7 @@ import random
 import re
 import signal
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -151,22 +152,55 @@ def queued_rows(floraq: Floraq) -> int:
         return 0
 
 
+def steps_done(floraq: Floraq) -> int:
+    """The batch's progress in the ledger: rows with a committed run id, plus rows downloaded."""
+    try:
+        [row] = floraq.query(
+            "SELECT COUNT(run_id) AS runs,"
+            " COALESCE(SUM(state = 'downloaded'), 0) AS downloaded FROM jobs"
+        )
+    except sqlite3.OperationalError:
+        return 0
+    return int(row["runs"]) + int(row["downloaded"])
+
+
+KILL_WAIT = 60.0  # seconds to wait for a process to reach its kill point before killing anyway
+
+
+def wait_for_steps(floraq: Floraq, proc: subprocess.Popen[str], *, rows: int, steps: int) -> None:
+    """Wait until every row is queued and the ledger shows `steps` steps (or `proc` exits)."""
+    deadline = time.monotonic() + KILL_WAIT
+    while proc.poll() is None and time.monotonic() < deadline:
+        if queued_rows(floraq) == rows and steps_done(floraq) >= steps:
+            return
+        time.sleep(0.005)
+
+
 def kill_and_resume(
     floraq: Floraq, sandbox: SandboxServer, *, rows: int, kills: int, seed: int
 ) -> dict[str, int]:
     """Start, SIGKILL at a seeded random instant, start again; `kills` times, then finish.
 
-    Start-up takes about 0.4 s, so the instants land in start-up, in the ledger writes,
-    and in the loop, at random. Returns the rows per state after the final run.
+    Instants are counted in the batch's own progress, not in seconds, so they land in
+    the batch whatever the machine's speed: most kills come a seeded 0-30 ms after the
+    process has moved the ledger 1-8 steps on (a POST, a commit, a download may each be
+    under way); once the batch is under way, some come blind, 0-0.4 s after start (in
+    start-up or the first steps), as a power cut would. Returns the rows per state
+    after the final run.
     """
     sandbox.configure(duration=[1, 4])
     jobs = manifest(floraq, rows, batch=f"kill-{seed}")
     rng = random.Random(seed)
     mid_batch = 0
     for _ in range(kills):
-        args = ("resume",) if queued_rows(floraq) == rows else ("submit", str(jobs))
-        proc = floraq.start(*args)
-        time.sleep(rng.uniform(0.3, 0.8))
+        queued = queued_rows(floraq) == rows
+        under_way, before = queued and steps_done(floraq) > 0, steps_done(floraq)
+        proc = floraq.start(*(("resume",) if queued else ("submit", str(jobs))))
+        if under_way and rng.random() < 0.25:
+            time.sleep(rng.uniform(0, 0.4))
+        else:
+            wait_for_steps(floraq, proc, rows=rows, steps=before + rng.randint(1, 8))
+            time.sleep(rng.uniform(0, 0.03))
         proc.kill()
         proc.communicate()
         if sandbox.stats()["runs_created"] > 0 and queued_rows(floraq) == rows:

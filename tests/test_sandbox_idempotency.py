@@ -99,11 +99,13 @@ def test_keys_are_scoped_per_api_key(shared_sandbox: SandboxServer, api: httpx.C
 def test_key_is_forgotten_after_the_window(
     shared_sandbox: SandboxServer, api: httpx.Client
 ) -> None:
-    """After idempotency_window real seconds, a repeated key creates a new billed run."""
-    shared_sandbox.configure(idempotency_window=0.2)
+    """After idempotency_window seconds, a repeated key creates a new billed run."""
+    shared_sandbox.configure(idempotency_window=0.2, frozen_clock=True)  # no machine is too slow
     first = api.post(RUNS, json=portrait(idempotency_key="k")).json()["run_id"]
     assert api.post(RUNS, json=portrait(idempotency_key="k")).json()["run_id"] == first
-    time.sleep(0.25)
+    shared_sandbox.advance_clock(0.19)
+    assert api.post(RUNS, json=portrait(idempotency_key="k")).json()["run_id"] == first
+    shared_sandbox.advance_clock(0.06)
     assert api.post(RUNS, json=portrait(idempotency_key="k")).json()["run_id"] != first
     assert shared_sandbox.stats()["charged_total"] == 0.1
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import time
 import zlib
 from typing import Any
 
@@ -161,7 +160,8 @@ def test_expired_url_is_refused_and_a_repoll_gives_a_fresh_one(
     """After url_ttl the URL answers the configured status; polling again gives a working URL."""
     shared_sandbox.configure(url_ttl=0.2, expired_status=status)
     run = completed(api, "portrait-enhancer", {"input_image": ("imageUrl", IMAGE)})
-    time.sleep(0.25)
+    shared_sandbox.configure(frozen_clock=True)  # the fresh URL then lasts on any machine
+    shared_sandbox.advance_clock(0.25)
     expired = httpx.get(run["outputs"][0]["url"], trust_env=False)
     assert (expired.status_code, expired.json()["error"]["code"]) == (status, "url_expired")
     fresh = api.get(run["poll_url"]).json()["outputs"][0]["url"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import httpx
@@ -229,11 +228,11 @@ def test_charged_cost_appears_after_a_delay(
     shared_sandbox: SandboxServer, api: httpx.Client
 ) -> None:
     """With charged_cost_delay, a run first shows completed without charged_cost."""
-    shared_sandbox.configure(charged_cost_delay=0.3, duration=[0, 0])
+    shared_sandbox.configure(charged_cost_delay=0.3, duration=[0, 0], frozen_clock=True)
     poll_url = api.post(RUNS, json=portrait()).json()["poll_url"]
     first = wait_done(api, poll_url)
     assert first["status"] == "completed" and "charged_cost" not in first
-    time.sleep(0.3)
+    shared_sandbox.advance_clock(0.31)
     assert api.get(poll_url).json()["charged_cost"] == 0.05
 
 
@@ -253,12 +252,14 @@ def test_poll_under_another_technique_is_not_found(api: httpx.Client) -> None:
 
 def test_progress_rises_while_running(shared_sandbox: SandboxServer, api: httpx.Client) -> None:
     """A 0.3 s run reports running with progress strictly between 0 and 100 mid-way."""
-    shared_sandbox.configure(duration=[300, 300])
+    shared_sandbox.configure(duration=[300, 300], frozen_clock=True)  # 0.15 s on any machine
     poll_url = api.post(RUNS, json=portrait()).json()["poll_url"]
-    time.sleep(0.15)
+    shared_sandbox.advance_clock(0.15)
     mid = api.get(poll_url).json()
     assert mid["status"] == "running" and 0 < mid["progress"] < 100
     assert "completed_at" not in mid and "outputs" not in mid and "charged_cost" not in mid
+    shared_sandbox.advance_clock(0.16)
+    assert api.get(poll_url).json()["status"] == "completed"
 
 
 def test_runs_beyond_capacity_wait_pending(

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from sandbox_fixtures import *  # noqa: F403
-from sandbox_fixtures import FAST, auth, portrait
+from sandbox_fixtures import FAST, auth, portrait, wait_done
 
 from floraq.sandbox import SandboxConfig, SandboxServer
 from floraq.sandbox.cli import sandbox_command
@@ -77,6 +77,40 @@ def test_configure_balance_sets_the_live_balance(shared_sandbox: SandboxServer) 
     assert shared_sandbox.stats()["balance"] == 12.5
 
 
+def test_frozen_clock_moves_only_when_advanced(
+    shared_sandbox: SandboxServer, api: httpx.Client
+) -> None:
+    """With frozen_clock a 0.1 s run waits at 0 % however long it takes; an advance ends it."""
+    shared_sandbox.configure(duration=[100, 100], frozen_clock=True)
+    poll_url = api.post("/techniques/portrait-enhancer/runs", json=portrait()).json()["poll_url"]
+    time.sleep(0.12)
+    assert api.get(poll_url).json()["progress"] == 0
+    shared_sandbox.advance_clock(0.11)
+    assert api.get(poll_url).json()["status"] == "completed"
+
+
+@pytest.mark.parametrize("advance", [-1, "1", None, True])
+def test_clock_refuses_anything_but_seconds_forward(
+    shared_sandbox: SandboxServer, advance: object
+) -> None:
+    """POST /_sandbox/clock with a negative or non-numeric advance is a 400 naming `advance`."""
+    refused = httpx.post(f"{shared_sandbox.root_url}/_sandbox/clock", json={"advance": advance})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["fields"] == [
+        {"field": "advance", "message": "Must be a finite number of seconds >= 0"}
+    ]
+
+
+def test_restoring_the_config_lets_a_frozen_clock_run_again(
+    shared_sandbox: SandboxServer, api: httpx.Client
+) -> None:
+    """reset(restore_config=True) undoes frozen_clock: runs finish on their own again."""
+    shared_sandbox.configure(frozen_clock=True)
+    shared_sandbox.reset(restore_config=True)
+    poll_url = api.post("/techniques/portrait-enhancer/runs", json=portrait()).json()["poll_url"]
+    assert wait_done(api, poll_url)["status"] == "completed"
+
+
 def test_reset_clears_runs_and_counters(shared_sandbox: SandboxServer, api: httpx.Client) -> None:
     """POST /_sandbox/reset forgets runs, keys and counters but keeps the knobs."""
     shared_sandbox.configure(run_id_style="opaque")
@@ -119,6 +153,7 @@ def test_cli_help_ends_with_an_example() -> None:
     result = CliRunner().invoke(sandbox_command, ["--help"])
     assert result.exit_code == 0
     assert "floraq sandbox --time-scale" in result.output.split("Options:")[0]
+    assert "--frozen-clock" in result.output and "/_sandbox/clock" in result.output
 
 
 def test_cli_rejects_bad_knob_values() -> None:

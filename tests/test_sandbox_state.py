@@ -8,6 +8,7 @@ import pytest
 
 from floraq.errors import UsageError
 from floraq.sandbox import SandboxConfig, ideal_makespan, load_catalog
+from floraq.sandbox.clock import SandboxClock
 from floraq.sandbox.state import SandboxState, fingerprint, plan_run
 
 IMAGE = (("input_image", "imageUrl", "https://example.com/a.jpg"),)
@@ -139,3 +140,38 @@ def test_fingerprint_ignores_where_the_key_was_sent() -> None:
     body = {"inputs": [{"id": "a", "type": "text", "value": "x"}], "mode": "async"}
     assert fingerprint("s", body) == fingerprint("s", body | {"idempotency_key": "k"})
     assert fingerprint("s", body) != fingerprint("other", body)
+
+
+def test_frozen_clock_stands_still_and_advances_both_clocks() -> None:
+    """Frozen, real time passing changes nothing; an advance moves monotonic and wall alike."""
+    real = FakeClock()
+    clock = SandboxClock(real, lambda: 1_700_000_000.0 + real.now)
+    clock.set_frozen(True)
+    real.now += 60
+    assert (clock.now(), clock.wall()) == (100.0, 1_700_000_100.0)
+    clock.advance(5)
+    assert (clock.now(), clock.wall()) == (105.0, 1_700_000_105.0)
+    with pytest.raises(ValueError, match="advance: must be"):
+        clock.advance(-1)
+
+
+def test_thawed_clock_runs_on_from_where_it_stood() -> None:
+    """Unfreezing never jumps: time goes on from the frozen instant at the real rate."""
+    real = FakeClock()
+    clock = SandboxClock(real, lambda: 1_700_000_000.0 + real.now)
+    clock.set_frozen(True)
+    real.now += 60
+    clock.set_frozen(False)
+    assert clock.now() == 100.0
+    real.now += 2
+    assert (clock.now(), clock.wall()) == (102.0, 1_700_000_102.0)
+
+
+def test_frozen_state_holds_a_run_until_the_clock_is_advanced() -> None:
+    """With frozen_clock, a 10 s run is at 0 % after a real minute and done after 10 s advanced."""
+    state, clock = make_state(frozen_clock=True, duration=[10, 10])
+    run = state.runs[create(state)]
+    clock.now += 60
+    assert (state.view(run, poll_url=None)["progress"], run.status(state.now())) == (0, "running")
+    state.clock.advance(10)
+    assert state.view(run, poll_url=None)["status"] == "completed"

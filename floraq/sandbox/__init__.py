@@ -5,6 +5,7 @@
     with SandboxServer(SandboxConfig(seed=7, time_scale=0.01)) as sandbox:
         sandbox.base_url, sandbox.api_key    # point a floraq client here
         sandbox.stats()                      # what the server saw
+        sandbox.advance_clock(0.5)           # with frozen_clock=True, the only way time moves
 
 Every knob is a field of ``SandboxConfig``; see ``floraq sandbox --help`` for the CLI.
 """

@@ -60,6 +60,12 @@ _SECONDS = click.FloatRange(min=0)
 @click.option(
     "--capacity", type=click.IntRange(min=1), help="Runs running at once; others wait in pending."
 )
+@click.option(
+    "--frozen-clock",
+    is_flag=True,
+    default=None,
+    help='Stop the sandbox clock; POST /_sandbox/clock {"advance": S} moves it on.',
+)
 @click.option("--balance", type=_SECONDS, help="Workspace balance in USD.")
 @click.option("--failure-rate", type=_RATE, help="Fraction of runs that fail.")
 @click.option("--latency", type=_SECONDS, help="Seconds added to every API request.")
@@ -123,13 +129,42 @@ def sandbox_command(
 
     Prints the base URL, the media URL and the API key to stderr. Every knob is
     optional; the defaults behave like FLORA's getting-started page. Time knobs are
-    real seconds, except run durations, which --time-scale multiplies.
+    real seconds, except run durations, which --time-scale multiplies; with
+    --frozen-clock, time moves only by POST /_sandbox/clock.
 
     Example:
 
     \b
         floraq sandbox --time-scale 0.05 --failure-rate 0.1 --rate-429 0.05
     """
+    config = _config(
+        knobs,
+        key=key,
+        catalog=catalog,
+        no_retry_after=no_retry_after,
+        no_coalesce=no_coalesce,
+        expired_status=expired_status,
+        create_status=create_status,
+    )
+    server = SandboxServer(config, host=host, port=port, media_port=media_port)
+    try:
+        server.start()
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}: {exc.strerror or exc}") from exc
+    _serve_until_stopped(server)
+
+
+def _config(
+    knobs: dict[str, Any],
+    *,
+    key: str,
+    catalog: str | None,
+    no_retry_after: bool,
+    no_coalesce: bool,
+    expired_status: str | None,
+    create_status: str | None,
+) -> SandboxConfig:
+    """The options as a ``SandboxConfig``; a bad value or catalog is a usage error (exit 2)."""
     values = {name: value for name, value in knobs.items() if value is not None}
     values["api_keys"] = (key,)
     if catalog is not None:
@@ -147,11 +182,11 @@ def sandbox_command(
         load_catalog(config.catalog)
     except (ValueError, FloraqError) as exc:
         raise click.UsageError(str(exc)) from exc
-    server = SandboxServer(config, host=host, port=port, media_port=media_port)
-    try:
-        server.start()
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}: {exc.strerror or exc}") from exc
+    return config
+
+
+def _serve_until_stopped(server: SandboxServer) -> None:
+    """Say where the server is, then serve until Ctrl-C or SIGTERM."""
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
     try:

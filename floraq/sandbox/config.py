@@ -38,8 +38,10 @@ class SandboxConfig:
 
     Durations in the catalog (and ``duration``) are multiplied by ``time_scale``; every
     other time knob (``idempotency_window``, ``charged_cost_delay``, ``url_ttl``,
-    ``latency``, ``retry_after``) is in real seconds. Fault draws, run durations,
-    failures and run ids all derive from ``seed``.
+    ``latency``, ``retry_after``) is in seconds of the sandbox clock, which is the real
+    clock unless ``frozen_clock`` stops it (then it moves only when told to, through
+    ``SandboxServer.advance_clock`` or ``POST /_sandbox/clock``). Fault draws, run
+    durations, failures and run ids all derive from ``seed``.
     """
 
     seed: int = 0
@@ -51,6 +53,7 @@ class SandboxConfig:
     time_scale: float = 1.0
     duration: tuple[float, float] | None = None  # overrides every technique's range
     capacity: int = 8  # runs running at once; the rest wait FIFO in `pending`
+    frozen_clock: bool = False  # the clock stands still; it moves only when advanced
     failure_rate: float = 0.0
     create_status: int = 200  # 200 (page) or 201 (spec)
     omit_poll_url: bool = False

@@ -161,6 +161,14 @@ class SandboxServer:
         result: dict[str, Any] = self._call("POST", "/_sandbox/config", knobs)
         return result
 
+    def advance_clock(self, seconds: float) -> None:
+        """Move the sandbox clock on by ``seconds``: with ``frozen_clock``, the only way it moves.
+
+        Runs progress, keys age and URLs expire exactly as if that much time had passed,
+        however fast or slow the machine is.
+        """
+        self._call("POST", "/_sandbox/clock", {"advance": seconds})
+
     def reset(self, *, restore_config: bool = False) -> None:
         """Forget runs and counters; with ``restore_config``, also undo ``configure``."""
         self._call("POST", "/_sandbox/reset", {"restore_config": restore_config})

@@ -1,0 +1,92 @@
+"""What the sandbox tells about itself: its counters, and every run with its exact outputs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from floraq.sandbox.billing import Billing, usd
+from floraq.sandbox.runs import Run, RunStatus, render
+from floraq.sandbox.schedule import ideal_makespan
+
+FAULT_NAMES = ("5xx", "429", "drop", "truncate")
+
+
+@dataclass(slots=True)
+class Counters:
+    """What ``/_sandbox/stats`` reports; reset with the runs."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    runs_created: int = 0
+    idempotent_replays: int = 0
+    idempotency_rejections: int = 0
+    downloads: int = 0
+    media_requests: int = 0
+    media_auth_rejections: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+
+
+def stats_json(
+    counters: Counters, billing: Billing, runs: Sequence[Run], capacity: int
+) -> dict[str, Any]:
+    """The counters as ``GET /_sandbox/stats`` returns them (settle the billing first)."""
+    c = counters
+    first = min((r.created for r in runs), default=0.0)
+    last = max((r.ended for r in runs), default=0.0)
+    durations = [r.ended - r.started for r in runs]
+    return {
+        "requests": dict(sorted(c.requests.items())),
+        "runs_created": c.runs_created,
+        "idempotent_replays": c.idempotent_replays,
+        "idempotency_rejections": c.idempotency_rejections,
+        "charged_total": usd(billing.charged_micros),
+        "balance": usd(billing.balance_micros),
+        "downloads": c.downloads,
+        "media_requests": c.media_requests,
+        "media_auth_rejections": c.media_auth_rejections,
+        "faults": {name: c.faults[name] for name in FAULT_NAMES},
+        "schedule": {
+            "capacity": capacity,
+            "ideal_makespan": ideal_makespan(durations, capacity) if runs else 0.0,
+            "actual_makespan": last - first if runs else 0.0,
+        },
+    }
+
+
+def run_report(run: Run, now: float) -> dict[str, Any]:
+    """One run as ``GET /_sandbox/runs`` lists it, with the sha256 of each output's bytes."""
+    status = run.status(now)
+    done = status in (RunStatus.COMPLETED, RunStatus.FAILED)
+    charged = None
+    if done:
+        charged = 0.0 if run.failure else usd(run.cost_micros)
+    return {
+        "run_id": run.run_id,
+        "slug": run.technique.slug,
+        "idempotency_key": run.idempotency_key,
+        "inputs": [{"id": i, "type": t, "value": v} for i, t, v in run.inputs],
+        "status": status,
+        "charged_cost": charged,
+        "created_at": run.created_ms,
+        "completed_at": run.epoch_ms(run.ended) if done else None,
+        "error_code": run.failure[0] if done and run.failure else None,
+        "outputs": _outputs(run) if status is RunStatus.COMPLETED else [],
+    }
+
+
+def _outputs(run: Run) -> list[dict[str, Any]]:
+    outputs = []
+    for port in run.technique.outputs:
+        file = render(run, port)
+        outputs.append(
+            {
+                "output_id": port.id,
+                "type": port.type,
+                "content_type": file.content_type,
+                "sha256": file.sha256,
+                "bytes": len(file.body),
+            }
+        )
+    return outputs
