@@ -42,8 +42,12 @@ def wait_for_exits(procs: list[subprocess.Popen[str]], n: int, timeout: float = 
 def test_overlapping_starts_one_worker_and_the_next_takes_over_after_a_kill(
     floraq: Floraq, sandbox: SandboxServer
 ) -> None:
-    """6 starts at once: one works, 5 exit 5; after its kill -9, one of 3 more finishes it all."""
-    sandbox.configure(duration=[200, 200])  # 2 s runs: the worker holds the lock a while
+    """6 starts at once: one works, 5 exit 5; after its kill -9, one of 3 more finishes it all.
+
+    The sandbox's clock stands still until the worker is killed, so its runs cannot finish
+    (and the worker cannot let go of the lock) however slowly the other five start.
+    """
+    sandbox.configure(duration=[200, 200], frozen_clock=True)
     jobs = str(manifest(floraq, 16))
     with started_together(floraq, 6, "submit", jobs) as first:
         wait_for_exits(first, 5)
@@ -57,6 +61,7 @@ def test_overlapping_starts_one_worker_and_the_next_takes_over_after_a_kill(
             time.sleep(0.01)  # every run id committed (not just created at the sandbox)
         worker.kill()  # midway: every run is in flight, nothing downloaded yet
     assert floraq.states() == {"submitted": 16}
+    sandbox.configure(frozen_clock=False)
     with started_together(floraq, 3, "resume") as second:
         wait_for_exits(second, 3)
         codes = sorted(p.returncode for p in second)
