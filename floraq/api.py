@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -24,6 +25,7 @@ from urllib.parse import quote
 import httpx
 
 from floraq import __version__
+from floraq.core.money import amount
 from floraq.errors import (
     ApiError,
     AuthError,
@@ -113,7 +115,7 @@ class RunInfo:
     created_at: int | None  # epoch ms
     started_at: int | None
     completed_at: int | None
-    charged_cost: float | None
+    charged_cost: Decimal | None
     outputs: tuple[RunOutput, ...]
     error_code: str | None
     error_message: str | None
@@ -154,7 +156,7 @@ class RunInfo:
             created_at=_epoch_ms(data.get("created_at")),
             started_at=_epoch_ms(data.get("started_at")),
             completed_at=_epoch_ms(data.get("completed_at")),
-            charged_cost=_number(data.get("charged_cost")),
+            charged_cost=amount(data.get("charged_cost")),
             outputs=tuple(outputs),
             error_code=_string(data.get("error_code")),
             error_message=_string(data.get("error_message")),

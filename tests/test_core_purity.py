@@ -28,6 +28,7 @@ ALLOWED_IMPORTS = frozenset(
         "collections.abc",
         "csv",
         "dataclasses",
+        "decimal",  # exact money (core/money.py)
         "difflib",
         "enum",
         "functools",

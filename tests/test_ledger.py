@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,8 @@ import pytest
 from floraq.core.lifecycle import IllegalTransition, JobState
 from floraq.errors import LedgerBusy, LedgerError
 from floraq.ledger import Ledger, NewJob
+from floraq.ledger.migrations import migrations
 from floraq.lock import LedgerLock
-from floraq.migrations import migrations
 
 
 def new_job(n: int = 1, *, batch: str = "b", key: str | None = None) -> NewJob:
@@ -27,7 +28,7 @@ def new_job(n: int = 1, *, batch: str = "b", key: str | None = None) -> NewJob:
         inputs={"input_image": f"https://storage.googleapis.com/x/{n}.jpg"},
         inputs_digest=f"digest{n}",
         idempotency_key=key or f"fq1_key{n}",
-        estimated_cost=0.05,
+        estimated_cost=Decimal("0.05"),
     )
 
 
