@@ -176,7 +176,9 @@ def test_no_sqlite_error_escapes_as_is(tmp_path: Path) -> None:
     path.write_bytes(b"x" * 4096)
     try:
         Ledger.open(path)
-    except LedgerError:
-        pass
+    except LedgerError as e:
+        assert str(e).startswith(f"cannot open the ledger {path}")
     except sqlite3.Error as e:  # pragma: no cover - the failure this test exists for
         pytest.fail(f"raw sqlite3 error escaped: {e}")
+    else:  # pragma: no cover - a garbage file must never open as a ledger
+        pytest.fail("a file that is not SQLite opened as a ledger")
