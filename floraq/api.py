@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 from types import TracebackType
 from typing import Any
@@ -24,6 +25,7 @@ import httpx
 
 from floraq import __version__
 from floraq.api_calls import Caller
+from floraq.core.money import amount
 from floraq.errors import ServerError, UsageError
 from floraq.request_log import REQUEST_LOGGER as REQUEST_LOGGER  # re-exported: batch, cli
 from floraq.request_log import log_request as log_request
@@ -75,7 +77,7 @@ class RunInfo:
     created_at: int | None  # epoch ms
     started_at: int | None
     completed_at: int | None
-    charged_cost: float | None
+    charged_cost: Decimal | None
     outputs: tuple[RunOutput, ...]
     error_code: str | None
     error_message: str | None
@@ -116,7 +118,7 @@ class RunInfo:
             created_at=_epoch_ms(data.get("created_at")),
             started_at=_epoch_ms(data.get("started_at")),
             completed_at=_epoch_ms(data.get("completed_at")),
-            charged_cost=_number(data.get("charged_cost")),
+            charged_cost=amount(data.get("charged_cost")),
             outputs=tuple(outputs),
             error_code=_string(data.get("error_code")),
             error_message=_string(data.get("error_message")),

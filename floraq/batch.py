@@ -17,6 +17,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
 
@@ -24,6 +25,7 @@ from floraq.api import FloraClient, log_request
 from floraq.core.keys import api_key_fingerprint, idempotency_key, inputs_digest, row_key
 from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
 from floraq.core.manifest import Manifest, Row
+from floraq.core.money import ZERO, CostTotals, amount, total, totals_by
 from floraq.core.problems import Problem
 from floraq.core.technique import Technique
 from floraq.core.validation import check_row
@@ -39,7 +41,15 @@ from floraq.errors import (
     UsageError,
 )
 from floraq.export import Columns, Format, write_rows
-from floraq.ledger import JobRecord, JobView, Ledger, NewJob, SeenRows, StoredFile
+from floraq.ledger import (
+    JobRecord,
+    JobView,
+    Ledger,
+    NewJob,
+    QuoteGroup,
+    SeenRows,
+    StoredFile,
+)
 from floraq.lock import LedgerLock
 from floraq.manifest_files import iter_job_rows, load_manifest
 from floraq.report import Summary, write_report
@@ -59,11 +69,11 @@ T = TypeVar("T")
 class TechniqueCost:
     slug: str
     rows: int
-    run_cost: float
+    run_cost: Decimal
 
     @property
-    def cost(self) -> float:
-        return round(self.rows * self.run_cost, 6)
+    def cost(self) -> Decimal:
+        return self.rows * self.run_cost
 
 
 @dataclass(slots=True)
@@ -82,8 +92,8 @@ class PlanResult:
         return [p for p in self.problems if p.severity == "warning"]
 
     @property
-    def total_cost(self) -> float:
-        return round(sum(c.cost for c in self.costs), 6)
+    def total_cost(self) -> Decimal:
+        return sum((c.cost for c in self.costs), ZERO)
 
     @property
     def rows(self) -> int:
@@ -96,9 +106,13 @@ class StateCount:
     technique: str
     state: str
     count: int
-    estimated_cost: float
-    charged_cost: float
+    estimated_cost: Decimal
+    charged_cost: Decimal
     unsettled: int  # finished runs whose charge has not been reported yet
+
+    @property
+    def totals(self) -> CostTotals:
+        return CostTotals(self.count, self.estimated_cost, self.charged_cost, self.unsettled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +121,8 @@ class CostChange:
 
     batch: str
     technique: str
-    quotes: tuple[tuple[float, int], ...]  # (price quoted, rows quoted at it), oldest first
-    run_cost: float | None  # the run_cost floraq last fetched
+    quotes: tuple[tuple[Decimal, int], ...]  # (price quoted, rows quoted at it), oldest first
+    run_cost: Decimal | None  # the run_cost floraq last fetched
     differs: int  # settled runs charged something other than their quote
 
     def describe(self) -> str:
@@ -132,16 +146,24 @@ class StatusResult:
         return sum(c.count for c in self.counts if not states or c.state in states)
 
     @property
-    def charged(self) -> float:
-        return round(sum(c.charged_cost for c in self.counts), 6)
+    def totals(self) -> CostTotals:
+        return total(c.totals for c in self.counts)
+
+    def totals_by_technique(self) -> dict[tuple[str, str], CostTotals]:
+        """(batch, technique) -> its totals, in ledger order."""
+        return totals_by(((c.batch, c.technique), c.totals) for c in self.counts)
 
     @property
-    def estimated(self) -> float:
-        return round(sum(c.estimated_cost for c in self.counts), 6)
+    def charged(self) -> Decimal:
+        return self.totals.charged
+
+    @property
+    def estimated(self) -> Decimal:
+        return self.totals.estimated
 
     @property
     def unsettled(self) -> int:
-        return sum(c.unsettled for c in self.counts)
+        return self.totals.unsettled
 
 
 @dataclass(slots=True)
@@ -212,7 +234,7 @@ def submit(
                 manifest_path=str(manifest_path.resolve()),
                 output_dir=str(manifest.output_dir),
                 concurrency=manifest.concurrency,
-                max_cost=manifest.max_cost,
+                max_cost=_cap(manifest.max_cost),
                 retry_failed_runs=manifest.retry_failed_runs,
             )
             inserted = _queue_rows(ledger, manifest, known, skip_invalid=skip_invalid)
@@ -274,12 +296,12 @@ def _run_batches(
         assert row is not None
         plans[name] = BatchPlan(
             name=name,
-            output_dir=Path(row["output_dir"]),
-            max_cost=settings.max_cost if settings.max_cost is not None else row["max_cost"],
-            retry_failed_runs=row["retry_failed_runs"],
+            output_dir=Path(row.output_dir),
+            max_cost=_cap(settings.max_cost) if settings.max_cost is not None else row.max_cost,
+            retry_failed_runs=row.retry_failed_runs,
         )
-        if concurrency is None and row["concurrency"]:
-            concurrency = int(row["concurrency"])
+        if concurrency is None and row.concurrency:
+            concurrency = int(row.concurrency)
     concurrency = concurrency or DEFAULT_CONCURRENCY
     slugs = ledger.techniques_used(names)
     techniques: dict[str, Technique] = {}
@@ -388,13 +410,13 @@ def _status(ledger: Ledger, names: list[str]) -> StatusResult:
         return StatusResult(counts=[], failures=[])
     counts = [
         StateCount(
-            batch=r["batch"],
-            technique=r["technique"],
-            state=r["state"],
-            count=r["n"],
-            estimated_cost=float(r["estimated"]),
-            charged_cost=float(r["charged"]),
-            unsettled=int(r["unsettled"] or 0),
+            batch=r.batch,
+            technique=r.technique,
+            state=r.state.value,
+            count=r.n,
+            estimated_cost=r.estimated,
+            charged_cost=r.charged,
+            unsettled=r.unsettled,
         )
         for r in ledger.state_counts(names)
     ]
@@ -404,15 +426,15 @@ def _status(ledger: Ledger, names: list[str]) -> StatusResult:
 
 def _cost_changes(ledger: Ledger, names: list[str]) -> list[CostChange]:
     """Techniques quoted at several prices or not at today's run_cost, or charged off-quote."""
-    grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    grouped: dict[tuple[str, str], list[QuoteGroup]] = defaultdict(list)
     for row in ledger.quotes(names):
-        grouped[(row["batch"], row["technique"])].append(row)
+        grouped[(row.batch, row.technique)].append(row)
     changes: list[CostChange] = []
     for (name, slug), rows in grouped.items():
-        quotes = tuple((float(r["quote"]), int(r["n"])) for r in rows)
-        run_cost = rows[0]["run_cost"]
-        differs = sum(int(r["differs"] or 0) for r in rows)
-        moved = run_cost is not None and any(abs(q - float(run_cost)) > 1e-9 for q, _ in quotes)
+        quotes = tuple((r.quote, r.n) for r in rows)
+        run_cost = rows[0].run_cost
+        differs = sum(r.differs for r in rows)
+        moved = run_cost is not None and any(q != run_cost for q, _ in quotes)
         if len(quotes) > 1 or moved or differs:
             changes.append(CostChange(name, slug, quotes, run_cost, differs))
     return changes
@@ -933,7 +955,7 @@ def _summary(status: StatusResult, name: str) -> Summary:
     for c in counts:
         states[c.state] += c.count
         techniques[c.technique][c.state] = c.count
-    sub = StatusResult(counts=counts, failures=[])
+    sub = StatusResult(counts=counts, failures=[]).totals
     return Summary(
         batch=name,
         states=states,
@@ -949,8 +971,8 @@ def _summary(status: StatusResult, name: str) -> Summary:
 class BatchSummary:
     name: str
     states: dict[str, int]
-    charged: float
-    estimated: float
+    charged: Decimal
+    estimated: Decimal
     unsettled: int
     last_activity: float  # epoch seconds
 
@@ -1137,3 +1159,8 @@ def _atomic_text(path: Path) -> Iterator[IO[str]]:
     except BaseException:
         part.unlink(missing_ok=True)
         raise
+
+
+def _cap(value: float | Decimal | None) -> Decimal | None:
+    """A cost cap from the manifest or the command line, as an exact amount."""
+    return None if value is None else amount(value)

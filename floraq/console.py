@@ -11,6 +11,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any, TextIO
 
 from tqdm import tqdm
@@ -26,6 +27,7 @@ from floraq.batch import (
     VerifyResult,
 )
 from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
+from floraq.core.money import CostTotals, amount, as_json, totals_by
 from floraq.core.problems import Problem
 from floraq.core.technique import Technique
 from floraq.errors import ExitCode
@@ -68,7 +70,8 @@ def plan(result: PlanResult) -> None:
         out(f"{cost.slug:<28} {cost.rows:>7} {cost.run_cost:>10.4f} {cost.cost:>12.4f}")
     out(f"{'total':<28} {result.rows:>7} {'':>10} {result.total_cost:>12.4f}")
     if manifest.max_cost is not None:
-        fits = "fits" if result.total_cost <= manifest.max_cost + 1e-9 else "EXCEEDS the cap"
+        cap = amount(manifest.max_cost)
+        fits = "fits" if cap is not None and result.total_cost <= cap else "EXCEEDS the cap"
         out(f"max_cost {manifest.max_cost:.2f} USD: {fits}")
     if result.duplicates:
         out(f"{result.duplicates} duplicate row(s) will be submitted once")
@@ -123,18 +126,18 @@ def status(result: StatusResult) -> None:
         sub = StatusResult(counts=rows, failures=[])
         out(f"batch {batch}: {sub.total()} row(s); {_cost_text(sub)}")
         shown = [s for s in states if any(s in t for t in techniques.values())]
-        costs = _technique_costs(sub)
+        costs = sub.totals_by_technique()
         out(
             f"  {'technique':<26}"
             + "".join(f" {s:>15}" for s in shown)
             + f" {'charged':>12} {'estimated':>12}"
         )
         for slug, counts in techniques.items():
-            charged, estimated, unsettled = costs[(batch, slug)]
+            t = costs[(batch, slug)]
             out(
                 f"  {slug:<26}"
                 + "".join(f" {counts.get(s, 0):>15}" for s in shown)
-                + f" {_money(charged, unsettled):>12} {estimated:>12.4f}"
+                + f" {_money(t.charged, t.unsettled):>12} {t.estimated:>12.4f}"
             )
     for change in result.cost_changes:
         out(f"warning: {change.describe()}")
@@ -154,38 +157,20 @@ def status(result: StatusResult) -> None:
 def status_json(result: StatusResult) -> None:
     batches: dict[str, Any] = {}
     for c in result.counts:
-        b = batches.setdefault(
-            c.batch,
-            {
-                "rows": 0,
-                "states": {},
-                "techniques": {},
-                "estimated_cost": 0.0,
-                "charged_cost": 0.0,
-                "unsettled_runs": 0,
-            },
-        )
+        b = batches.setdefault(c.batch, {"rows": 0, "states": {}, "techniques": {}})
         b["rows"] += c.count
         b["states"][c.state] = b["states"].get(c.state, 0) + c.count
         b["techniques"].setdefault(c.technique, {})[c.state] = c.count
-        b["estimated_cost"] = round(b["estimated_cost"] + c.estimated_cost, 6)
-        b["charged_cost"] = round(b["charged_cost"] + c.charged_cost, 6)
-        b["unsettled_runs"] += c.unsettled
-    for (name, slug), (charged, estimated, unsettled) in _technique_costs(result).items():
-        batches[name].setdefault("technique_costs", {})[slug] = {
-            "charged_cost": charged,
-            "estimated_cost": estimated,
-            "unsettled_runs": unsettled,
-            "charged_cost_is_floor": unsettled > 0,
-        }
-    for b in batches.values():
-        b["charged_cost_is_floor"] = b["unsettled_runs"] > 0
+    for name, totals in totals_by((c.batch, c.totals) for c in result.counts).items():
+        batches[name].update(_totals_json(totals))
+    for (name, slug), totals in result.totals_by_technique().items():
+        batches[name].setdefault("technique_costs", {})[slug] = _totals_json(totals)
     changes = [
         {
             "batch": c.batch,
             "technique": c.technique,
-            "quotes": [{"run_cost": price, "rows": n} for price, n in c.quotes],
-            "run_cost": c.run_cost,
+            "quotes": [{"run_cost": as_json(price), "rows": n} for price, n in c.quotes],
+            "run_cost": None if c.run_cost is None else as_json(c.run_cost),
             "charged_other_than_quoted": c.differs,
             "message": c.describe(),
         }
@@ -193,6 +178,16 @@ def status_json(result: StatusResult) -> None:
     ]
     data = {"batches": batches, "failures": result.failures, "cost_changes": changes}
     out(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _totals_json(totals: CostTotals) -> dict[str, Any]:
+    """The money keys of ``status --json``, amounts as JSON numbers written from Decimal."""
+    return {
+        "charged_cost": as_json(totals.charged),
+        "estimated_cost": as_json(totals.estimated),
+        "unsettled_runs": totals.unsettled,
+        "charged_cost_is_floor": totals.is_floor,
+    }
 
 
 def techniques(items: list[Technique], *, detailed: bool) -> None:
@@ -270,28 +265,17 @@ def _cost_text(status: StatusResult) -> str:
 # -- costs per technique ------------------------------------------------------------------
 
 
-def _technique_costs(status: StatusResult) -> dict[tuple[str, str], tuple[float, float, int]]:
-    """(batch, technique) -> (charged, estimated, unsettled runs)."""
-    sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
-    for c in status.counts:
-        entry = sums[(c.batch, c.technique)]
-        entry[0] += c.charged_cost
-        entry[1] += c.estimated_cost
-        entry[2] += c.unsettled
-    return {k: (round(v[0], 6), round(v[1], 6), int(v[2])) for k, v in sums.items()}
-
-
 def _technique_cost_lines(status: StatusResult) -> list[str]:
-    costs = _technique_costs(status)
+    costs = status.totals_by_technique()
     if len(costs) < 2:
         return []
     return [
-        f"  {slug}: charged {_money(charged, unsettled)} USD, estimated {estimated:.4f} USD"
-        for (_, slug), (charged, estimated, unsettled) in costs.items()
+        f"  {slug}: charged {_money(t.charged, t.unsettled)} USD, estimated {t.estimated:.4f} USD"
+        for (_, slug), t in costs.items()
     ]
 
 
-def _money(amount: float, unsettled: int) -> str:
+def _money(amount: Decimal, unsettled: int) -> str:
     """A charged total; ">=" marks a floor (some charges are not settled yet)."""
     return f"{'>=' if unsettled else ''}{amount:.4f}"
 
@@ -355,9 +339,9 @@ def batches_json(items: list[BatchSummary]) -> None:
             "batch": b.name,
             "rows": b.rows,
             "states": b.states,
-            "charged_cost": b.charged,
+            "charged_cost": as_json(b.charged),
             "charged_cost_is_floor": b.unsettled > 0,
-            "estimated_cost": b.estimated,
+            "estimated_cost": as_json(b.estimated),
             "last_activity": b.last_activity,
         }
         for b in items

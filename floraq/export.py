@@ -19,8 +19,11 @@ import csv
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import IO, Any, Literal
 
+from floraq.core.lifecycle import OutputState
+from floraq.core.money import as_json
 from floraq.ledger import JobView
 
 Format = Literal["csv", "jsonl"]
@@ -80,7 +83,7 @@ def csv_record(view: JobView, columns: Columns) -> list[str]:
         if out is None:
             fields += [""] * len(OUTPUT_FIELDS)
             continue
-        on_disk = out.state == "downloaded"
+        on_disk = out.state == OutputState.DOWNLOADED
         fields += [
             (out.path or "") if on_disk else "",
             (out.sha256 or "") if on_disk else "",
@@ -103,16 +106,16 @@ def json_record(view: JobView) -> dict[str, Any]:
         "error_code": view.error_code,
         "error_message": view.error_message,
         "request_id": view.request_id,
-        "estimated_cost": view.estimated_cost,
-        "charged_cost": view.total_charged,
+        "estimated_cost": _json(view.estimated_cost),
+        "charged_cost": _json(view.total_charged),
         "outputs": [
             {
                 "output_id": o.output_id,
                 "type": o.type,
                 "state": o.state,
-                "path": o.path if o.state == "downloaded" else None,
-                "sha256": o.sha256 if o.state == "downloaded" else None,
-                "bytes": o.bytes if o.state == "downloaded" else None,
+                "path": o.path if o.state == OutputState.DOWNLOADED else None,
+                "sha256": o.sha256 if o.state == OutputState.DOWNLOADED else None,
+                "bytes": o.bytes if o.state == OutputState.DOWNLOADED else None,
                 "url": o.url,
             }
             for o in view.outputs
@@ -139,5 +142,10 @@ def write_rows(
     return count
 
 
-def _number(value: float | None) -> str:
-    return "" if value is None else repr(round(value, 6))
+def _number(value: Decimal | None) -> str:
+    """An amount as CSV text: ``0.05``, ``1.0`` (the shortest text of the amount)."""
+    return "" if value is None else repr(as_json(value))
+
+
+def _json(value: Decimal | None) -> float | None:
+    return None if value is None else as_json(value)

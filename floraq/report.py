@@ -15,6 +15,7 @@ import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from html import escape
 from pathlib import Path
 from typing import IO
@@ -76,8 +77,8 @@ class Summary:
     batch: str
     states: Mapping[str, int]
     techniques: Mapping[str, Mapping[str, int]]
-    charged: float
-    estimated: float
+    charged: Decimal
+    estimated: Decimal
     unsettled: int
     notes: Sequence[str] = ()
 

@@ -24,13 +24,15 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from floraq.api import FloraClient, RunInfo
 from floraq.core.failures import FailureTier, classify_failure
 from floraq.core.keys import idempotency_key
 from floraq.core.lifecycle import JobState
+from floraq.core.money import ZERO
 from floraq.core.polling import (
     PollPolicy,
     earliest_remaining,
@@ -59,6 +61,7 @@ from floraq.errors import (
 from floraq.ledger import JobRecord, Ledger
 
 IN_FLIGHT_STATES = (JobState.SUBMITTING, JobState.SUBMITTED, JobState.COMPLETED)
+T = TypeVar("T")
 PAGE_SIZE = 500
 COST_RECHECKS = 3  # re-reads of a completed run whose charged_cost has not settled yet
 EXPIRED_REPOLLS = 2  # fresh-URL re-polls before an output is declared expired
@@ -84,7 +87,7 @@ class BatchPlan:
 
     name: str
     output_dir: Path
-    max_cost: float | None
+    max_cost: Decimal | None
     retry_failed_runs: int
 
 
@@ -114,42 +117,28 @@ class RunReport:
     downloads: int = 0
 
 
-class Budget:
-    """Committed cost of one batch: charged so far plus the quote of every run in flight."""
-
-    def __init__(self, cap: float | None, committed: float) -> None:
-        self.cap = cap
-        self.committed = committed
-
-    def reserve(self, cost: float) -> bool:
-        if self.cap is not None and self.committed + cost > self.cap + 1e-9:
-            return False
-        self.committed += cost
-        return True
-
-    def release(self, cost: float) -> None:
-        self.committed -= cost
-
-    def settle(self, estimated: float, charged: float) -> None:
-        self.committed += charged - estimated
-
-
 class GroupCommitter:
-    """Collect the transitions decided in one loop turn and commit them together."""
+    """Collect the transitions decided in one loop turn and commit them together.
+
+    The common path runs every op of the turn in one transaction without savepoints; only
+    if one raises is the turn rolled back and re-run with a savepoint per op, so a bad op
+    cannot undo its neighbours. Ops are ledger calls only, so running one again is safe.
+    """
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self._pending: list[tuple[Callable[[], None], asyncio.Future[None]]] = []
+        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._scheduled = False
 
-    async def commit(self, op: Callable[[], None]) -> None:
+    async def commit(self, op: Callable[[], T]) -> T:
+        """Run ``op`` in the next group commit; its result once the commit is on disk."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[T] = loop.create_future()
         self._pending.append((op, future))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self.flush)
-        await asyncio.shield(future)
+        return await asyncio.shield(future)
 
     def flush(self) -> None:
         """Commit everything pending now (also called on shutdown)."""
@@ -157,29 +146,68 @@ class GroupCommitter:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        failures: dict[int, BaseException] = {}
         try:
-            with self.ledger.transaction():
-                for index, (op, _) in enumerate(pending):
-                    self.ledger.conn.execute("SAVEPOINT op")
-                    try:
-                        op()
-                    except Exception as e:
-                        self.ledger.conn.execute("ROLLBACK TO SAVEPOINT op")
-                        failures[index] = e
-                    self.ledger.conn.execute("RELEASE SAVEPOINT op")
+            outcomes = self._together(pending)
+        except _OpFailed:
+            outcomes = None
         except BaseException as e:
-            for _, future in pending:
-                if not future.done():
-                    future.set_exception(e)
+            self._settle(pending, [e] * len(pending))
             raise
-        for index, (_, future) in enumerate(pending):
+        if outcomes is None:
+            try:
+                outcomes = self._one_by_one(pending)
+            except BaseException as e:
+                self._settle(pending, [e] * len(pending))
+                raise
+        self._settle(pending, outcomes)
+
+    def _together(self, pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> list[Any]:
+        """Every op in one transaction; _OpFailed (all rolled back) if any op raises."""
+        results: list[Any] = []
+        with self.ledger.transaction():
+            for op, _ in pending:
+                try:
+                    results.append(_Done(op()))
+                except Exception as e:
+                    raise _OpFailed from e
+        return results
+
+    def _one_by_one(
+        self, pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]]
+    ) -> list[Any]:
+        """Every op in its own savepoint of one transaction: a failing op is undone alone."""
+        outcomes: list[Any] = []
+        with self.ledger.transaction():
+            for op, _ in pending:
+                try:
+                    with self.ledger.savepoint():
+                        outcomes.append(_Done(op()))
+                except Exception as e:
+                    outcomes.append(e)
+        return outcomes
+
+    @staticmethod
+    def _settle(
+        pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]], outcomes: list[Any]
+    ) -> None:
+        for (_, future), outcome in zip(pending, outcomes, strict=True):
             if future.done():
                 continue
-            if index in failures:
-                future.set_exception(failures[index])
+            if isinstance(outcome, _Done):
+                future.set_result(outcome.value)
             else:
-                future.set_result(None)
+                future.set_exception(outcome)
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """An op's result (a wrapper, so an op may return an exception object as a value)."""
+
+    value: Any
+
+
+class _OpFailed(Exception):
+    """One op of a group commit raised: the group is re-run op by op."""
 
 
 class Runner:
@@ -213,9 +241,6 @@ class Runner:
         self.rand = rand
         self.report = RunReport()
         self.committer = GroupCommitter(ledger)
-        self.budgets = {
-            name: Budget(b.max_cost, ledger.committed_cost(name)) for name, b in batches.items()
-        }
         self.paused_batches: set[str] = set()  # reached their cost cap: no new claims
         self.stop_all = False  # credentials refused: nothing more may be sent
         self._bug: Exception | None = None  # a bug stopped the loop: raised once all is saved
@@ -332,33 +357,31 @@ class Runner:
         return self.stop_all or self.out_of_credits
 
     async def _claim(self, job: JobRecord) -> JobRecord | None:
-        """Reserve budget and commit the intent; None when this batch may not submit now."""
+        """Reserve the quote and commit the intent in one ledger transaction.
+
+        None when this batch may not submit now (stopped, or the quote would pass its cap).
+        """
         if self._submitting_stopped(job.batch):
             return None
         cost = self._run_cost(job)
-        if not self.budgets[job.batch].reserve(cost):
+        at = self.clock()
+        claim = functools.partial(
+            self.ledger.claim,
+            job.id,
+            at=at,
+            quote=cost,
+            key_fingerprint=self.config.key_fingerprint,
+            cap=self.batches[job.batch].max_cost,
+        )
+        try:
+            claimed = await self.committer.commit(claim)
+        except asyncio.CancelledError:
+            # The intent may land anyway (commits are shielded); nothing was sent: take it back.
+            await self.committer.commit(functools.partial(self._take_back, job.id))
+            raise
+        if not claimed:
             self._pause(job.batch, "budget")
             return None
-        at = self.clock()
-        try:
-            await self.committer.commit(
-                lambda: self.ledger.move(
-                    job.id,
-                    JobState.QUEUED,
-                    JobState.SUBMITTING,
-                    submitting_at=at,
-                    estimated_cost=cost,
-                    key_fingerprint=self.config.key_fingerprint,
-                )
-            )
-        except asyncio.CancelledError:
-            # The intent lands anyway (commits are shielded); nothing was sent: take it back.
-            self.budgets[job.batch].release(cost)
-            await self._move(job, JobState.SUBMITTING, JobState.QUEUED)
-            raise
-        except BaseException:
-            self.budgets[job.batch].release(cost)
-            raise
         self.crash("after_intent_commit")
         return replace(
             job,
@@ -368,6 +391,14 @@ class Runner:
             key_fingerprint=self.config.key_fingerprint,
         )
 
+    def _take_back(self, job_id: int) -> None:
+        """Undo an intent nothing was sent for (if the claim landed): back to queued."""
+        if self.ledger.job(job_id).state is JobState.SUBMITTING:
+            self.ledger.move(job_id, JobState.SUBMITTING, JobState.QUEUED)
+
+    def _release_quote(self, job: JobRecord) -> None:
+        """Nothing to do: the move out of `submitting` releases it in the ledger."""
+
     async def _submit(self, job: JobRecord, *, claimed: bool) -> tuple[JobRecord, RunInfo] | None:
         """POST the run (same key on every retry); commit its id the moment it arrives.
 
@@ -376,8 +407,7 @@ class Runner:
         ``claimed``: this process committed the intent and has sent nothing for it yet,
         so a POST withdrawn now can go back to ``queued`` without any risk.
         """
-        budget = self.budgets[job.batch]
-        cost = job.estimated_cost or 0.0
+        cost = job.estimated_cost or ZERO
         technique = self.techniques[job.technique]
         rounds = 0
         repeated_500s = 0
@@ -417,7 +447,7 @@ class Runner:
                     " then `floraq retry --unknown`",
                 )
                 return None
-            budget.release(cost)
+            self._release_quote(job)
             await self._move(
                 job,
                 JobState.SUBMITTING,
@@ -450,13 +480,13 @@ class Runner:
                 break
             except asyncio.CancelledError:
                 if claimed and not sent:  # stopped while waiting for a request slot
-                    budget.release(cost)
+                    self._release_quote(job)
                     await self._move(job, JobState.SUBMITTING, JobState.QUEUED)
                 raise
             except NotSent:
                 self.report.posts -= 1
                 if claimed and not sent:
-                    budget.release(cost)
+                    self._release_quote(job)
                     await self._move(job, JobState.SUBMITTING, JobState.QUEUED)
                 return None  # an earlier attempt may have reached FLORA: keep the intent
             except IdempotencyDuplicate as e:
@@ -636,8 +666,6 @@ class Runner:
             polls += 1
             charged = again.charged_cost
             info = again if again.outputs else info
-        if charged is not None:
-            self.budgets[job.batch].settle(job.estimated_cost or 0.0, charged)
         if info.created_at is not None and info.completed_at is not None:
             self.durations.setdefault(job.technique, deque(maxlen=50)).append(
                 (info.completed_at - info.created_at) / 1000.0
@@ -666,7 +694,6 @@ class Runner:
 
     async def _failed(self, job: JobRecord, info: RunInfo, polls: int) -> JobRecord | None:
         tier = classify_failure(info.error_code, info.error_message)
-        self.budgets[job.batch].settle(job.estimated_cost or 0.0, info.charged_cost or 0.0)
         await self._move(
             job,
             JobState.SUBMITTED,
@@ -795,9 +822,9 @@ class Runner:
         """The wait before trying a step again after the client gave up on it."""
         await self.sleep(ROUND_PAUSE * 2.0 ** (rounds - 1) * self.config.time_scale)
 
-    async def _requeue(self, job: JobRecord, error: ApiError | AuthError, cost: float) -> None:
+    async def _requeue(self, job: JobRecord, error: ApiError | AuthError, cost: Decimal) -> None:
         """Every attempt of a fresh intent was refused (402, 401/403): no run; send later."""
-        self.budgets[job.batch].release(cost)
+        self._release_quote(job)
         await self._move(
             job,
             JobState.SUBMITTING,
@@ -814,7 +841,7 @@ class Runner:
         new: JobState,
         *,
         doubtful: bool,
-        cost: float,
+        cost: Decimal,
         tier: FailureTier | None = None,
     ) -> None:
         """A POST refused: ``new`` when no attempt can have made a run, else unknown_outcome.
@@ -825,7 +852,7 @@ class Runner:
         if doubtful or error.unanswered:
             await self._fail(job, JobState.SUBMITTING, JobState.UNKNOWN_OUTCOME, error)
             return
-        self.budgets[job.batch].release(cost)
+        self._release_quote(job)
         await self._fail(job, JobState.SUBMITTING, new, error, tier=tier)
 
     def _key_changed(self, job: JobRecord) -> bool:
@@ -873,9 +900,9 @@ class Runner:
         self.paused_batches.add(batch)
         self.report.paused.add(reason)
 
-    def _run_cost(self, job: JobRecord) -> float:
+    def _run_cost(self, job: JobRecord) -> Decimal:
         technique = self.techniques.get(job.technique)
-        return technique.run_cost if technique else (job.estimated_cost or 0.0)
+        return technique.run_cost if technique else (job.estimated_cost or ZERO)
 
     def _expire_stale_intents(self, batches: Iterable[str]) -> None:
         """Intents older than the key window can never be re-sent safely."""

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable, Coroutine
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import httpx
@@ -163,7 +164,7 @@ def test_run_parsing_is_tolerant_and_ids_opaque() -> None:
     )
     info = run(with_client(Recorder(httpx.Response(200, json=body)), create))
     assert info.run_id == "opaque-ID/42"
-    assert (info.status, info.progress, info.charged_cost) == ("completed", 100.0, 0.05)
+    assert (info.status, info.progress, info.charged_cost) == ("completed", 100.0, Decimal("0.05"))
     assert info.completed_at == 1710000030000
     assert info.outputs == (RunOutput("out", "imageUrl", "https://cdn.test/a.png"),)
     assert (info.poll_url, info.error_code, info.replayed) == (None, None, False)

@@ -28,7 +28,7 @@ ALLOWED_IMPORTS = frozenset(
         "collections.abc",
         "csv",
         "dataclasses",
-        "decimal",
+        "decimal",  # exact money (core/money.py)
         "difflib",
         "enum",
         "functools",

@@ -242,7 +242,7 @@ def test_resume_quotes_and_caps_at_todays_price(floraq: Floraq, sandbox: Sandbox
     done = floraq("resume", "--max-cost", "0.3")
     assert done.returncode == 4, done.stderr
     quotes = floraq.query(
-        "SELECT estimated_cost AS q, COUNT(*) AS n FROM jobs GROUP BY q ORDER BY q"
+        "SELECT estimated_micros / 1e6 AS q, COUNT(*) AS n FROM jobs GROUP BY q ORDER BY q"
     )
     assert [(r["q"], r["n"]) for r in quotes] == [(0.05, 4), (0.1, 2)]
     assert floraq.states() == {"downloaded": 4, "queued": 2}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from decimal import Decimal
 
 from floraq.core.lifecycle import JobState
 from floraq.export import Columns, csv_record, json_record, write_rows
@@ -43,9 +44,9 @@ def view(**extra: object) -> JobView:
         "error_code": None,
         "error_message": None,
         "request_id": "req_1",
-        "estimated_cost": 0.05,
-        "charged_cost": 0.05,
-        "prior_charged_cost": 0.0,
+        "estimated_cost": Decimal("0.05"),
+        "charged_cost": Decimal("0.05"),
+        "prior_charged_cost": Decimal("0"),
         "outputs": (output(),),
     }
     values.update(extra)
@@ -114,7 +115,7 @@ def test_failed_row_has_its_error_and_an_empty_charge_until_reported() -> None:
 def test_charged_cost_counts_earlier_attempts() -> None:
     """A retried row's charge includes what its earlier attempts were charged."""
     columns = Columns(inputs=(), outputs=())
-    row = as_dict(columns, csv_record(view(prior_charged_cost=0.05, attempt=2), columns))
+    row = as_dict(columns, csv_record(view(prior_charged_cost=Decimal("0.05"), attempt=2), columns))
     assert row["charged_cost"] == "0.1" and row["attempt"] == "2"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,8 @@ import pytest
 from floraq.core.lifecycle import IllegalTransition, JobState
 from floraq.errors import LedgerBusy, LedgerError
 from floraq.ledger import Ledger, NewJob
+from floraq.ledger.migrations import migrations
 from floraq.lock import LedgerLock
-from floraq.migrations import migrations
 
 
 def new_job(n: int = 1, *, batch: str = "b", key: str | None = None) -> NewJob:
@@ -27,7 +28,7 @@ def new_job(n: int = 1, *, batch: str = "b", key: str | None = None) -> NewJob:
         inputs={"input_image": f"https://storage.googleapis.com/x/{n}.jpg"},
         inputs_digest=f"digest{n}",
         idempotency_key=key or f"fq1_key{n}",
-        estimated_cost=0.05,
+        estimated_cost=Decimal("0.05"),
     )
 
 
@@ -175,7 +176,9 @@ def test_no_sqlite_error_escapes_as_is(tmp_path: Path) -> None:
     path.write_bytes(b"x" * 4096)
     try:
         Ledger.open(path)
-    except LedgerError:
-        pass
+    except LedgerError as e:
+        assert str(e).startswith(f"cannot open the ledger {path}")
     except sqlite3.Error as e:  # pragma: no cover - the failure this test exists for
         pytest.fail(f"raw sqlite3 error escaped: {e}")
+    else:  # pragma: no cover - a garbage file must never open as a ledger
+        pytest.fail("a file that is not SQLite opened as a ledger")

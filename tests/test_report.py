@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import io
 import re
+from decimal import Decimal
 from pathlib import Path
 
 from floraq.core.lifecycle import JobState
@@ -42,9 +43,9 @@ def view(*outputs: OutputRecord, **extra: object) -> JobView:
         "error_code": None,
         "error_message": None,
         "request_id": None,
-        "estimated_cost": 0.08,
-        "charged_cost": 0.08,
-        "prior_charged_cost": 0.0,
+        "estimated_cost": Decimal("0.08"),
+        "charged_cost": Decimal("0.08"),
+        "prior_charged_cost": Decimal("0"),
         "outputs": outputs,
     }
     values.update(extra)
@@ -56,8 +57,8 @@ def render(tmp_path: Path, *rows: JobView, batch: str = "b") -> tuple[str, int]:
         batch=batch,
         states={"downloaded": len(rows)},
         techniques={"poster-maker": {"downloaded": len(rows)}},
-        charged=0.08,
-        estimated=0.08,
+        charged=Decimal("0.08"),
+        estimated=Decimal("0.08"),
         unsettled=1,
     )
     stream = io.StringIO()

@@ -12,6 +12,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ def ledger_with(prompts: list[str]) -> Ledger:
             idempotency_key=idempotency_key(
                 batch="b", technique="poster", inputs={"prompt": prompt}, attempt=1
             ),
-            estimated_cost=0.1,
+            estimated_cost=Decimal("0.1"),
         )
         for n, prompt in enumerate(prompts, 1)
     )

@@ -7,6 +7,7 @@ as "no run exists"; otherwise the row keeps its intent or becomes `unknown_outco
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -128,7 +129,7 @@ def test_automatic_rerun_keeps_the_failed_runs_charge(tmp_path: Path) -> None:
     ledger = ledger_with(["a kite"])
     drive(ledger, handler, tmp_path, clock=lambda: 1_000_000.0)
     assert states(ledger) == {"downloaded": 1} and created["n"] == 2
-    assert ledger.committed_cost("b") == pytest.approx(0.2)
+    assert ledger.committed_cost("b") == Decimal("0.2")
     kinds = [e["kind"] for e in ledger.query("SELECT kind FROM events WHERE job_id = 1")]
     assert "attempt_archived" in kinds
 

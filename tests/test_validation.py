@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -46,7 +47,7 @@ def test_from_api_reads_the_documented_shape() -> None:
         slug="product-shot",
         technique_id="tech_product-shot",
         name="Product Shot",
-        run_cost=0.08,
+        run_cost=Decimal("0.08"),
         inputs=(
             TechniqueIO("input_image", "Input Image", "imageUrl"),
             TechniqueIO("style", "Style", "text"),

@@ -38,6 +38,38 @@ ACTIVE: frozenset[JobState] = frozenset(JobState) - TERMINAL
 # Terminal states that count as "something needs a look" (exit code 1).
 PROBLEM_STATES: frozenset[JobState] = TERMINAL - {JobState.DOWNLOADED}
 
+# States whose quote counts against the cost cap until a charge replaces it: a run exists
+# or may exist (the intent may have reached FLORA). Leaving them releases the quote.
+QUOTE_COMMITTED: frozenset[JobState] = frozenset(
+    {
+        JobState.SUBMITTING,
+        JobState.SUBMITTED,
+        JobState.COMPLETED,
+        JobState.DOWNLOADED,
+        JobState.EXPIRED,
+        JobState.UNKNOWN_OUTCOME,
+    }
+)
+
+# A run that has finished on FLORA's side: its charge is settled, or owed and not yet seen.
+RUN_FINISHED: frozenset[JobState] = frozenset(
+    {JobState.COMPLETED, JobState.DOWNLOADED, JobState.EXPIRED}
+)
+
+# Between the intent and the outputs on disk: a resume picks these up first.
+IN_FLIGHT: frozenset[JobState] = frozenset(
+    {JobState.SUBMITTING, JobState.SUBMITTED, JobState.COMPLETED}
+)
+
+
+class OutputState(StrEnum):
+    """Where one output of a run is: listed by FLORA, on disk and verified, or its URL died."""
+
+    PENDING = "pending"
+    DOWNLOADED = "downloaded"
+    EXPIRED = "expired"
+
+
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.SUBMITTING, JobState.REJECTED}),
     JobState.SUBMITTING: frozenset(

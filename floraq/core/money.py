@@ -9,10 +9,15 @@ as a credit.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import TypeVar
 
 MICRO = Decimal("0.000001")  # the unit amounts are kept in: a millionth of a dollar
 ZERO = Decimal("0.000000")
+
+K = TypeVar("K")
 
 
 def amount(value: object) -> Decimal | None:
@@ -55,3 +60,56 @@ def usd(value: Decimal, *, places: int = 2) -> str:
     text = f"{value.normalize():f}"
     whole, _, fraction = text.partition(".")
     return f"{whole}.{fraction.ljust(places, '0')}"
+
+
+def as_json(value: Decimal) -> float:
+    """An amount as a JSON number, at the very edge of output (never summed afterwards).
+
+    ``repr`` of the nearest float is the shortest text that reads back as that float, and
+    for an amount of micro-dollars (< 10**9 USD) that text is the amount itself:
+    ``Decimal("100.000000")`` prints ``100.0``, ``Decimal("0.13")`` prints ``0.13``.
+    """
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class CostTotals:
+    """Rows, what they were quoted and charged, and how many charges are still unsettled.
+
+    The one place totals and floors are computed: ``status``, ``batches``, the report
+    and ``export`` all add these up instead of summing amounts themselves.
+    """
+
+    rows: int = 0
+    estimated: Decimal = ZERO
+    charged: Decimal = ZERO
+    unsettled: int = 0  # finished runs (or earlier attempts) whose charge is not known yet
+
+    @property
+    def is_floor(self) -> bool:
+        """The charged total is only a lower bound while any charge is unsettled."""
+        return self.unsettled > 0
+
+    def __add__(self, other: CostTotals) -> CostTotals:
+        return CostTotals(
+            rows=self.rows + other.rows,
+            estimated=self.estimated + other.estimated,
+            charged=self.charged + other.charged,
+            unsettled=self.unsettled + other.unsettled,
+        )
+
+
+def total(items: Iterable[CostTotals]) -> CostTotals:
+    """The sum of ``items`` (exact: amounts are Decimals of micro-dollars)."""
+    result = CostTotals()
+    for item in items:
+        result = result + item
+    return result
+
+
+def totals_by(items: Iterable[tuple[K, CostTotals]]) -> dict[K, CostTotals]:
+    """Totals per key, keys in first-seen order (per batch, per technique, ...)."""
+    grouped: dict[K, CostTotals] = {}
+    for key, item in items:
+        grouped[key] = grouped.get(key, CostTotals()) + item
+    return grouped

@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
+
+from floraq.core.money import amount
 
 MEDIA_TYPES = frozenset({"imageUrl", "videoUrl", "audioUrl", "documentUrl"})
 
@@ -38,7 +41,7 @@ class Technique:
     slug: str
     technique_id: str
     name: str
-    run_cost: float
+    run_cost: Decimal
     inputs: tuple[TechniqueIO, ...]
     outputs: tuple[TechniqueIO, ...]
 
@@ -53,11 +56,14 @@ class Technique:
             raise ValueError(f"{where}: 'run_cost' must be a number, got {_kind(run_cost)}")
         if not math.isfinite(run_cost) or run_cost < 0:
             raise ValueError(f"{where}: 'run_cost' must be a finite number >= 0, got {run_cost}")
+        price = amount(run_cost)
+        if price is None:  # pragma: no cover - the checks above leave only usable numbers
+            raise ValueError(f"{where}: 'run_cost' must be a finite number >= 0, got {run_cost}")
         return cls(
             slug=slug,
             technique_id=_string(data, "technique_id", where),
             name=_string(data, "name", where),
-            run_cost=float(run_cost),
+            run_cost=price,
             inputs=_slots(data, "inputs", where),
             outputs=_slots(data, "outputs", where),
         )
@@ -67,7 +73,8 @@ class Technique:
         return {
             "technique_id": self.technique_id,
             "name": self.name,
-            "run_cost": self.run_cost,
+            # A JSON number, as the API sends it; from_api reads it back exactly.
+            "run_cost": float(self.run_cost),
             "inputs": [slot.to_api() for slot in self.inputs],
             "outputs": [slot.to_api() for slot in self.outputs],
         }

@@ -131,3 +131,62 @@ def m0003_key_fingerprint(db: Database) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN key_fingerprint TEXT")
     # Which batches already fill an output folder (checked before every submit).
     db.execute("CREATE INDEX jobs_technique_row_key ON jobs (technique, row_key)")
+
+
+# Frozen with this step (a later change to the lifecycle adds a step): the states whose
+# quote counts against the cap, as core.lifecycle.QUOTE_COMMITTED had them.
+_COMMITTED_0004 = (
+    "'submitting', 'submitted', 'completed', 'downloaded', 'expired', 'unknown_outcome'"
+)
+
+
+def _committed(row: str) -> str:
+    """What one job adds to its batch's committed cost, in micro-dollars (SQL)."""
+    return (
+        f"({row}.prior_charged_micros + CASE WHEN {row}.charged_micros IS NOT NULL"
+        f" THEN {row}.charged_micros WHEN {row}.state IN ({_COMMITTED_0004})"
+        f" THEN COALESCE({row}.estimated_micros, 0) ELSE 0 END)"
+    )
+
+
+_MONEY_0004 = {
+    "jobs": ("estimated_cost", "charged_cost", "prior_charged_cost"),
+    "batches": ("max_cost",),
+    "techniques": ("run_cost",),
+}
+
+
+@migrations(name="0004_money_micros")
+def m0004_money_micros(db: Database) -> None:
+    # Money as integer micro-dollars: REAL sums drift (1,000 x 0.1 != 100). Each REAL is
+    # rounded once here; the new columns say their unit, the old ones go.
+    for table, columns in _MONEY_0004.items():
+        for old in columns:
+            new = old.removesuffix("_cost") + ("_cost_micros" if table != "jobs" else "_micros")
+            kind = "INTEGER NOT NULL DEFAULT 0" if old == "prior_charged_cost" else "INTEGER"
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {new} {kind}")
+            db.execute(
+                f"UPDATE {table} SET {new} = CAST(ROUND({old} * 1000000) AS INTEGER)"
+                f" WHERE {old} IS NOT NULL"
+            )
+            db.execute(f"ALTER TABLE {table} DROP COLUMN {old}")
+    # The cap's figure per batch, kept by triggers in the same transaction as every job
+    # write that changes it: a claim reads one row instead of summing the whole batch.
+    db.execute("ALTER TABLE batches ADD COLUMN committed_micros INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        f"UPDATE batches SET committed_micros = COALESCE((SELECT SUM({_committed('jobs')})"
+        " FROM jobs WHERE jobs.batch = batches.name), 0)"
+    )
+    for event, rows in (("INSERT", ("NEW",)), ("DELETE", ("OLD",)), ("UPDATE", ("NEW", "OLD"))):
+        delta = " - ".join(_committed(r) for r in rows)
+        watch = (
+            " OF state, estimated_micros, charged_micros, prior_charged_micros"
+            if event == "UPDATE"
+            else ""
+        )
+        batch = "OLD" if event == "DELETE" else "NEW"
+        db.execute(
+            f"CREATE TRIGGER jobs_committed_{event.lower()} AFTER {event}{watch} ON jobs"
+            f" WHEN {delta} != 0 BEGIN UPDATE batches SET committed_micros ="
+            f" committed_micros + {delta} WHERE name = {batch}.batch; END"
+        )

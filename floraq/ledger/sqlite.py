@@ -1,0 +1,204 @@
+"""The SQLite ledger: the source of truth for every batch, job, run and output.
+
+WAL with ``synchronous=FULL``: a commit is on disk when it returns, because a lost
+run id can mean paying for the run twice after a power cut. Writes happen in
+``BEGIN IMMEDIATE`` transactions (take the write lock up front, never upgrade
+half-way). Every job move is checked against the lifecycle table and appended to
+``events``. No API key is ever written here.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from floraq.core.lifecycle import JobState, OutputState
+from floraq.errors import LedgerError
+from floraq.ledger.migrations import migrations
+from floraq.ledger.records import JobFields
+from floraq.ledger.writes import SqliteWrites
+from floraq.lock import ensure_private_dir
+
+BUSY_TIMEOUT_MS = 10_000
+
+# A new attempt starts without any of these: they describe the run of the old one.
+_ATTEMPT_FIELDS: JobFields = {
+    "run_id": None,
+    "poll_url": None,
+    "remote_status": None,
+    "progress": None,
+    "error_code": None,
+    "error_message": None,
+    "error_fields": None,
+    "failure_tier": None,
+    "request_id": None,
+    "charged_cost": None,
+    "submitting_at": None,
+    "submitted_at": None,
+    "completed_at": None,
+    "remote_created_at": None,
+    "remote_completed_at": None,
+}
+
+
+class SqliteLedger(SqliteWrites):
+    """Owns the SQLite file: migrates on open, every transition atomic."""
+
+    def __init__(self, conn: sqlite3.Connection, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(conn, clock=clock)
+        self.db = Database(conn)  # for migrations (sqlite-utils) and tests
+
+    @classmethod
+    def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> SqliteLedger:
+        """Open (creating user-only if new) and migrate the ledger at ``path``."""
+        ensure_private_dir(path.parent)
+        if not path.exists():
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(f"cannot open the ledger {path}: {e}") from None
+        if mode != "wal":
+            raise LedgerError(f"the ledger {path} cannot use WAL mode (got {mode})")
+        ledger = cls(conn, clock=clock)
+        ledger.migrate()
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                side.chmod(0o600)
+        return ledger
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> SqliteLedger | None:
+        """Open an existing, up-to-date ledger for reading only; None if there is none yet."""
+        if not path.exists():
+            return None
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            ledger = cls(conn)
+            if migrations.pending(ledger.db):
+                conn.close()
+                return None
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(f"cannot read the ledger {path}: {e}") from None
+        return ledger
+
+    @classmethod
+    def in_memory(cls, *, clock: Callable[[], float] = time.time) -> SqliteLedger:
+        ledger = cls(sqlite3.connect(":memory:", isolation_level=None), clock=clock)
+        ledger.migrate()
+        return ledger
+
+    def migrate(self) -> None:
+        try:
+            migrations.apply(self.db)
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(f"cannot migrate the ledger: {e}") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- attempts and repairs -------------------------------------------------------
+
+    def new_attempt(
+        self,
+        job_id: int,
+        current: JobState,
+        *,
+        attempt: int,
+        idempotency_key: str,
+        auto_retries: int = 0,
+    ) -> None:
+        """Re-queue a finished job as a new attempt with a new key, in one transaction.
+
+        The old attempt's run id, error, costs and outputs go to ``events`` (kind
+        ``attempt_archived``); what its run was charged moves to ``prior_charged_micros``
+        so every total still counts it, and a charge never reported makes totals a floor.
+        """
+        with self.transaction():
+            job = self.job(job_id)
+            row = self.conn.execute(
+                "SELECT request_id, error_code, error_message FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            outputs = [
+                dict(o)
+                for o in self.conn.execute(
+                    "SELECT output_id, type, url, state, path, bytes, sha256 FROM outputs"
+                    " WHERE job_id = ? ORDER BY id",
+                    (job_id,),
+                )
+            ]
+            maybe_charged = job.run_id is not None or current is JobState.UNKNOWN_OUTCOME
+            unsettled = (
+                job.charged_cost is None and maybe_charged and current is not JobState.FAILED
+            )
+            history = {
+                "attempt": job.attempt,
+                "state": job.state.value,
+                "idempotency_key": job.idempotency_key,
+                "run_id": job.run_id,
+                **dict(row),
+                "estimated_cost": job.estimated_cost,
+                "charged_cost": job.charged_cost,
+            }
+            self._event(job_id, job.batch, "attempt_archived", {**history, "outputs": outputs})
+            self.conn.execute("DELETE FROM outputs WHERE job_id = ?", (job_id,))
+            self.conn.execute(
+                "UPDATE jobs SET prior_charged_micros = prior_charged_micros"
+                " + COALESCE(charged_micros, 0), prior_unsettled = prior_unsettled + ?"
+                " WHERE id = ?",
+                (int(unsettled), job_id),
+            )
+            fields: JobFields = {
+                **_ATTEMPT_FIELDS,
+                "attempt": attempt,
+                "idempotency_key": idempotency_key,
+                "auto_retries": auto_retries,
+                "polls": 0,
+            }
+            self.move(job_id, current, JobState.QUEUED, **fields)
+
+    def refetch(self, job_id: int, output_ids: Iterable[str]) -> bool:
+        """Mark outputs to fetch again and move their downloaded job back to completed.
+
+        False (nothing changed) if the job is no longer downloaded.
+        """
+        with self.transaction():
+            row = self.conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row[0] != JobState.DOWNLOADED.value:
+                return False
+            for output_id in output_ids:
+                self.output_missing(job_id, output_id)
+            self.move(job_id, JobState.DOWNLOADED, JobState.COMPLETED)
+        return True
+
+    def refetch_expired(self, batches: Sequence[str]) -> int:
+        """Give every expired job with a run id another download (fresh URLs by re-polling)."""
+        count = 0
+        with self.transaction():
+            for job in self.jobs(batches=batches, states=[JobState.EXPIRED], limit=10**9):
+                if job.run_id is None:
+                    continue
+                self.conn.execute(
+                    "UPDATE outputs SET state = ? WHERE job_id = ? AND state = ?",
+                    (OutputState.PENDING.value, job.id, OutputState.EXPIRED.value),
+                )
+                self.move(
+                    job.id,
+                    JobState.EXPIRED,
+                    JobState.COMPLETED,
+                    error_code=None,
+                    error_message=None,
+                )
+                count += 1
+        return count

@@ -1,0 +1,267 @@
+"""The SQLite ledger's writes: batches, techniques, jobs queued and moved, outputs.
+
+Every method joins an open transaction (the runner's group commit) or opens its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any, Unpack
+
+from floraq.core.lifecycle import JobState, OutputState, check_transition
+from floraq.core.money import to_micros
+from floraq.errors import LedgerError
+from floraq.ledger.reads import SqliteReads
+from floraq.ledger.records import JobFields, NewJob, column_values
+
+# Written on every poll: not worth an event each.
+_QUIET_FIELDS = frozenset({"polls", "progress"})
+
+
+class SqliteWrites(SqliteReads):
+    """Everything that writes one thing."""
+
+    # -- batches and techniques ---------------------------------------------------
+
+    def save_batch(
+        self,
+        name: str,
+        *,
+        manifest_path: str | None,
+        output_dir: str,
+        concurrency: int | None,
+        max_cost: Decimal | None,
+        retry_failed_runs: int,
+    ) -> None:
+        now = self.clock()
+        cap = None if max_cost is None else to_micros(max_cost)
+        with self.transaction():
+            self.conn.execute(
+                """
+                INSERT INTO batches (name, manifest_path, output_dir, concurrency,
+                    max_cost_micros, retry_failed_runs, created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (name) DO UPDATE SET manifest_path = excluded.manifest_path,
+                    output_dir = excluded.output_dir, concurrency = excluded.concurrency,
+                    max_cost_micros = excluded.max_cost_micros,
+                    retry_failed_runs = excluded.retry_failed_runs,
+                    updated_at = excluded.updated_at
+                """,
+                (name, manifest_path, output_dir, concurrency, cap, retry_failed_runs, now, now),
+            )
+
+    def save_technique(self, slug: str, definition: Mapping[str, Any], run_cost: Decimal) -> None:
+        with self.transaction():
+            self.conn.execute(
+                """
+                INSERT INTO techniques (slug, definition, run_cost_micros, fetched_at)
+                VALUES (?, ?, ?, ?)
+                ON CONFLICT (slug) DO UPDATE SET definition = excluded.definition,
+                    run_cost_micros = excluded.run_cost_micros, fetched_at = excluded.fetched_at
+                """,
+                (slug, json.dumps(definition, sort_keys=True), to_micros(run_cost), self.clock()),
+            )
+
+    # -- jobs -------------------------------------------------------------------------
+
+    def insert_jobs(self, jobs: Iterable[NewJob]) -> int:
+        """Queue new jobs in one transaction; rows already in the ledger are left alone."""
+        now = self.clock()
+        inserted = 0
+        with self.transaction():
+            for job in jobs:
+                cur = self.conn.execute(
+                    """
+                    INSERT OR IGNORE INTO jobs (batch, technique, job_number, row_number, csv_line,
+                        location, row_key, inputs, inputs_digest, idempotency_key, state,
+                        estimated_micros, updated_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                    (
+                        job.batch,
+                        job.technique,
+                        job.job_number,
+                        job.row_number,
+                        job.csv_line,
+                        job.location,
+                        job.row_key,
+                        json.dumps(dict(job.inputs), sort_keys=True, ensure_ascii=False),
+                        job.inputs_digest,
+                        job.idempotency_key,
+                        JobState.QUEUED.value,
+                        to_micros(job.estimated_cost),
+                        now,
+                    ),
+                )
+                if cur.rowcount:
+                    inserted += 1
+                    self._event(cur.lastrowid, job.batch, "queued", {"location": job.location})
+        return inserted
+
+    def move(
+        self, job_id: int, current: JobState, new: JobState, **fields: Unpack[JobFields]
+    ) -> None:
+        """Move a job between states (checked), setting ``fields``; joins any open transaction.
+
+        Leaving a state whose quote is committed releases the quote: the ledger's committed
+        cost follows the state, so there is no separate release.
+        """
+        check_transition(current, new)
+        columns = column_values(fields)
+        assignments = "".join(f", {name} = ?" for name in columns)
+        with self.transaction():
+            cur = self.conn.execute(
+                f"UPDATE jobs SET state = ?, updated_at = ?{assignments}"
+                " WHERE id = ? AND state = ?",
+                [new.value, self.clock(), *columns.values(), job_id, current.value],
+            )
+            if cur.rowcount != 1:
+                raise LedgerError(
+                    f"job {job_id} was not in state {current} (another process changed it?)"
+                )
+            detail = {k: v for k, v in fields.items() if k not in _QUIET_FIELDS}
+            self._event(job_id, None, f"{current}->{new}", detail)
+
+    def update(self, job_id: int, **fields: Unpack[JobFields]) -> None:
+        """Record progress that does not change the state (polls, progress, late cost)."""
+        columns = column_values(fields)
+        assignments = "".join(f", {name} = ?" for name in columns)
+        with self.transaction():
+            self.conn.execute(
+                f"UPDATE jobs SET updated_at = ?{assignments} WHERE id = ?",
+                [self.clock(), *columns.values(), job_id],
+            )
+
+    def claim(
+        self,
+        job_id: int,
+        *,
+        at: float,
+        quote: Decimal,
+        key_fingerprint: str | None,
+        cap: Decimal | None,
+    ) -> bool:
+        """Reserve ``quote`` against the batch's cap and commit the intent, in one transaction.
+
+        False (and nothing written) when the batch's committed cost plus the quote would
+        pass ``cap``. Several processes sharing a ledger cannot overspend: the check and
+        the write hold the same write lock.
+        """
+        with self.transaction():
+            row = self.conn.execute(
+                "SELECT b.committed_micros FROM jobs j JOIN batches b ON b.name = j.batch"
+                " WHERE j.id = ?",
+                (job_id,),
+            ).fetchone()
+            if row is None:
+                raise LedgerError(f"no job {job_id} in the ledger")
+            if cap is not None and int(row[0]) + to_micros(quote) > to_micros(cap):
+                return False
+            self.move(
+                job_id,
+                JobState.QUEUED,
+                JobState.SUBMITTING,
+                submitting_at=at,
+                estimated_cost=quote,
+                key_fingerprint=key_fingerprint,
+            )
+        return True
+
+    def event(self, job_id: int | None, batch: str | None, kind: str, detail: Any = None) -> None:
+        with self.transaction():
+            self._event(job_id, batch, kind, detail)
+
+    def _event(self, job_id: int | None, batch: str | None, kind: str, detail: Any) -> None:
+        self.conn.execute(
+            "INSERT INTO events (at, job_id, batch, kind, detail) VALUES (?, ?, ?, ?, ?)",
+            (
+                self.clock(),
+                job_id,
+                batch,
+                kind,
+                None if detail is None else json.dumps(detail, sort_keys=True, default=_plain),
+            ),
+        )
+
+    # -- outputs ----------------------------------------------------------------------
+
+    def record_outputs(self, job_id: int, outputs: Iterable[tuple[str, str, str]]) -> None:
+        """Store (output_id, type, url) as seen on the latest poll; fresh URLs replace old ones."""
+        now = self.clock()
+        with self.transaction():
+            self.conn.executemany(
+                """
+                INSERT INTO outputs (job_id, output_id, type, url, url_seen_at, state)
+                VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT (job_id, output_id) DO UPDATE SET url = excluded.url,
+                    type = excluded.type, url_seen_at = excluded.url_seen_at,
+                    state = CASE WHEN state = ? THEN excluded.state ELSE state END
+                """,
+                [
+                    (
+                        job_id,
+                        oid,
+                        kind,
+                        url,
+                        now,
+                        OutputState.PENDING.value,
+                        OutputState.EXPIRED.value,
+                    )
+                    for oid, kind, url in outputs
+                ],
+            )
+
+    def output_downloaded(
+        self,
+        job_id: int,
+        output_id: str,
+        *,
+        path: str,
+        size: int,
+        sha256: str,
+        content_type: str | None,
+    ) -> None:
+        with self.transaction():
+            self.conn.execute(
+                """
+                UPDATE outputs SET state = ?, path = ?, bytes = ?, sha256 = ?,
+                    content_type = ?, downloaded_at = ?, error = NULL
+                WHERE job_id = ? AND output_id = ?
+                """,
+                (
+                    OutputState.DOWNLOADED.value,
+                    path,
+                    size,
+                    sha256,
+                    content_type,
+                    self.clock(),
+                    job_id,
+                    output_id,
+                ),
+            )
+
+    def output_expired(self, job_id: int, output_id: str, error: str) -> None:
+        self._set_output(job_id, output_id, OutputState.EXPIRED, error=error)
+
+    def output_missing(self, job_id: int, output_id: str) -> None:
+        """A downloaded file is gone or changed on disk: fetch it again."""
+        self._set_output(job_id, output_id, OutputState.PENDING)
+
+    def _set_output(
+        self, job_id: int, output_id: str, state: OutputState, *, error: str | None = None
+    ) -> None:
+        set_error = ", error = ?" if error is not None else ""
+        with self.transaction():
+            self.conn.execute(
+                f"UPDATE outputs SET state = ?{set_error} WHERE job_id = ? AND output_id = ?",
+                [state.value, *([error] if error is not None else []), job_id, output_id],
+            )
+
+
+def _plain(value: object) -> str:
+    """The event log's text for what JSON has no type for (an amount stays exact: ``0.05``)."""
+    if isinstance(value, Decimal):
+        return f"{value.normalize():f}"
+    return str(value)
