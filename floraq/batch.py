@@ -42,7 +42,7 @@ from floraq.export import Columns, Format, write_rows
 from floraq.ledger import JobRecord, JobView, Ledger, NewJob, SeenRows, StoredFile
 from floraq.lock import LedgerLock
 from floraq.manifest_files import iter_job_rows, load_manifest
-from floraq.report import Summary, write_report
+from floraq.report import Summary, page_name, write_report
 from floraq.retry import RetryPolicy
 from floraq.runner import BatchPlan, Progress, Runner, RunnerConfig, RunReport
 from floraq.settings import DEFAULT_CONCURRENCY, Settings
@@ -912,7 +912,9 @@ def report(
 
         sections = ((_summary(status, name), rows(name)) for name in names)
         generated = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(clock()))
-        with _atomic_text(output) as f:
+        output_dirs = {name: Path((ledger.batch(name) or {})["output_dir"]) for name in names}
+        local = {url: Path(path) for url, path in ledger.downloaded_by_url().items()}
+        with _atomic_text(output) as f, contextlib.ExitStack() as more:
             writer = write_report(
                 f,
                 base_dir=output.absolute().parent,
@@ -920,6 +922,12 @@ def report(
                 generated=generated,
                 sections=sections,
                 batches=names,
+                output_dirs=output_dirs,
+                local_input=local.get,
+                name=output.name,
+                open_page=lambda n: more.enter_context(
+                    _atomic_text(output.with_name(page_name(output.name, n)))
+                ),
             )
         return ReportResult(path=output, batches=names, rows=writer.rows, images=writer.images)
     finally:
