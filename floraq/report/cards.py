@@ -118,9 +118,7 @@ class Cards:
                 f'<img class="thumb" loading="lazy" decoding="async"'
                 f' src="{self._relative(thumb)}" alt="{alt}">'
             )
-        return (
-            f'<div class="icon"><span class="glyph">{ICONS.get(out.type, "▤")}</span>{clean(_about(out, path))}</div>'
-        )
+        return f'<div class="icon"><span class="glyph">{ICONS.get(out.type, "▤")}</span>{clean(_about(out, path))}</div>'
 
     def _input_thumb(self, value: str) -> str:
         local = self.local_input(value) if self.local_input and _is_url(value) else None
