@@ -118,7 +118,9 @@ class Cards:
                 f'<img class="thumb" loading="lazy" decoding="async"'
                 f' src="{self._relative(thumb)}" alt="{alt}">'
             )
-        return f'<div class="icon"><span class="glyph">{ICONS.get(out.type, "▤")}</span>{clean(_about(out, path))}</div>'
+        glyph = ICONS.get(out.type, "▤")
+        about = clean(_about(out, path))
+        return f'<div class="icon"><span class="glyph">{glyph}</span>{about}</div>'
 
     def _input_thumb(self, value: str) -> str:
         local = self.local_input(value) if self.local_input and _is_url(value) else None
