@@ -4,16 +4,20 @@
   var dialog = document.getElementById("detail"), slot = document.getElementById("detail-body");
   var search = document.getElementById("q"), technique = document.getElementById("technique");
   var shown = document.getElementById("shown"), state = "";
+  var counts = { yes: 0, no: 0 };
   function mark(img) {
-    var ok = img.complete && img.naturalWidth > 0;
-    img.dataset.loaded = ok ? "yes" : "no";
-    img.classList.toggle("broken", !ok);
-    body.dataset.brokenImages = String(document.querySelectorAll("img.broken").length);
-    body.dataset.loadedImages = String(document.querySelectorAll("img[data-loaded=yes]").length);
+    var now = img.complete && img.naturalWidth > 0 ? "yes" : "no", was = img.dataset.loaded;
+    if (was === now) return;
+    if (was) counts[was] -= 1;
+    counts[now] += 1;
+    img.dataset.loaded = now;
+    img.classList.toggle("broken", now === "no");
+    body.dataset.brokenImages = String(counts.no);
+    body.dataset.loadedImages = String(counts.yes);
   }
   document.addEventListener("load", function (e) { if (e.target.tagName === "IMG") mark(e.target); }, true);
   document.addEventListener("error", function (e) { if (e.target.tagName === "IMG") mark(e.target); }, true);
-  document.querySelectorAll("img").forEach(function (img) { if (img.complete) mark(img); });
+  Array.prototype.forEach.call(document.images, function (img) { if (img.complete && img.naturalWidth) mark(img); });
   if (!body.dataset.brokenImages) body.dataset.brokenImages = "0";
   var seen = {}, techs = {};
   tiles.forEach(function (t) {
