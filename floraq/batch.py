@@ -884,6 +884,7 @@ class ReportResult:
     batches: list[str]
     rows: int
     images: int
+    pages: int = 1  # report.html, report-2.html, ... (PAGE_ROWS tiles each)
 
 
 def report(
@@ -893,7 +894,7 @@ def report(
     batch: str | None = None,
     clock: Callable[[], float] = time.time,
 ) -> ReportResult:
-    """Write one self-contained HTML page of every row (failed first) with its outputs."""
+    """Write the contact sheet: a thumbnail tile per row (failed first), pages above 1,000."""
     ledger = _open_existing(settings)
     try:
         names = _selected(ledger, settings, batch)
@@ -929,7 +930,13 @@ def report(
                     _atomic_text(output.with_name(page_name(output.name, n)))
                 ),
             )
-        return ReportResult(path=output, batches=names, rows=writer.rows, images=writer.images)
+        return ReportResult(
+            path=output,
+            batches=names,
+            rows=writer.rows,
+            images=writer.images,
+            pages=writer.pages,
+        )
     finally:
         ledger.close()
 
