@@ -20,7 +20,7 @@ from floraq.report.thumbs import Thumbnailer, audio_seconds, pdf_pages
 
 TEXT_PREVIEW_CHARS = 2000
 SNIPPET_CHARS = 140
-ICONS = {"videoUrl": "▶", "audioUrl": "♪", "text": "¶"}
+ICONS = {"videoUrl": "▶", "audioUrl": "♪"}
 
 LocalInput = Callable[[str], Path | None]
 
@@ -118,6 +118,8 @@ class Cards:
                 f'<img class="thumb" loading="lazy" decoding="async"'
                 f' src="{self._relative(thumb)}" alt="{alt}">'
             )
+        if out.type == "text":
+            return f'<pre class="textthumb">{clean(shorten(_read_text(path), 300))}</pre>'
         glyph = ICONS.get(out.type, "▤")
         about = clean(_about(out, path))
         return f'<div class="icon"><span class="glyph">{glyph}</span>{about}</div>'
