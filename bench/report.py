@@ -37,12 +37,15 @@ FLAGS = [
 RECORD_LOADS = """document.addEventListener('load', e => {
   if (e.target.classList && e.target.classList.contains('thumb'))
     e.target.dataset.loadedAt = String(performance.now()); }, true);"""
-# The thumbnails of the first screen (the first 60 tiles hold it): all loaded, and when.
-FIRST_SCREEN = """() => {
-  const seen = [...document.querySelectorAll('img.thumb')].slice(0, 60).filter(i => {
-    const r = i.getBoundingClientRect(); return r.top < innerHeight && r.bottom > 0; });
-  if (!seen.length || !seen.every(i => i.dataset.loadedAt)) return null;
-  return Math.max(...seen.map(i => Number(i.dataset.loadedAt)));
+# The thumbnails on screen (the first 60 tiles hold it): all loaded, and when the last
+# one was; 0 when the screen holds none (failed rows, first, have no output) or all were
+# there before ``since``.
+FIRST_SCREEN = """(since) => {
+  const seen = [...document.querySelectorAll('.tile:not([hidden]) img.thumb')].slice(0, 60)
+    .filter(i => { const r = i.getBoundingClientRect();
+      return r.top < innerHeight && r.bottom > 0 })
+  if (!seen.every(i => i.dataset.loadedAt)) return null;
+  return Math.max(0, ...seen.map(i => Number(i.dataset.loadedAt) - since));
 }"""
 
 
@@ -76,7 +79,7 @@ def build(work: Path, rows: int, server: SandboxServer) -> dict[str, str]:
     }
     started = time.monotonic()
     done = floraq(work, env, "submit", "jobs.yaml", "-q")
-    print(f"submitted {rows} rows in {time.monotonic() - started:.0f} s (exit {done})")
+    print(f"submitted {rows} rows in {time.monotonic() - started:.0f} s (exit {done})", flush=True)
     return env
 
 
@@ -133,7 +136,7 @@ def browse(report: Path, profile: Path) -> dict[str, Any]:
         requests: list[str] = []
         page.on("request", lambda r: requests.append(r.url))
         page.goto(report.as_uri(), wait_until="load")
-        first_screen = page.wait_for_function(FIRST_SCREEN, timeout=60_000).json_value()
+        first_screen = page.wait_for_function(FIRST_SCREEN, arg=0, timeout=60_000).json_value()
         session = context.new_cdp_session(page)
         session.send("Performance.enable")
         pss_opened = chromium_pss_mb(profile)
@@ -164,12 +167,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--reuse", type=Path, help="a folder --keep left: skip the submit")
     options = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="floraq-bench-report-"))
+    work = options.reuse or Path(tempfile.mkdtemp(prefix="floraq-bench-report-"))
     try:
-        config = SandboxConfig(seed=1, time_scale=0.001, capacity=256)
-        with SandboxServer(config) as server:
-            env = build(work, options.rows, server)
+        if options.reuse:
+            env = json.loads((work / "env.json").read_text())
+            shutil.rmtree(work / "outputs" / ".floraq", ignore_errors=True)  # a cold write
+        else:
+            config = SandboxConfig(seed=1, time_scale=0.001, capacity=256)
+            with SandboxServer(config) as server:
+                env = build(work, options.rows, server)
+            (work / "env.json").write_text(json.dumps(env))
         cold, warm = write(work, env), write(work, env)
         pages = sorted(work.glob("report*.html"))
         figures: dict[str, Any] = {
@@ -184,12 +193,12 @@ def main() -> None:
             ),
             **browse(work / "report.html", work / "chromium-profile"),
         }
-        print(json.dumps(figures, indent=2))
+        print(json.dumps(figures, indent=2), flush=True)
         out = REPO / "bench" / "results"
         out.mkdir(exist_ok=True)
         (out / "report-latest.json").write_text(json.dumps(figures, indent=2) + "\n")
     finally:
-        if options.keep:
+        if options.keep or options.reuse:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
