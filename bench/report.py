@@ -45,7 +45,7 @@ FIRST_SCREEN = """(since) => {
     .filter(i => { const r = i.getBoundingClientRect();
       return r.top < innerHeight && r.bottom > 0 })
   if (!seen.every(i => i.dataset.loadedAt)) return null;
-  return Math.max(0, ...seen.map(i => Number(i.dataset.loadedAt) - since));
+  return {ms: Math.max(0, ...seen.map(i => Number(i.dataset.loadedAt) - since))};
 }"""
 
 
@@ -136,7 +136,8 @@ def browse(report: Path, profile: Path) -> dict[str, Any]:
         requests: list[str] = []
         page.on("request", lambda r: requests.append(r.url))
         page.goto(report.as_uri(), wait_until="load")
-        first_screen = page.wait_for_function(FIRST_SCREEN, arg=0, timeout=60_000).json_value()
+        shown = page.wait_for_function(FIRST_SCREEN, arg=0, timeout=60_000)
+        first_screen = shown.json_value()["ms"]
         session = context.new_cdp_session(page)
         session.send("Performance.enable")
         pss_opened = chromium_pss_mb(profile)
