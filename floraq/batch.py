@@ -52,7 +52,7 @@ from floraq.ledger import (
 )
 from floraq.lock import LedgerLock
 from floraq.manifest_files import iter_job_rows, load_manifest
-from floraq.report import Summary, write_report
+from floraq.report import Summary, page_name, write_report
 from floraq.retry import RetryPolicy
 from floraq.runner import BatchPlan, Progress, Runner, RunnerConfig, RunReport
 from floraq.settings import DEFAULT_CONCURRENCY, Settings
@@ -906,6 +906,7 @@ class ReportResult:
     batches: list[str]
     rows: int
     images: int
+    pages: int = 1  # report.html, report-2.html, ... (PAGE_ROWS tiles each)
 
 
 def report(
@@ -915,7 +916,7 @@ def report(
     batch: str | None = None,
     clock: Callable[[], float] = time.time,
 ) -> ReportResult:
-    """Write one self-contained HTML page of every row (failed first) with its outputs."""
+    """Write the contact sheet: a thumbnail tile per row (failed first), pages above 1,000."""
     ledger = _open_existing(settings)
     try:
         names = _selected(ledger, settings, batch)
@@ -934,7 +935,13 @@ def report(
 
         sections = ((_summary(status, name), rows(name)) for name in names)
         generated = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(clock()))
-        with _atomic_text(output) as f:
+        output_dirs = {
+            name: Path(record.output_dir)
+            for name in names
+            if (record := ledger.batch(name)) is not None
+        }
+        local = {url: Path(path) for url, path in ledger.downloaded_by_url().items()}
+        with _atomic_text(output) as f, contextlib.ExitStack() as more:
             writer = write_report(
                 f,
                 base_dir=output.absolute().parent,
@@ -942,8 +949,20 @@ def report(
                 generated=generated,
                 sections=sections,
                 batches=names,
+                output_dirs=output_dirs,
+                local_input=local.get,
+                name=output.name,
+                open_page=lambda n: more.enter_context(
+                    _atomic_text(output.with_name(page_name(output.name, n)))
+                ),
             )
-        return ReportResult(path=output, batches=names, rows=writer.rows, images=writer.images)
+        return ReportResult(
+            path=output,
+            batches=names,
+            rows=writer.rows,
+            images=writer.images,
+            pages=writer.pages,
+        )
     finally:
         ledger.close()
 

@@ -263,10 +263,12 @@ def retry(
 )
 @common_options
 def report(batch_name: str | None, output: Path, **kwargs: Any) -> int:
-    """Write one self-contained HTML page to look at every row and its outputs.
+    """Write a contact sheet: a grid of thumbnails, one tile per row, to review a batch.
 
-    Failed rows come first; images show as thumbnails, videos and audio play, text is
-    inline. It loads nothing from the network: keep it beside the output folder.
+    Failed rows come first; click a tile for its inputs, outputs, costs and errors; filter
+    by state or technique, or search. Thumbnails are cached in OUTPUT_DIR/.floraq/thumbs.
+    It loads nothing from the network: keep it beside the output folder. Above 1,000 rows
+    it continues on report-2.html, report-3.html, ...
 
     Example: floraq report --batch product-photos-2026-11 -o report.html
     """

@@ -313,6 +313,11 @@ def report_done(result: ReportResult) -> None:
     out(
         f"wrote {result.path}: {result.rows} row(s) of {', '.join(result.batches) or 'no batch'},"
         f" {result.images} output image(s)"
+        + (
+            f", on {result.pages} pages ({result.path.name} links the rest)"
+            if result.pages > 1
+            else ""
+        )
     )
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import re
 from decimal import Decimal
 from pathlib import Path
 
+from PIL import Image
+
 from floraq.core.lifecycle import JobState
 from floraq.ledger import JobView, OutputRecord
-from floraq.report import Summary, write_report
+from floraq.report import LocalInput, Summary, page_name, write_report
+from floraq.report import page as page_module
+from floraq.report.cards import Cards
 
 HOSTILE = '<script>alert("x")</script>'
 
@@ -52,7 +57,13 @@ def view(*outputs: OutputRecord, **extra: object) -> JobView:
     return JobView(**values)  # type: ignore[arg-type]
 
 
-def render(tmp_path: Path, *rows: JobView, batch: str = "b") -> tuple[str, int]:
+def render(
+    tmp_path: Path,
+    *rows: JobView,
+    batch: str = "b",
+    output_dirs: dict[str, Path] | None = None,
+    local_input: LocalInput | None = None,
+) -> tuple[str, int]:
     summary = Summary(
         batch=batch,
         states={"downloaded": len(rows)},
@@ -69,6 +80,8 @@ def render(tmp_path: Path, *rows: JobView, batch: str = "b") -> tuple[str, int]:
         generated="now",
         sections=[(summary, rows)],
         batches=[batch],
+        output_dirs=output_dirs,
+        local_input=local_input,
     )
     return stream.getvalue(), writer.images
 
@@ -129,3 +142,76 @@ def test_summary_marks_unsettled_charges_as_a_floor(tmp_path: Path) -> None:
     """The batch summary says the charged total is a floor while charges are unsettled."""
     page, _ = render(tmp_path, view())
     assert 'charged <span class="charged">0.0800</span> USD (at least' in page
+
+
+def test_control_and_bidi_characters_are_stripped(tmp_path: Path) -> None:
+    """A row key or error with escape sequences or a bidi override shows without them."""
+    row = view(
+        row_key="k\x1b[31m\u202eevil", error_code="x", error_message="bad\x00\x07 news\nhere"
+    )
+    page, _ = render(tmp_path, row)
+    assert "\x1b" not in page and "\u202e" not in page and "\x00" not in page
+    assert "k[31mevil" in page and "bad news\nhere" in page
+
+
+def test_image_outputs_get_a_cached_webp_thumbnail_on_the_tile(tmp_path: Path) -> None:
+    """A real PNG gets a lazy WebP thumbnail in output_dir/.floraq/thumbs named by its sha256."""
+    image = tmp_path / "outputs" / "poster-maker" / "k1" / "poster.png"
+    image.parent.mkdir(parents=True)
+    Image.new("RGB", (1200, 600), "teal").save(image)
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    page, images = render(tmp_path, view(output(image)), output_dirs={"b": tmp_path / "outputs"})
+    thumb = tmp_path / "outputs" / ".floraq" / "thumbs" / f"{digest}.webp"
+    with Image.open(thumb) as small:
+        assert small.size == (320, 160)
+    assert f'loading="lazy" decoding="async" src="../outputs/.floraq/thumbs/{digest}.webp"' in page
+    assert images == 1
+
+
+def test_a_local_copy_of_an_input_shows_beside_the_output(tmp_path: Path) -> None:
+    """An input floraq has on disk gets a thumbnail on the tile and an image in the detail."""
+    source = tmp_path / "outputs" / "portrait-enhancer" / "k0" / "out.png"
+    source.parent.mkdir(parents=True)
+    Image.new("RGB", (64, 64), "red").save(source)
+    url = "https://storage.googleapis.com/a.jpg"
+    page, _ = render(
+        tmp_path,
+        view(),
+        output_dirs={"b": tmp_path / "outputs"},
+        local_input={url: source}.get,
+    )
+    assert 'class="thumb input"' in page
+    assert '<img class="input" src="../outputs/portrait-enhancer/k0/out.png"' in page
+
+
+def test_a_long_report_continues_on_further_pages(tmp_path: Path) -> None:
+    """Above page_rows tiles the writer opens report-2.html, ... each a whole page."""
+    streams: dict[int, io.StringIO] = {}
+
+    def open_page(n: int) -> io.StringIO:
+        streams[n] = io.StringIO()
+        return streams[n]
+
+    summary = Summary(
+        batch="b", states={"downloaded": 5}, techniques={}, charged=0, estimated=0, unsettled=0
+    )
+    first = io.StringIO()
+    writer = page_module.ReportWriter(
+        stream=first,
+        base_dir=tmp_path,
+        cards=Cards(base_dir=tmp_path),
+        open_page=open_page,
+        page_rows=2,
+    )
+    writer.begin(title="t", generated="now", total=5)
+    writer.section(summary)
+    for n in range(5):
+        writer.row(view(row_key=f"k{n}"))
+    writer.end()
+    assert writer.pages == 3 and sorted(streams) == [2, 3]
+    pages = [first.getvalue(), streams[2].getvalue(), streams[3].getvalue()]
+    assert [p.count('class="tile') for p in pages] == [2, 2, 1]
+    assert all(p.endswith("</html>\n") for p in pages)
+    assert '<a href="report-3.html">page 3</a>' in pages[0]
+    assert "batch b (continued)" in pages[1]
+    assert page_name("report.html", 2) == "report-2.html"

@@ -334,6 +334,18 @@ class SqliteReads(SqliteBase):
             )
         }
 
+    def downloaded_by_url(self) -> dict[str, str]:
+        """Output URL -> local path of every downloaded file (the report's local inputs).
+
+        A row whose input is an earlier run's output URL can show that file beside its
+        own output.
+        """
+        rows = self.conn.execute(
+            "SELECT url, path FROM outputs WHERE state = ? AND path IS NOT NULL",
+            (OutputState.DOWNLOADED.value,),
+        )
+        return {r[0]: r[1] for r in rows}
+
     def downloaded_files(
         self, batches: Sequence[str], *, after_id: int = 0, limit: int = 500
     ) -> list[StoredFile]:
