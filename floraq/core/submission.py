@@ -109,8 +109,8 @@ class Situation:
     """Everything ``decide`` looks at: the checks, what the POST came to, and the tally."""
 
     result: PostResult
-    claimed: bool = False  # this process committed the intent (and sent nothing before it)
-    tally: Tally = Tally()
+    claimed: bool  # this process committed the intent (and sent nothing before it)
+    tally: Tally
     left: bool = False  # this POST let an attempt leave
     unanswered: bool = False  # the error says some attempt got no answer we could read
     status: int = 0  # the HTTP status of an error answer
