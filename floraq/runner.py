@@ -39,6 +39,17 @@ from floraq.core.polling import (
     next_poll_delay,
     typical_duration,
 )
+from floraq.core.submission import (
+    JOB_ROUNDS,
+    MOVES,
+    Action,
+    Outcome,
+    PostResult,
+    Record,
+    Situation,
+    Tally,
+    decide,
+)
 from floraq.core.technique import Technique
 from floraq.core.validation import SAFE_NAME, run_inputs
 from floraq.crashpoints import CrashPoints
@@ -65,9 +76,7 @@ T = TypeVar("T")
 PAGE_SIZE = 500
 COST_RECHECKS = 3  # re-reads of a completed run whose charged_cost has not settled yet
 EXPIRED_REPOLLS = 2  # fresh-URL re-polls before an output is declared expired
-JOB_ROUNDS = 3  # times a step is tried again after the client gave up on it
 ROUND_PAUSE = 10.0  # seconds before the first such round; doubles each round (x time_scale)
-IDENTICAL_500_ROUNDS = 2  # rounds that end in the same repeated 500 before a row stops
 
 
 class Progress(Protocol):
@@ -402,149 +411,103 @@ class Runner:
     async def _submit(self, job: JobRecord, *, claimed: bool) -> tuple[JobRecord, RunInfo] | None:
         """POST the run (same key on every retry); commit its id the moment it arrives.
 
-        Returns the job as committed (``submitted``) and the create answer.
+        Returns the job as committed (``submitted``) and the create answer. What each
+        answer means is decided by ``core.submission.decide``; this runs the checks and
+        the POST, hands it the facts and applies its outcome.
 
         ``claimed``: this process committed the intent and has sent nothing for it yet,
         so a POST withdrawn now can go back to ``queued`` without any risk.
         """
-        cost = job.estimated_cost or ZERO
+        inputs, invalid = self._inputs(job)
+        tally = Tally(doubt=not claimed)  # an earlier process's intent may have made a run
+        while True:
+            checks = Situation(
+                result=PostResult.NONE_YET,
+                claimed=claimed,
+                tally=tally,
+                key_changed=self._key_changed(job),
+                invalid_row=invalid,
+                window_passed=self._window_passed(job),
+            )
+            outcome, answer = decide(checks), _NO_ANSWER
+            if outcome.action is Action.POST:
+                answer = await self._post(job, inputs)
+                outcome = decide(answer.situation(checks, posting_stopped=self._posting_stopped()))
+            done = await self._apply(job, outcome, answer)
+            if outcome.reraise:
+                assert answer.error is not None
+                raise answer.error
+            if outcome.action is not Action.RETRY:
+                return done
+            tally = outcome.tally
+            await self._pause_round(tally.rounds)
+
+    def _inputs(self, job: JobRecord) -> tuple[list[dict[str, str]], str | None]:
+        """The run's inputs, or why a row re-queued by hand no longer fits its technique."""
         technique = self.techniques[job.technique]
-        rounds = 0
-        repeated_500s = 0
-        sent = False  # an attempt may have left (so a run may exist for this key)
-        # Could a run exist for this key already? Yes if an earlier process holds the intent
-        # or any attempt went unanswered: then no error answer may be read as "no run".
-        doubt = not claimed
+        try:
+            return run_inputs(job.inputs, technique), None
+        except ValueError as e:
+            return [], str(e)
+
+    async def _post(self, job: JobRecord, inputs: list[dict[str, str]]) -> _Answer:
+        """One create_run call (the client retries inside it), classified, never raised."""
+        left = False  # the first attempt was let go: a run may exist for this key
 
         def proceed() -> bool:
-            nonlocal sent
+            nonlocal left
             if self._posting_stopped():
                 return False
-            sent = True
+            left = True
             return True
 
-        if self._key_changed(job):
-            await self._move(
-                job,
-                JobState.SUBMITTING,
-                JobState.UNKNOWN_OUTCOME,
-                error_code="api_key_changed",
-                error_message="this row's POST was sent with another API key, and FLORA keeps"
-                " idempotency keys per API key: re-sending could pay twice. Check FLORA, then"
-                " `floraq retry --unknown`",
-            )
-            return None
+        self.report.posts += 1
         try:
-            inputs = run_inputs(job.inputs, technique)
-        except ValueError as e:  # a row re-queued by hand that the technique no longer fits
-            if doubt:  # an earlier process may have sent it under the old definition
-                await self._move(
-                    job,
-                    JobState.SUBMITTING,
-                    JobState.UNKNOWN_OUTCOME,
-                    error_code="invalid_row",
-                    error_message=f"{e}; an earlier POST may have created a run: check FLORA,"
-                    " then `floraq retry --unknown`",
-                )
-                return None
-            self._release_quote(job)
-            await self._move(
-                job,
-                JobState.SUBMITTING,
-                JobState.REJECTED,
-                error_code="invalid_row",
-                error_message=f"{e}; fix the row, then `floraq retry --rejected`",
+            info = await self.client.create_run(
+                job.technique,
+                inputs=inputs,
+                idempotency_key=job.idempotency_key,
+                proceed=proceed,
             )
-            return None
-        while True:
-            if self._window_passed(job):
-                # The quote stays committed: a run may exist (the ledger counts it too).
-                await self._move(
-                    job,
-                    JobState.SUBMITTING,
-                    JobState.UNKNOWN_OUTCOME,
-                    error_code="idempotency_window_passed",
-                    error_message="the POST may have created a run, and its idempotency key has"
-                    " expired: re-sending could pay twice. Check FLORA, then"
-                    " `floraq retry --unknown`",
-                )
-                return None
-            try:
-                self.report.posts += 1
-                info = await self.client.create_run(
-                    job.technique,
-                    inputs=inputs,
-                    idempotency_key=job.idempotency_key,
-                    proceed=proceed,
-                )
-                break
-            except asyncio.CancelledError:
-                if claimed and not sent:  # stopped while waiting for a request slot
-                    self._release_quote(job)
-                    await self._move(job, JobState.SUBMITTING, JobState.QUEUED)
-                raise
-            except NotSent:
+        except _CLASSIFIED as e:
+            if isinstance(e, NotSent):
                 self.report.posts -= 1
-                if claimed and not sent:
-                    self._release_quote(job)
-                    await self._move(job, JobState.SUBMITTING, JobState.QUEUED)
-                return None  # an earlier attempt may have reached FLORA: keep the intent
-            except IdempotencyDuplicate as e:
-                # A run exists that we cannot see; its quote stays committed.
-                await self._fail(job, JobState.SUBMITTING, JobState.UNKNOWN_OUTCOME, e)
-                return None
-            except InsufficientCredits as e:
-                self.out_of_credits = True
-                self.report.paused.add("insufficient_credits")
-                if doubt or e.unanswered:
-                    # An earlier attempt may have made the run: keep the intent (and its
-                    # time, so the key window still counts from the first POST).
-                    self.report.incomplete += 1
-                    await self._note(job, e)
-                    return None
-                await self._requeue(job, e, cost)
-                return None
-            except (InputRejected, NotFound) as e:
-                await self._refused(job, e, JobState.REJECTED, doubtful=doubt, cost=cost)
-                return None
-            except AuthError as e:
-                self.report.auth_error = self.report.auth_error or e
-                self._stop_everything()  # before any await: no other POST may leave now
-                if not doubt and not e.unanswered:  # every attempt refused: no run made
-                    await self._requeue(job, e, cost)
-                raise
-            except ServerError as e:
-                if e.status == 500 and e.repeated:
-                    repeated_500s += 1
-                    if repeated_500s >= IDENTICAL_500_ROUNDS:
-                        # The same 500 over and over: this row is the problem (a malformed id).
-                        await self._refused(
-                            job,
-                            e,
-                            JobState.FAILED,
-                            doubtful=doubt,
-                            cost=cost,
-                            tier=FailureTier.REPORT,
-                        )
-                        return None
-                doubt = doubt or bool(e.unanswered)
-            except TransportError:
-                doubt = True  # no answer we can trust: a run may exist; only this key may ask
-            except RateLimited as e:
-                doubt = doubt or bool(e.unanswered)
-            except ApiError as e:
-                if e.status != 408:
-                    # An answer nobody documents (413, 415, ...): show it to a person.
-                    await self._refused(
-                        job, e, JobState.FAILED, doubtful=doubt, cost=cost, tier=FailureTier.REPORT
-                    )
-                    return None
-                doubt = True
-            rounds += 1
-            if rounds > JOB_ROUNDS or self._posting_stopped():
-                self.report.incomplete += 1  # stays `submitting`: `resume` re-POSTs this key
-                return None
-            await self._pause_round(rounds)
+            return _Answer.of(e, left=left)
+        return _Answer(PostResult.ANSWERED, left=left, info=info)
+
+    async def _apply(
+        self, job: JobRecord, outcome: Outcome, answer: _Answer
+    ) -> tuple[JobRecord, RunInfo] | None:
+        """The one place a submission outcome becomes runner flags, the quote and a ledger write."""
+        error = answer.error
+        if outcome.stop_everything:
+            assert isinstance(error, AuthError)
+            self.report.auth_error = self.report.auth_error or error
+            self._stop_everything()  # before any await: no other POST may leave now
+        if outcome.credits_ran_out:
+            self.out_of_credits = True
+            self.report.paused.add("insufficient_credits")
+        if outcome.incomplete:
+            self.report.incomplete += 1  # a kept intent: `resume` re-POSTs this key
+        if outcome.release_quote:
+            self._release_quote(job)
+        if outcome.action is Action.SUBMITTED:
+            assert answer.info is not None
+            return await self._record_run(job, answer.info)
+        new = MOVES.get(outcome.action)
+        if outcome.record is Record.ANSWER_IN_FULL:
+            assert isinstance(error, ApiError) and new is not None
+            await self._fail(job, JobState.SUBMITTING, new, error, tier=outcome.tier)
+            return None
+        fields = _error_fields(outcome, error)
+        if new is not None:
+            await self._move(job, JobState.SUBMITTING, new, **fields)
+        elif fields:
+            await self._note(job, **fields)  # the state stays: the status shows the error
+        return None
+
+    async def _record_run(self, job: JobRecord, info: RunInfo) -> tuple[JobRecord, RunInfo]:
+        """Commit the run id before anything else: a lost id cannot be looked up."""
         self.crash("after_post_before_commit")
         at = self.clock()
         await self._move(
@@ -822,55 +785,14 @@ class Runner:
         """The wait before trying a step again after the client gave up on it."""
         await self.sleep(ROUND_PAUSE * 2.0 ** (rounds - 1) * self.config.time_scale)
 
-    async def _requeue(self, job: JobRecord, error: ApiError | AuthError, cost: Decimal) -> None:
-        """Every attempt of a fresh intent was refused (402, 401/403): no run; send later."""
-        self._release_quote(job)
-        await self._move(
-            job,
-            JobState.SUBMITTING,
-            JobState.QUEUED,
-            error_code=error.code,
-            error_message=error.message,
-            request_id=error.request_id,
-        )
-
-    async def _refused(
-        self,
-        job: JobRecord,
-        error: ApiError,
-        new: JobState,
-        *,
-        doubtful: bool,
-        cost: Decimal,
-        tier: FailureTier | None = None,
-    ) -> None:
-        """A POST refused: ``new`` when no attempt can have made a run, else unknown_outcome.
-
-        Only an answer to every attempt of a fresh intent proves there is no run; after a
-        lost reply, or an intent from an earlier process, the quote stays committed.
-        """
-        if doubtful or error.unanswered:
-            await self._fail(job, JobState.SUBMITTING, JobState.UNKNOWN_OUTCOME, error)
-            return
-        self._release_quote(job)
-        await self._fail(job, JobState.SUBMITTING, new, error, tier=tier)
-
     def _key_changed(self, job: JobRecord) -> bool:
         """Was this row's intent committed under another API key than ours?"""
         mine = self.config.key_fingerprint
         return bool(job.key_fingerprint and mine and job.key_fingerprint != mine)
 
-    async def _note(self, job: JobRecord, error: ApiError) -> None:
+    async def _note(self, job: JobRecord, **fields: Any) -> None:
         """Record an error on a job that keeps its state (the status shows it)."""
-        await self.committer.commit(
-            functools.partial(
-                self.ledger.update,
-                job.id,
-                error_code=error.code,
-                error_message=error.message,
-                request_id=error.request_id,
-            )
-        )
+        await self.committer.commit(functools.partial(self.ledger.update, job.id, **fields))
 
     async def _move(self, job: JobRecord, current: JobState, new: JobState, **fields: Any) -> None:
         await self.committer.commit(lambda: self.ledger.move(job.id, current, new, **fields))
@@ -925,6 +847,78 @@ class Runner:
                     " key has expired: re-sending could pay twice. Check FLORA, then"
                     " `floraq retry --unknown`",
                 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What one create_run call came to, as the facts ``core.submission.decide`` reads."""
+
+    result: PostResult
+    left: bool  # the first attempt was let go
+    info: RunInfo | None = None
+    error: BaseException | None = None
+    unanswered: bool = False
+    status: int = 0
+    repeated: bool = False
+
+    @staticmethod
+    def of(error: BaseException, *, left: bool) -> _Answer:
+        result = next(r for kind, r in _RESULT_BY_ERROR if isinstance(error, kind))
+        reply = error if isinstance(error, (ApiError, AuthError)) else None
+        return _Answer(
+            result,
+            left=left,
+            error=error,
+            unanswered=reply is not None and bool(reply.unanswered),
+            status=reply.status if reply is not None else 0,
+            repeated=isinstance(error, ServerError) and bool(error.repeated),
+        )
+
+    def situation(self, checks: Situation, *, posting_stopped: bool) -> Situation:
+        """The checks that let the POST go, with what it came to."""
+        return replace(
+            checks,
+            result=self.result,
+            left=self.left,
+            unanswered=self.unanswered,
+            status=self.status,
+            repeated=self.repeated,
+            posting_stopped=posting_stopped,
+        )
+
+
+_NO_ANSWER = _Answer(PostResult.NONE_YET, left=False)
+
+# First match wins: subclasses before ApiError, whose other statuses (408, 413...) come last.
+_RESULT_BY_ERROR: tuple[tuple[type[BaseException], PostResult], ...] = (
+    (asyncio.CancelledError, PostResult.CANCELLED),
+    (NotSent, PostResult.NOT_SENT),
+    (IdempotencyDuplicate, PostResult.DUPLICATE),
+    (InsufficientCredits, PostResult.INSUFFICIENT_CREDITS),
+    (InputRejected, PostResult.INPUT_REJECTED),
+    (NotFound, PostResult.NOT_FOUND),
+    (AuthError, PostResult.AUTH_REFUSED),
+    (ServerError, PostResult.SERVER_ERROR),
+    (TransportError, PostResult.TRANSPORT_ERROR),
+    (RateLimited, PostResult.RATE_LIMITED),
+    (ApiError, PostResult.OTHER_STATUS),
+)
+_CLASSIFIED = tuple(kind for kind, _ in _RESULT_BY_ERROR)
+
+
+def _error_fields(outcome: Outcome, error: BaseException | None) -> dict[str, Any]:
+    """The error columns a move (or a note) writes, as the outcome's ``record`` says."""
+    if outcome.record is Record.OWN:
+        assert outcome.error_code is not None
+        return {"error_code": outcome.error_code.value, "error_message": outcome.error_message}
+    if outcome.record is Record.ANSWER:
+        assert isinstance(error, (ApiError, AuthError))
+        return {
+            "error_code": error.code,
+            "error_message": error.message,
+            "request_id": error.request_id,
+        }
+    return {}
 
 
 def _is_finished(info: RunInfo) -> bool:

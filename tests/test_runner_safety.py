@@ -12,11 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_runner_rounds import DONE, drive, ledger_with, media, states
+from test_runner_rounds import DONE, POSTER, drive, ledger_with, media, states
 
 from floraq.core.keys import api_key_fingerprint
 from floraq.core.lifecycle import JobState
+from floraq.core.technique import Technique
 from floraq.ledger import Ledger
+from floraq.runner import JOB_ROUNDS
 
 
 class LostReply:
@@ -159,3 +161,75 @@ def test_a_run_that_never_finishes_is_left_for_the_next_resume(tmp_path: Path) -
     report = drive(ledger, handler, tmp_path, clock=lambda: 1_000_000.0, max_polls=20)
     assert states(ledger) == {"submitted": 1} and report.incomplete == 1
     assert polls["n"] == 20 == ledger.query("SELECT polls FROM jobs")[0]["polls"]
+
+
+def test_an_undocumented_413_fails_the_row_for_a_person(tmp_path: Path) -> None:
+    """A 413 to the first POST of a fresh intent: no run, `failed` with tier `report`, sent once."""
+    posts: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posts.append(request)
+        return error(413, "payload_too_large")
+
+    ledger = ledger_with(["a kite"])
+    drive(ledger, handler, tmp_path, clock=lambda: 1_000_000.0)
+    assert states(ledger) == {"failed": 1} and len(posts) == 1
+    [row] = ledger.query("SELECT error_code, failure_tier FROM jobs")
+    assert row == {"error_code": "payload_too_large", "failure_tier": "report"}
+    assert ledger.committed_cost("b") == 0
+
+
+def test_a_408_on_every_round_keeps_the_intent_for_resume(tmp_path: Path) -> None:
+    """A 408 may hide a run: each round re-POSTs the same key, then the row stays `submitting`."""
+    keys: set[str] = set()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        keys.add(request.headers["idempotency-key"])
+        return error(408, "request_timeout")
+
+    ledger = ledger_with(["a kite"])
+    report = drive(ledger, handler, tmp_path, clock=lambda: 1_000_000.0)
+    assert states(ledger) == {"submitting": 1} and report.incomplete == 1
+    assert report.posts == JOB_ROUNDS + 1 and len(keys) == 1
+
+
+def _poster_with_a_style() -> dict[str, Technique]:
+    """The technique as it is now: it gained a required input the row does not have."""
+    inputs = [*POSTER["inputs"], {"id": "style", "name": "Style", "type": "text"}]
+    return {"poster": Technique.from_api("poster", {**POSTER, "inputs": inputs})}
+
+
+def test_a_row_the_technique_no_longer_fits_is_rejected_before_any_post(tmp_path: Path) -> None:
+    """A fresh intent whose row misses an input: `rejected` with a fix, nothing sent or held."""
+    posts: list[httpx.Request] = []
+    ledger = ledger_with(["a kite"])
+    drive(ledger, posts.append, tmp_path, techniques=_poster_with_a_style())
+    assert states(ledger) == {"rejected": 1} and posts == []
+    [row] = ledger.query("SELECT error_code, error_message FROM jobs")
+    assert row == {
+        "error_code": "invalid_row",
+        "error_message": "no value for input style of 'poster'; fix the row,"
+        " then `floraq retry --rejected`",
+    }
+    assert ledger.committed_cost("b") == 0
+
+
+def test_an_earlier_intent_the_technique_no_longer_fits_is_an_unknown_outcome(
+    tmp_path: Path,
+) -> None:
+    """An earlier process may have sent the row under the old definition: never `rejected`."""
+    posts: list[httpx.Request] = []
+    ledger = ledger_with(["a kite"])
+    ledger.move(1, JobState.QUEUED, JobState.SUBMITTING, submitting_at=1_000_000.0)
+    drive(
+        ledger,
+        posts.append,
+        tmp_path,
+        clock=lambda: 1_000_100.0,
+        techniques=_poster_with_a_style(),
+    )
+    assert states(ledger) == {"unknown_outcome": 1} and posts == []
+    assert error_code(ledger) == "invalid_row"
+    assert ledger.query("SELECT error_message FROM jobs")[0]["error_message"].endswith(
+        "; an earlier POST may have created a run: check FLORA, then `floraq retry --unknown`"
+    )
