@@ -26,6 +26,7 @@ import httpx
 from floraq import __version__
 from floraq.api_calls import Caller
 from floraq.core.money import amount
+from floraq.core.text import MAX_LINE, one_line
 from floraq.errors import ServerError, UsageError
 from floraq.request_log import REQUEST_LOGGER as REQUEST_LOGGER  # re-exported: batch, cli
 from floraq.request_log import log_request as log_request
@@ -98,19 +99,15 @@ class RunInfo:
             raise _malformed(response, "the answer has no run_id or status")
         raw_outputs = data.get("outputs")
         outputs: list[RunOutput] = []
+        taken: set[str] = set()
         for index, item in enumerate(raw_outputs if isinstance(raw_outputs, list) else []):
             url = item.get("url") if isinstance(item, dict) else None
             if not isinstance(url, str) or not url:
                 raise _malformed(response, f"output {index + 1} has no url")
-            output_id = item.get("output_id")
-            kind = item.get("type")
-            outputs.append(
-                RunOutput(
-                    output_id=output_id if isinstance(output_id, str) else f"output_{index + 1}",
-                    type=kind if isinstance(kind, str) else "",
-                    url=url,
-                )
-            )
+            kind = _string(item.get("type"))
+            output_id = _output_id(item.get("output_id"), index, taken)
+            taken.add(output_id)
+            outputs.append(RunOutput(output_id=output_id, type=one_line(kind or ""), url=url))
         return cls(
             run_id=run_id,
             status=run_status(status),
@@ -120,8 +117,8 @@ class RunInfo:
             completed_at=_epoch_ms(data.get("completed_at")),
             charged_cost=amount(data.get("charged_cost")),
             outputs=tuple(outputs),
-            error_code=_string(data.get("error_code")),
-            error_message=_string(data.get("error_message")),
+            error_code=_text(data.get("error_code"), limit=100),
+            error_message=_text(data.get("error_message")),
             poll_url=_string(data.get("poll_url")),
             replayed=response.headers.get("idempotent-replayed", "").strip().lower() == "true",
             request_id=response.headers.get("request-id"),
@@ -141,6 +138,27 @@ def _epoch_ms(value: object) -> int | None:
 
 def _string(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _text(value: object, *, limit: int = MAX_LINE) -> str | None:
+    """Server text fit to store and show: one line, no control characters."""
+    return one_line(value, limit=limit) or None if isinstance(value, str) else None
+
+
+def _output_id(value: object, index: int, taken: set[str]) -> str:
+    """A distinct id for every output: one without an id, or a repeated one, is never lost.
+
+    The server's id when it has one (control characters removed); ``output_N`` by
+    position when not; ``<id>.2``, ``<id>.3``, ... for repeats, so two files never share
+    a ledger row or a file name. Positions are stable between polls of one run.
+    """
+    base = one_line(value, limit=100) if isinstance(value, str) else ""
+    candidate = base or f"output_{index + 1}"
+    suffix = 1
+    while candidate in taken:
+        suffix += 1
+        candidate = f"{base or f'output_{index + 1}'}.{suffix}"
+    return candidate
 
 
 def _malformed(response: httpx.Response, why: str) -> ServerError:

@@ -56,6 +56,7 @@ from floraq.report import Summary, page_name, write_report
 from floraq.retry import RetryPolicy
 from floraq.runner import BatchPlan, Progress, Runner, RunnerConfig, RunReport
 from floraq.settings import DEFAULT_CONCURRENCY, Settings
+from floraq.url_safety import is_plain_loopback
 
 INSERT_CHUNK = 1000
 
@@ -329,6 +330,7 @@ def _run_batches(
                 max_concurrency=concurrency,
                 crash=crash,
                 log=log_request if settings.verbose else None,
+                plain_http=is_plain_loopback(settings.base_url),
             ) as downloader,
         ):
             if refresh_techniques:

@@ -30,6 +30,7 @@ from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
 from floraq.core.money import CostTotals, amount, as_json, totals_by
 from floraq.core.problems import Problem
 from floraq.core.technique import Technique
+from floraq.core.text import one_line
 from floraq.errors import ExitCode
 
 PLAIN_PROGRESS_EVERY = 5.0  # seconds between progress lines when not on a terminal
@@ -44,7 +45,8 @@ def err(text: str) -> None:
 
 
 def error_line(message: str) -> None:
-    err(f"floraq: error: {message}")
+    """The one line a failed command prints; no server text can break it into more."""
+    err(f"floraq: error: {one_line(message, limit=20_000)}")
 
 
 def problems(items: Iterable[Problem], *, stream: TextIO | None = None) -> None:
@@ -52,7 +54,7 @@ def problems(items: Iterable[Problem], *, stream: TextIO | None = None) -> None:
     target = stream or sys.stderr
     ordered = sorted(items, key=lambda p: (p.severity != "error",))
     for problem in ordered:
-        print(f"{problem.severity}: {problem}", file=target)
+        print(f"{problem.severity}: {one_line(str(problem), limit=20_000)}", file=target)
 
 
 # -- plan ---------------------------------------------------------------------------------

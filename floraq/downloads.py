@@ -61,10 +61,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _refusal(url: httpx.URL) -> str | None:
-    """Why this URL may not be fetched, or None when it may."""
+def _refusal(url: httpx.URL, *, plain_http: bool) -> str | None:
+    """Why this URL may not be fetched, or None when it may.
+
+    Plain http:// is fetched only from this machine, and only when the API itself is
+    plain http:// on this machine (the sandbox, a test): an https:// API must never be
+    able to point floraq at a local service.
+    """
     if not url_is_safe(url):
         return "only https:// URLs (or http:// to a loopback host) are fetched"
+    if url.scheme != "https" and not plain_http:
+        return (
+            "the API is https://, so its outputs must be too; plain http:// to this"
+            " machine is fetched only from an http:// API on this machine"
+        )
     if url.userinfo:
         return "URLs with credentials in them are not fetched"
     return None
@@ -76,12 +86,6 @@ def _parse(url: str) -> httpx.URL | None:
         return httpx.URL(url)
     except httpx.InvalidURL:
         return None
-
-
-async def _check_request(request: httpx.Request) -> None:
-    why = _refusal(request.url)
-    if why is not None:
-        raise DownloadRefused(f"refusing to fetch {redact_url(request.url)}: {why}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +167,14 @@ class Downloader:
         crash: Callable[[str], None] = lambda point: None,
         clock: Callable[[], float] = time.monotonic,
         log: Callable[[str], None] | None = None,
+        plain_http: bool = False,
     ) -> None:
+        """``plain_http``: the API is plain http:// on this machine, so its outputs may be.
+
+        Every redirect is checked by the same rule as the first URL.
+        """
         self._policy = policy
+        self._plain_http = plain_http
         self._log = log
         self._sleep = sleep
         self._rand = rand
@@ -179,11 +189,16 @@ class Downloader:
             follow_redirects=True,
             max_redirects=MAX_REDIRECTS,
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-            event_hooks={"request": [_check_request]},
+            event_hooks={"request": [self._check_request]},
         )
 
     def __repr__(self) -> str:
         return f"Downloader(downloads_started={self.downloads_started})"
+
+    async def _check_request(self, request: httpx.Request) -> None:
+        why = _refusal(request.url, plain_http=self._plain_http)
+        if why is not None:
+            raise DownloadRefused(f"refusing to fetch {redact_url(request.url)}: {why}")
 
     async def __aenter__(self) -> Downloader:
         return self
@@ -207,7 +222,11 @@ class Downloader:
         ``.part`` from a crashed process is overwritten, never trusted.
         """
         parsed = _parse(url)
-        why = "the URL is not valid" if parsed is None else _refusal(parsed)
+        why = (
+            "the URL is not valid"
+            if parsed is None
+            else _refusal(parsed, plain_http=self._plain_http)
+        )
         if why is not None or parsed is None:
             raise DownloadRefused(f"refusing to fetch {redact_url(url)}: {why}")
         self.downloads_started += 1

@@ -32,6 +32,8 @@ from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
+from floraq.core.text import one_line
+
 if TYPE_CHECKING:
     import httpx
 
@@ -122,7 +124,7 @@ class ApiAnswerError(FloraqError):
         """
         status = response.status_code
         raw_id = response.headers.get("request-id")
-        request_id = None if raw_id is None else scrub(raw_id)
+        request_id = None if raw_id is None else scrub(one_line(raw_id, limit=200))
         code, message, fields = _parse_envelope(response.content)
         if code is None:
             code = _DEFAULT_CODES.get(status, "server_error" if status >= 500 else "http_error")
@@ -352,6 +354,9 @@ _DEFAULT_CODES: dict[int, str] = {
 }
 
 
+MAX_FIELDS = 50  # per-field problems kept from one error answer
+
+
 def _parse_envelope(
     body: bytes,
 ) -> tuple[str | None, str | None, list[dict[str, str]]]:
@@ -363,15 +368,18 @@ def _parse_envelope(
     error = data.get("error") if isinstance(data, dict) else None
     if not isinstance(error, dict):
         return None, None, []
-    code = error.get("code") if isinstance(error.get("code"), str) else None
-    message = error.get("message") if isinstance(error.get("message"), str) else None
+    code = one_line(error["code"], limit=100) if isinstance(error.get("code"), str) else None
+    message = one_line(error["message"]) if isinstance(error.get("message"), str) else None
     raw_fields = error.get("fields")
     fields = [
-        {"field": str(f.get("field", "")), "message": str(f.get("message", ""))}
-        for f in (raw_fields if isinstance(raw_fields, list) else [])
+        {
+            "field": one_line(str(f.get("field", "")), limit=200),
+            "message": one_line(str(f.get("message", "")), limit=500),
+        }
+        for f in (raw_fields if isinstance(raw_fields, list) else [])[:MAX_FIELDS]
         if isinstance(f, dict)
     ]
-    return code, message, fields
+    return code or None, message or None, fields
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -35,6 +35,15 @@ def url_is_safe(url: str | httpx.URL) -> bool:
     return parsed.scheme == "http" and is_loopback_host(parsed.host)
 
 
+def is_plain_loopback(url: str | httpx.URL) -> bool:
+    """An http:// URL on this machine: the only API whose outputs may be plain http:// too."""
+    try:
+        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
+    except httpx.InvalidURL:
+        return False
+    return parsed.scheme == "http" and is_loopback_host(parsed.host)
+
+
 def redact_url(url: str | httpx.URL) -> str:
     """A URL fit for a message: no userinfo, no query (either may hold a secret)."""
     try:

@@ -230,6 +230,48 @@ def test_redirect_to_plain_http_is_refused(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:6379/a.png",
+        "http://localhost:8080/admin",
+        "http://[::1]:9200/_all",
+        "file:///etc/passwd",
+        "data:image/png;base64,iVBORw0KGgo=",
+        "javascript:alert(1)",
+    ],
+)
+def test_an_https_api_cannot_send_floraq_to_local_services(tmp_path: Path, url: str) -> None:
+    """Outputs of an https:// API are https:// too: no plain http:// even on loopback."""
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return png()
+
+    with pytest.raises(DownloadError, match=r"^refusing to fetch "):
+        run(fetch(handler, tmp_path / "a", url=url))
+    assert calls == []
+
+
+def test_a_redirect_to_a_local_service_is_refused(tmp_path: Path) -> None:
+    """An https:// output that redirects to http://127.0.0.1 is refused before that request."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(302, headers={"Location": "http://127.0.0.1:2375/containers"})
+
+    with pytest.raises(DownloadError) as caught:
+        run(fetch(handler, tmp_path / "a"))
+    assert seen == [URL]
+    assert str(caught.value) == (
+        "refusing to fetch http://127.0.0.1:2375/containers: the API is https://, so its"
+        " outputs must be too; plain http:// to this machine is fetched only from an"
+        " http:// API on this machine"
+    )
+
+
 def test_stale_part_file_is_discarded(tmp_path: Path) -> None:
     """A .part left by a crashed process is overwritten, never spliced in."""
     (tmp_path / "a.png.part").write_bytes(b"garbage from an earlier process" * 100)
@@ -366,7 +408,7 @@ def test_real_host_gets_no_authorization_header(
     seen.headers.clear()
 
     async def go() -> Downloaded:
-        async with Downloader() as downloader:
+        async with Downloader(plain_http=True) as downloader:
             return await downloader.download(
                 f"{base}/hop", dest_stem=tmp_path / "clip", output_type="videoUrl"
             )
@@ -384,7 +426,7 @@ def test_real_cut_body_is_resumed(output_host: tuple[str, Seen], tmp_path: Path)
     seen.headers.clear()
 
     async def go() -> Downloaded:
-        async with Downloader(sleep=lambda s: asyncio.sleep(0)) as downloader:
+        async with Downloader(sleep=lambda s: asyncio.sleep(0), plain_http=True) as downloader:
             return await downloader.download(
                 f"{base}/cut", dest_stem=tmp_path / "img", output_type="imageUrl"
             )

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from floraq.core.money import amount
+from floraq.core.text import is_unprintable, one_line
 
 MEDIA_TYPES = frozenset({"imageUrl", "videoUrl", "audioUrl", "documentUrl"})
 
@@ -85,9 +86,15 @@ class Technique:
 
 
 def _string(data: Mapping[str, Any], field: str, where: str) -> str:
+    """A string field. Ids go back to the API as sent, so one with control characters is
+    refused rather than quietly changed; names are only shown, so they are cleaned."""
     value = data.get(field)
     if not isinstance(value, str):
         raise ValueError(f"{where}: '{field}' must be a string, got {_kind(value)}")
+    if field == "name":
+        return one_line(value, limit=500)
+    if is_unprintable(value):
+        raise ValueError(f"{where}: '{field}' contains control characters or line breaks")
     return value
 
 

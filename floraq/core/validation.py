@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from floraq.core.manifest import Row
 from floraq.core.problems import Problem
 from floraq.core.technique import Technique, TechniqueIO
+from floraq.core.text import some_of
 
 # C0 controls (but tab, newline, carriage return: prompts have lines), DEL and C1 controls.
 # They corrupt terminals, logs and CSV exports, and no technique input needs them.
@@ -115,7 +116,7 @@ def _unknown_input(input_id: str, known: list[str]) -> str:
     close = difflib.get_close_matches(input_id, known, n=1)
     if close:
         return f"unknown input '{input_id}'; did you mean '{close[0]}'?"
-    takes = ", ".join(f"'{k}'" for k in known) or "no inputs"
+    takes = some_of([f"'{k}'" for k in known]) or "no inputs"
     return f"unknown input '{input_id}'; this technique takes {takes}"
 
 
