@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import stat
 from decimal import Decimal
@@ -182,3 +183,68 @@ def test_no_sqlite_error_escapes_as_is(tmp_path: Path) -> None:
         pytest.fail(f"raw sqlite3 error escaped: {e}")
     else:  # pragma: no cover - a garbage file must never open as a ledger
         pytest.fail("a file that is not SQLite opened as a ledger")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_another_programs_database_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    """A SQLite file with tables but no floraq schema: one-line error, not a byte changed."""
+    path = tmp_path / "crm.db"
+    other = sqlite3.connect(path)
+    other.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, email TEXT)")
+    other.execute("INSERT INTO customers (email) VALUES ('a@example.com')")
+    other.commit()
+    other.close()
+    before = _sha(path)
+    for opener in (Ledger.open, Ledger.open_readonly):
+        with pytest.raises(
+            LedgerError,
+            match=r"crm\.db is a SQLite database but not a floraq"
+            r" ledger \(its tables: customers\); it was left untouched",
+        ):
+            opener(path)
+    assert _sha(path) == before
+    assert not path.with_name("crm.db-wal").exists()
+
+
+def test_a_ledger_from_a_newer_floraq_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    """A schema step this floraq does not know means a newer floraq wrote the ledger."""
+    path = tmp_path / "floraq.db"
+    Ledger.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
+        " VALUES ('floraq', '0099_from_the_future', 'later')"
+    )
+    conn.commit()
+    conn.close()
+    before = _sha(path)
+    with pytest.raises(
+        LedgerError,
+        match=r"written by a newer floraq \(schema step"
+        r" 0099_from_the_future is unknown to this one\)",
+    ):
+        Ledger.open(path)
+    assert _sha(path) == before
+
+
+def test_an_empty_database_or_one_cut_before_its_first_step_is_a_new_ledger(
+    tmp_path: Path,
+) -> None:
+    """No tables, or only the migrations table a killed first start left: migrated as new."""
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    cut = tmp_path / "cut.db"
+    conn = sqlite3.connect(cut)
+    conn.execute(
+        "CREATE TABLE _sqlite_migrations (id INTEGER PRIMARY KEY, migration_set TEXT,"
+        " name TEXT, applied_at TEXT)"
+    )
+    conn.commit()
+    conn.close()
+    for path in (empty, cut):
+        ledger = Ledger.open(path)
+        assert ledger.batch_names() == []
+        ledger.close()

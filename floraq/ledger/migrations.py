@@ -190,3 +190,8 @@ def m0004_money_micros(db: Database) -> None:
             f" WHEN {delta} != 0 BEGIN UPDATE batches SET committed_micros ="
             f" committed_micros + {delta} WHERE name = {batch}.batch; END"
         )
+
+
+# Every step this floraq knows, in order: a ledger that has applied one not listed here was
+# written by a newer floraq, and is refused rather than half-understood.
+MIGRATION_NAMES: tuple[str, ...] = tuple(m.name for m in migrations.pending(Database(memory=True)))

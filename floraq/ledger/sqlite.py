@@ -19,7 +19,7 @@ from sqlite_utils import Database
 
 from floraq.core.lifecycle import JobState, OutputState
 from floraq.errors import LedgerError
-from floraq.ledger.migrations import migrations
+from floraq.ledger.migrations import MIGRATION_NAMES, migrations
 from floraq.ledger.records import JobFields
 from floraq.ledger.writes import SqliteWrites
 from floraq.lock import ensure_private_dir
@@ -62,6 +62,7 @@ class SqliteLedger(SqliteWrites):
         try:
             conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            _refuse_if_not_ours(conn, path)  # before anything (even WAL mode) writes to it
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -85,6 +86,7 @@ class SqliteLedger(SqliteWrites):
         try:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            _refuse_if_not_ours(conn, path)
             ledger = cls(conn)
             if migrations.pending(ledger.db):
                 conn.close()
@@ -202,3 +204,38 @@ class SqliteLedger(SqliteWrites):
                 )
                 count += 1
         return count
+
+
+def _refuse_if_not_ours(conn: sqlite3.Connection, path: Path) -> None:
+    """A LedgerError, leaving the file untouched, unless it is a floraq ledger we can read.
+
+    Not ours: a SQLite database with tables but no floraq migrations (another program's
+    file, pointed at by mistake), or one a newer floraq migrated further than we know.
+    An empty database is a new ledger.
+    """
+    tables = [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+    ]
+    applied = (
+        [r[0] for r in conn.execute(_APPLIED, (migrations.name,))]
+        if migrations.migrations_table in tables
+        else []
+    )
+    if set(tables) - {migrations.migrations_table} and not applied:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise LedgerError(
+            f"{path} is a SQLite database but not a floraq ledger (its tables: {shown});"
+            " it was left untouched: point --ledger / FLORAQ_LEDGER at another file"
+        )
+    unknown = [name for name in applied if name not in MIGRATION_NAMES]
+    if unknown:
+        raise LedgerError(
+            f"the ledger {path} was written by a newer floraq (schema step {unknown[0]} is"
+            " unknown to this one); it was left untouched: upgrade floraq to use it"
+        )
+
+
+_APPLIED = f"SELECT name FROM {migrations.migrations_table} WHERE migration_set = ?"
