@@ -37,7 +37,8 @@ from floraq.url_safety import redact_url as redact_url  # re-exported
 from floraq.url_safety import url_is_safe as url_is_safe  # re-exported
 
 DEFAULT_BASE_URL = "https://app.flora.ai/api/v1"
-DEFAULT_TIMEOUT = 30.0
+DEFAULT_TIMEOUT = 30.0  # seconds of silence on a connection before an attempt fails
+DEFAULT_DEADLINE = 120.0  # seconds one API request (headers and body) may take in all
 USER_AGENT = f"floraq/{__version__}"
 MALFORMED = "malformed_response"
 
@@ -197,6 +198,7 @@ class FloraClient:
         max_concurrency: int = 8,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        deadline: float = DEFAULT_DEADLINE,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
         log: Callable[[str], None] | None = None,
@@ -238,6 +240,7 @@ class FloraClient:
             rand=rand,
             clock=clock,
             log=log,
+            deadline=deadline,
         )
 
     @property

@@ -8,6 +8,7 @@ it logs or raises is scrubbed of the key first. ``FloraClient`` says what to sen
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -51,8 +52,10 @@ class Caller:
         rand: Callable[[], float],
         clock: Callable[[], float],
         log: Callable[[str], None] | None,
+        deadline: float,
     ) -> None:
         self._http = http
+        self._deadline = deadline
         self._base = base
         self._key = key
         self._policy = policy
@@ -133,9 +136,14 @@ class Caller:
             started = time.perf_counter()
             answer: httpx.Response | httpx.HTTPError
             try:
-                answer = await self._http.request(method, url, content=content, headers=headers)
+                async with asyncio.timeout(self._deadline):
+                    answer = await self._http.request(method, url, content=content, headers=headers)
             except httpx.HTTPError as exc:
                 answer = exc
+            except TimeoutError:
+                # Per-read timeouts let a server that trickles a byte at a time hold us
+                # forever; the deadline covers the whole exchange, headers and body.
+                answer = httpx.ReadTimeout(f"no complete answer within {self._deadline:g} s")
             return answer, round((time.perf_counter() - started) * 1000)
 
     def _failure_delay(

@@ -10,8 +10,6 @@ short is fetched again (resumed with ``Range`` when the server allows it).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
 import random
 import re
 import time
@@ -26,6 +24,8 @@ from floraq.api import USER_AGENT
 from floraq.core.media_types import EXTENSIONS as EXTENSIONS  # re-exported
 from floraq.core.media_types import extension_for as extension_for  # re-exported
 from floraq.errors import DownloadError, DownloadExpired, DownloadRefused, parse_retry_after
+from floraq.partfile import PartFile, commit
+from floraq.partfile import sha256_file as sha256_file  # re-exported: verify, tests
 from floraq.retry import (
     RETRIED_ERRORS,
     RetryPolicy,
@@ -36,6 +36,12 @@ from floraq.retry import (
 from floraq.url_safety import redact_url, url_is_safe
 
 DEFAULT_TIMEOUT = 60.0
+# A download may take as long as it needs while it makes progress; one that moves less than
+# STALL_MIN_RATE bytes a second over STALL_WINDOW seconds is stalled: the attempt is cut and
+# retried (resuming where it stopped when the host allows), so a trickling host is given up
+# after the policy's attempts, within minutes, while a big file on a healthy link finishes.
+STALL_WINDOW = 30.0
+STALL_MIN_RATE = 1024.0
 MAX_REDIRECTS = 5
 EXPIRED_STATUSES: frozenset[int] = frozenset({403, 404, 410})
 
@@ -50,15 +56,6 @@ class Downloaded:
     bytes: int
     sha256: str
     content_type: str | None
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file on disk, read in chunks (for verify and skip checks)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _refusal(url: httpx.URL, *, plain_http: bool) -> str | None:
@@ -88,6 +85,10 @@ def _parse(url: str) -> httpx.URL | None:
         return None
 
 
+class _Stalled(Exception):
+    """The body is arriving too slowly to be worth waiting for on this attempt."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Retry:
     """One attempt failed in a way worth another try."""
@@ -96,55 +97,6 @@ class _Retry:
     reason: str
     identity: tuple[int, str] | None = None
     retry_after: float | None = None
-
-
-class _Progress:
-    """What one download has on disk so far, kept across its attempts."""
-
-    def __init__(self, dest_stem: Path, output_type: str) -> None:
-        self.dest_stem = dest_stem
-        self.output_type = output_type
-        self.final: Path | None = None
-        self.content_type: str | None = None
-        self.received = 0
-        self.total: int | None = None
-        self.digest = hashlib.sha256()
-        self.validator: str | None = None
-        self.ranges = False
-        self.first_chunk_seen = False
-
-    @property
-    def part(self) -> Path | None:
-        return None if self.final is None else self.final.with_name(self.final.name + ".part")
-
-    def can_resume(self) -> bool:
-        return self.received > 0 and self.ranges
-
-    def start_over(self, response: httpx.Response) -> None:
-        """Begin again from byte 0, under the name this answer's Content-Type gives."""
-        old_part = self.part
-        self.content_type = response.headers.get("content-type")
-        ext = extension_for(self.content_type, self.output_type)
-        self.final = self.dest_stem.with_name(self.dest_stem.name + ext)
-        if old_part is not None and old_part != self.part:
-            old_part.unlink(missing_ok=True)
-        self.received = 0
-        self.digest = hashlib.sha256()
-        encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
-        length = response.headers.get("content-length")
-        self.total = int(length) if length and length.isdigit() and not encoded else None
-        etag = response.headers.get("etag")
-        strong = etag if etag and not etag.startswith("W/") else None
-        self.validator = strong or response.headers.get("last-modified")
-        accepts = "bytes" in response.headers.get("accept-ranges", "").lower()
-        self.ranges = not encoded and (accepts or strong is not None)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-
-    def discard(self) -> None:
-        """Forget the bytes so far; the next attempt starts from byte 0."""
-        self.received = 0
-        if self.part is not None:
-            self.part.unlink(missing_ok=True)
 
 
 class Downloader:
@@ -168,6 +120,8 @@ class Downloader:
         clock: Callable[[], float] = time.monotonic,
         log: Callable[[str], None] | None = None,
         plain_http: bool = False,
+        stall_window: float = STALL_WINDOW,
+        stall_min_rate: float = STALL_MIN_RATE,
     ) -> None:
         """``plain_http``: the API is plain http:// on this machine, so its outputs may be.
 
@@ -175,6 +129,7 @@ class Downloader:
         """
         self._policy = policy
         self._plain_http = plain_http
+        self._stall = (stall_window, stall_min_rate)
         self._log = log
         self._sleep = sleep
         self._rand = rand
@@ -231,7 +186,7 @@ class Downloader:
             raise DownloadRefused(f"refusing to fetch {redact_url(url)}: {why}")
         self.downloads_started += 1
         state = RetryState(self._policy, rand=self._rand, clock=self._clock)
-        progress = _Progress(dest_stem, output_type)
+        progress = PartFile(dest_stem, output_type)
         try:
             while True:
                 async with self._slots:
@@ -251,7 +206,7 @@ class Downloader:
             progress.discard()
             raise
 
-    async def _attempt(self, url: httpx.URL, progress: _Progress) -> Downloaded | _Retry:
+    async def _attempt(self, url: httpx.URL, progress: PartFile) -> Downloaded | _Retry:
         resume = progress.can_resume()
         headers: dict[str, str] = {}
         if resume:
@@ -273,13 +228,17 @@ class Downloader:
             if self._log is not None:
                 self._log(f"{label()} -> {type(exc).__name__}")
             return _Retry(Rule.BACKOFF, f"{type(exc).__name__}: {exc}")
+        except _Stalled as stalled:
+            if self._log is not None:
+                self._log(f"{label()} -> stalled")
+            return _Retry(Rule.BACKOFF, str(stalled))
         except httpx.HTTPError as exc:
             raise DownloadError(f"could not download {redact_url(url)}: {exc}") from exc
         except OSError as exc:
             raise DownloadError(f"could not write {progress.part}: {exc}") from exc
 
     async def _receive(
-        self, url: httpx.URL, response: httpx.Response, progress: _Progress, resume: bool
+        self, url: httpx.URL, response: httpx.Response, progress: PartFile, resume: bool
     ) -> Downloaded | _Retry:
         status = response.status_code
         if not response.is_success:
@@ -300,7 +259,7 @@ class Downloader:
             if not progress.can_resume():
                 progress.discard()
             return cut
-        await asyncio.to_thread(_commit, part, final)
+        await asyncio.to_thread(commit, part, final)
         self._crash("after_rename_before_commit")
         return Downloaded(
             path=final,
@@ -310,12 +269,26 @@ class Downloader:
         )
 
     async def _write(
-        self, response: httpx.Response, part: Path, mode: str, progress: _Progress
+        self, response: httpx.Response, part: Path, mode: str, progress: PartFile
     ) -> int:
-        """Stream the body into ``part`` while hashing it; the bytes this answer carried."""
+        """Stream the body into ``part`` while hashing it; the bytes this answer carried.
+
+        Raises _Stalled when the body moves slower than the stall rule allows.
+        """
         this_answer = 0
+        window, min_rate = self._stall
+        since, moved = self._clock(), 0
         with part.open(mode) as f:
             async for chunk in response.aiter_bytes():
+                moved += len(chunk)
+                now = self._clock()
+                if now - since >= window:
+                    if moved < min_rate * (now - since):
+                        raise _Stalled(
+                            f"the download stalled: {moved} bytes in {now - since:.0f} s"
+                            f" (under {min_rate:g} bytes/s for {window:g} s)"
+                        )
+                    since, moved = now, 0
                 f.write(chunk)
                 this_answer += len(chunk)
                 progress.digest.update(chunk)
@@ -328,7 +301,7 @@ class Downloader:
         return this_answer
 
     @staticmethod
-    def _resumes_at(response: httpx.Response, progress: _Progress) -> bool:
+    def _resumes_at(response: httpx.Response, progress: PartFile) -> bool:
         """True when a 206 continues exactly where our part file ends."""
         match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
         if match is None or int(match.group(1)) != progress.received:
@@ -337,7 +310,7 @@ class Downloader:
         return total == "*" or progress.total is None or int(total) == progress.total
 
 
-def _refused(url: httpx.URL, response: httpx.Response, progress: _Progress, resume: bool) -> _Retry:
+def _refused(url: httpx.URL, response: httpx.Response, progress: PartFile, resume: bool) -> _Retry:
     """An error answer: DownloadExpired or DownloadError when no retry can help."""
     status = response.status_code
     if status in EXPIRED_STATUSES:
@@ -359,7 +332,7 @@ def _refused(url: httpx.URL, response: httpx.Response, progress: _Progress, resu
     )
 
 
-def _cut_short(response: httpx.Response, this_answer: int, progress: _Progress) -> _Retry | None:
+def _cut_short(response: httpx.Response, this_answer: int, progress: PartFile) -> _Retry | None:
     """A retry when the body is shorter than this answer announced, or than the whole file."""
     announced = response.headers.get("content-length")
     encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
@@ -375,19 +348,3 @@ def _cut_short(response: httpx.Response, this_answer: int, progress: _Progress) 
     return _Retry(
         Rule.BACKOFF, f"the body was cut short at {progress.received} of {expected} bytes"
     )
-
-
-def _commit(part: Path, final: Path) -> None:
-    """Make the bytes durable, then the name: fsync file, rename, fsync directory."""
-    fd = os.open(part, os.O_RDWR)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(part, final)
-    if os.name == "posix":
-        dir_fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
