@@ -125,6 +125,17 @@ CASES: dict[str, tuple[str, bytes | None, str]] = {
         r"row 1, field 'input_image'.*'https://\*\*\*@storage\.googleapis\.com/a\.jpg'"
         r" carries credentials",
     ),
+    "nul-in-output-dir": (
+        'version: 1\nbatch: bad\noutput_dir: "out\\0put"\n'
+        "jobs:\n  - technique: poster-maker\n    rows: [{prompt: a}]\n",
+        None,
+        r"jobs\.yaml: output_dir \(line 3\): must not contain control characters",
+    ),
+    "nul-in-csv-path": (
+        HEAD + 'jobs:\n  - technique: poster-maker\n    rows_from: {csv: "rows\\0.csv"}\n',
+        None,
+        r"jobs\.yaml: job 1 \(poster-maker\), rows_from\.csv.*must not contain control",
+    ),
     "url-over-the-limit": (
         rows_yaml("https://storage.googleapis.com/" + "a" * 9000),
         None,
