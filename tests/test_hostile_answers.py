@@ -109,3 +109,17 @@ def test_an_error_line_is_always_one_line(capsys: pytest.CaptureFixture[str]) ->
     console.error_line(HOSTILE)
     printed = capsys.readouterr().err
     assert printed.count("\n") == 1 and "\x1b" not in printed and "\r" not in printed
+
+
+@pytest.mark.parametrize("charged", [-0.05, "NaN", "Infinity", "0.05x", True, [0.05], {"usd": 1}])
+def test_a_charge_that_is_not_an_amount_is_unsettled_never_a_credit(charged: object) -> None:
+    """A negative, non-finite or non-numeric charged_cost reads as 'not reported yet'."""
+    body = {"run_id": "r1", "status": "completed", "outputs": [], "charged_cost": charged}
+    assert RunInfo.from_response(httpx.Response(200, json=body)).charged_cost is None
+
+
+def test_a_charge_in_json_is_read_exactly() -> None:
+    """0.1 in the JSON is Decimal('0.1'), not the float nearest to it."""
+    body = b'{"run_id": "r1", "status": "completed", "charged_cost": 0.1}'
+    info = RunInfo.from_response(httpx.Response(200, content=body))
+    assert str(info.charged_cost) == "0.100000"
