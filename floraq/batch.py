@@ -22,15 +22,13 @@ from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
 
 from floraq.api import FloraClient, log_request
-from floraq.core.keys import api_key_fingerprint, idempotency_key, inputs_digest, row_key
+from floraq.core.keys import idempotency_key, inputs_digest, row_key
 from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
 from floraq.core.manifest import Manifest, Row
 from floraq.core.money import ZERO, CostTotals, amount, total, totals_by
 from floraq.core.problems import Problem
 from floraq.core.technique import Technique
 from floraq.core.validation import check_row
-from floraq.crashpoints import CrashPoints
-from floraq.downloads import Downloader
 from floraq.errors import (
     ExitCode,
     Interrupted,
@@ -54,9 +52,8 @@ from floraq.lock import LedgerLock
 from floraq.manifest_files import iter_job_rows, load_manifest
 from floraq.report import Summary, page_name, write_report
 from floraq.retry import RetryPolicy
-from floraq.runner import BatchPlan, Progress, Runner, RunnerConfig, RunReport
-from floraq.settings import DEFAULT_CONCURRENCY, Settings
-from floraq.url_safety import is_plain_loopback
+from floraq.runner import Progress, RunReport, build_runner
+from floraq.settings import Settings
 
 INSERT_CHUNK = 1000
 
@@ -290,64 +287,15 @@ def _run_batches(
     progress: Progress | None,
     refresh_techniques: bool = False,
 ) -> RunResult:
-    plans: dict[str, BatchPlan] = {}
-    concurrency = settings.concurrency
-    for name in names:
-        row = ledger.batch(name)
-        assert row is not None
-        plans[name] = BatchPlan(
-            name=name,
-            output_dir=Path(row.output_dir),
-            max_cost=_cap(settings.max_cost) if settings.max_cost is not None else row.max_cost,
-            retry_failed_runs=row.retry_failed_runs,
-        )
-        if concurrency is None and row.concurrency:
-            concurrency = int(row.concurrency)
-    concurrency = concurrency or DEFAULT_CONCURRENCY
-    slugs = ledger.techniques_used(names)
-    techniques: dict[str, Technique] = {}
-    for slug in slugs:
-        cached = ledger.technique(slug)
-        if cached is not None:
-            techniques[slug] = Technique.from_api(slug, cached)
-    config = RunnerConfig(
-        concurrency=concurrency,
-        max_outstanding=max(100, concurrency * 8),
-        wait=wait,
-        idempotency_window=settings.idempotency_window,
-        window_margin=min(settings.window_margin, settings.idempotency_window / 4),
-        time_scale=settings.time_scale,
-        key_fingerprint=api_key_fingerprint(settings.require_key()),
-    )
-
     async def go() -> RunReport:
-        policy = RetryPolicy(time_scale=settings.time_scale)
-        crash = CrashPoints(settings.crash_at)
-        async with (
-            _client(settings, policy, concurrency) as client,
-            Downloader(
-                policy=policy,
-                max_concurrency=concurrency,
-                crash=crash,
-                log=log_request if settings.verbose else None,
-                plain_http=is_plain_loopback(settings.base_url),
-            ) as downloader,
-        ):
-            if refresh_techniques:
-                await _refresh_techniques(client, ledger, slugs, techniques)
-            runner = Runner(
-                ledger=ledger,
-                client=client,
-                downloader=downloader,
-                techniques=techniques,
-                batches=plans,
-                config=config,
-                progress=progress,
-                crash=crash,
-            )
+        refresh = _refresh_techniques if refresh_techniques else None
+        async with build_runner(
+            settings, ledger, names, wait=wait, progress=progress, refresh=refresh
+        ) as runner:
             return await runner.run()
 
-    report = _run(go()) if plans else RunReport()
+    settings.require_key()  # no key: say so even when there is nothing to run
+    report = _run(go()) if names else RunReport()
     status = _status(ledger, names)
     result = RunResult(batches=names, inserted=0, report=report, status=status)
     result.exit_code = _exit_code(report, status)

@@ -14,17 +14,16 @@ import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from floraq.api import FloraClient
-from floraq.core.keys import api_key_fingerprint, idempotency_key, inputs_digest
+from floraq.core.keys import idempotency_key, inputs_digest
 from floraq.core.technique import Technique
-from floraq.downloads import Downloader
 from floraq.ledger import Ledger, NewJob
 from floraq.retry import RetryPolicy
-from floraq.runner import JOB_ROUNDS, BatchPlan, Runner, RunnerConfig, RunReport
+from floraq.runner import JOB_ROUNDS, RunReport, Seams, build_runner
+from floraq.runner.context import DEFAULT_MAX_POLLS
+from floraq.settings import Settings
 
 BASE = "https://flora.test/api/v1"
 MEDIA = "https://media.test/out.png"
@@ -85,49 +84,38 @@ def drive(
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], Awaitable[None]] = no_wait,
     rand: Callable[[], float] = random.random,
-    **config: Any,
+    time_scale: float = 0.0,
+    max_polls: int = DEFAULT_MAX_POLLS,
 ) -> RunReport:
     """Run every job of batch `b` to the end against `handler`, never sleeping for real.
 
-    ``config`` overrides RunnerConfig fields (time scale 0 by default).
+    The runner is built as the CLI builds it (``build_runner``): batch `b` writes to
+    ``tmp`` with no cap and one automatic re-run, and ``techniques`` (the poster by
+    default) are what the ledger has cached.
     """
+    ledger.save_batch(
+        "b",
+        manifest_path=None,
+        output_dir=str(tmp),
+        concurrency=2,
+        max_cost=None,
+        retry_failed_runs=1,
+    )
+    known = {"poster": Technique.from_api("poster", POSTER)} if techniques is None else techniques
+    for slug, technique in known.items():
+        ledger.save_technique(slug, technique.to_api(), technique.run_cost)
+    settings = Settings(api_key=key, base_url=BASE, concurrency=slots, time_scale=time_scale)
+    seams = Seams(
+        transport=httpx.MockTransport(handler),
+        net_sleep=no_wait,
+        clock=clock,
+        sleep=sleep,
+        rand=rand,
+        max_polls=max_polls,
+    )
 
     async def go() -> RunReport:
-        policy = RetryPolicy(time_scale=0.0)
-        transport = httpx.MockTransport(handler)
-        async with (
-            FloraClient(
-                base_url=BASE,
-                api_key=key,
-                policy=policy,
-                max_concurrency=slots,
-                transport=transport,
-                sleep=no_wait,
-            ) as client,
-            Downloader(policy=policy, transport=transport, sleep=no_wait) as downloader,
-        ):
-            runner = Runner(
-                ledger=ledger,
-                client=client,
-                downloader=downloader,
-                techniques=(
-                    {"poster": Technique.from_api("poster", POSTER)}
-                    if techniques is None
-                    else techniques
-                ),
-                batches={"b": BatchPlan("b", tmp, None, 1)},
-                config=RunnerConfig(
-                    **{
-                        "concurrency": slots,
-                        "time_scale": 0.0,
-                        "key_fingerprint": api_key_fingerprint(key),
-                        **config,
-                    }
-                ),
-                clock=clock,
-                sleep=sleep,
-                rand=rand,
-            )
+        async with build_runner(settings, ledger, ["b"], seams=seams) as runner:
             return await runner.run()
 
     return asyncio.run(go())

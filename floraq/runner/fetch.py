@@ -1,0 +1,138 @@
+"""Download a completed run's outputs; re-poll the run for fresh URLs when one has expired.
+
+Files land atomically and verified (``floraq.downloads``) under
+``<output_dir>/<technique>/<row_key>/<output_id>.<ext>``, each segment made safe by
+``safe_segment``. An expired or refused URL is never fetched again as is: the run is
+asked for fresh ones (never re-run) up to ``EXPIRED_REPOLLS`` times, then the job expires.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+from floraq.core.lifecycle import JobState, OutputState
+from floraq.core.submission import JOB_ROUNDS
+from floraq.core.validation import SAFE_NAME
+from floraq.downloads import Downloaded
+from floraq.errors import (
+    ApiError,
+    DownloadError,
+    DownloadExpired,
+    DownloadRefused,
+    TransportError,
+)
+from floraq.ledger import JobRecord
+from floraq.runner.context import RunContext
+
+EXPIRED_REPOLLS = 2  # fresh-URL re-polls before an output is declared expired
+
+
+async def download(ctx: RunContext, job: JobRecord) -> None:
+    """Fetch every output not yet on disk; re-poll for fresh URLs when one has expired."""
+    folder = ctx.batches[job.batch].output_dir / safe_segment(job.technique)
+    folder = folder / safe_segment(job.row_key)
+    repolls = 0
+    rounds = 0
+    while True:
+        expired, gave_up = await _fetch_pending(ctx, job, folder)
+        if gave_up:
+            rounds += 1
+            if rounds > JOB_ROUNDS:
+                ctx.report.incomplete += 1
+                return
+            await ctx.pause_round(rounds)
+            continue
+        if expired is None:
+            await ctx.move(job, JobState.COMPLETED, JobState.DOWNLOADED)
+            return
+        if repolls >= EXPIRED_REPOLLS or job.run_id is None:
+            await ctx.committer.commit(functools.partial(_expire, ctx, job, expired))
+            return
+        repolls += 1
+        if not await _fresh_urls(ctx, job):
+            ctx.report.incomplete += 1  # the stored URLs stay; `resume` tries again
+            return
+
+
+async def _fetch_pending(ctx: RunContext, job: JobRecord, folder: Path) -> tuple[str | None, bool]:
+    """One pass over the outputs not on disk yet.
+
+    Returns the error of the last output whose URL expired (or was refused) in this pass,
+    None if none did, and whether the downloader gave up on any (network trouble).
+    """
+    expired: str | None = None
+    gave_up = False
+    for output in ctx.ledger.outputs(job.id):
+        if output.state == OutputState.DOWNLOADED:
+            continue
+        try:
+            got = await ctx.downloader.download(
+                output.url,
+                dest_stem=folder / safe_segment(output.output_id),
+                output_type=output.type,
+            )
+        except (DownloadExpired, DownloadRefused) as e:
+            # Ask the run for fresh URLs; never re-run it. Plain http:// is never fetched.
+            expired = str(e)
+            continue
+        except (DownloadError, TransportError):
+            gave_up = True
+            continue
+        ctx.report.downloads += 1
+        await ctx.committer.commit(
+            functools.partial(_record_download, ctx, job.id, output.output_id, got)
+        )
+        ctx.progress.advance(JobState.DOWNLOADED)
+    return expired, gave_up
+
+
+async def _fresh_urls(ctx: RunContext, job: JobRecord) -> bool:
+    """Ask the run for its outputs again and store their URLs; False if it could not be asked."""
+    assert job.run_id is not None
+    try:
+        fresh = await ctx.client.get_run(job.technique, job.run_id, poll_url=job.poll_url)
+    except (TransportError, ApiError):
+        return False
+    ctx.report.polls += 1
+    await ctx.committer.commit(
+        functools.partial(
+            ctx.ledger.record_outputs,
+            job.id,
+            [(o.output_id, o.type, o.url) for o in fresh.outputs],
+        )
+    )
+    return True
+
+
+def _record_download(ctx: RunContext, job_id: int, output_id: str, got: Downloaded) -> None:
+    ctx.ledger.output_downloaded(
+        job_id,
+        output_id,
+        path=str(got.path),
+        size=got.bytes,
+        sha256=got.sha256,
+        content_type=got.content_type,
+    )
+
+
+def _expire(ctx: RunContext, job: JobRecord, error: str) -> None:
+    """Every output not on disk expires, and the job with them (one transaction)."""
+    for output in ctx.ledger.outputs(job.id):
+        if output.state != OutputState.DOWNLOADED:
+            ctx.ledger.output_expired(job.id, output.output_id, error)
+    ctx.ledger.move(
+        job.id,
+        JobState.COMPLETED,
+        JobState.EXPIRED,
+        error_code="output_expired",
+        error_message=error,
+    )
+
+
+def safe_segment(name: str) -> str:
+    """A path segment from a name we do not fully control (output ids come from the server)."""
+    if SAFE_NAME.fullmatch(name) and name not in (".", ".."):
+        return name
+    return "x" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
