@@ -87,11 +87,14 @@ def test_a_bug_exits_70_with_a_traceback(
 
 
 def test_sandbox_takes_the_key_from_the_environment_and_never_prints_it(tmp_path: Path) -> None:
-    """`floraq sandbox` with FLORA_API_KEY set accepts that key and does not echo it."""
+    """`floraq sandbox` with FLORA_API_KEY set accepts that key and does not echo it.
+
+    The test waits for the banner (printed once the server is up) rather than racing it.
+    """
     import os
     import signal
     import socket
-    import time
+    import threading
 
     import httpx
 
@@ -104,21 +107,32 @@ def test_sandbox_takes_the_key_from_the_environment_and_never_prints_it(tmp_path
         [sys.executable, "-m", "floraq", "sandbox", "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    lines: list[str] = []
+    banner = threading.Event()
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "API key:" in line:
+                banner.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     try:
+        assert banner.wait(timeout=60), "".join(lines)  # a bound on start-up, not a target
         url = f"http://127.0.0.1:{port}/api/v1/techniques/poster-maker"
-        deadline = time.monotonic() + 60  # start-up on a loaded machine; a bound, not a target
-        while True:
-            try:
-                answer = httpx.get(url, headers={"Authorization": f"Bearer {canary}"})
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
+        answer = httpx.get(url, headers={"Authorization": f"Bearer {canary}"})
         assert answer.status_code == 200
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        proc.wait(timeout=10)
+        reader.join(timeout=10)
+        assert proc.stdout is not None and proc.stderr is not None
+        out = proc.stdout.read()
+        proc.stdout.close()
+        proc.stderr.close()
+    err = "".join(lines)
     assert "API key:" in err and canary not in err + out
 
 
