@@ -86,6 +86,7 @@ class RunInfo:
     poll_url: str | None
     replayed: bool  # the answer is a replay of an earlier request with the same key
     request_id: str | None
+    raw: bytes = b""  # the answer as sent: kept for a person when it makes no sense
 
     @classmethod
     def from_response(cls, response: httpx.Response) -> RunInfo:
@@ -123,6 +124,7 @@ class RunInfo:
             poll_url=_string(data.get("poll_url")),
             replayed=response.headers.get("idempotent-replayed", "").strip().lower() == "true",
             request_id=response.headers.get("request-id"),
+            raw=response.content,
         )
 
 

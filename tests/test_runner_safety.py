@@ -7,6 +7,7 @@ as "no run exists"; otherwise the row keeps its intent or becomes `unknown_outco
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from pathlib import Path
 
@@ -233,3 +234,49 @@ def test_an_earlier_intent_the_technique_no_longer_fits_is_an_unknown_outcome(
     assert ledger.query("SELECT error_message FROM jobs")[0]["error_message"].endswith(
         "; an earlier POST may have created a run: check FLORA, then `floraq retry --unknown`"
     )
+
+
+class Ticking:
+    """A clock that moves 60 s each time it is read: the grace passes by count of reads."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        self.now += 60.0
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("answer", "code"),
+    [
+        ({"run_id": "run_1", "status": "COMPLETED", "progress": 100}, "run_status_unknown"),
+        ({"run_id": "run_1", "status": "completed", "outputs": []}, "completed_without_outputs"),
+    ],
+    ids=["an-unknown-status", "completed-without-outputs"],
+)
+def test_answers_that_make_no_sense_end_as_a_problem_row_after_the_grace(
+    tmp_path: Path, answer: dict[str, object], code: str
+) -> None:
+    """Polled for ODD_ANSWER_GRACE after the POST, then `unknown_outcome` with the answer kept.
+
+    Not `submitted` for hours on every resume, and not re-sent: its quote stays committed.
+    """
+    polls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            polls["n"] += 1
+        return httpx.Response(200, json=answer)
+
+    ledger = ledger_with(["a kite"])
+    report = drive(ledger, handler, tmp_path, clock=Ticking(), time_scale=1.0)
+    [row] = ledger.query("SELECT state, error_code, error_message, polls FROM jobs")
+    assert (row["state"], row["error_code"]) == ("unknown_outcome", code)
+    kept = row["error_message"]  # the raw answer, as FLORA sent it
+    assert kept.startswith("FLORA still answered {") and '"run_id"' in kept
+    assert json.dumps(answer["status"]) in kept
+    assert "`floraq retry --unknown`" in row["error_message"]
+    assert 10 <= polls["n"] == row["polls"] < 100  # ~30 min of 60 s ticks, not 4,000 polls
+    assert report.incomplete == 0
+    assert ledger.committed_cost("b") == Decimal("0.1")  # the quote stays committed

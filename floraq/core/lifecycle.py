@@ -81,7 +81,13 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
             JobState.UNKNOWN_OUTCOME,  # 409/422, or the key window has passed
         }
     ),
-    JobState.SUBMITTED: frozenset({JobState.COMPLETED, JobState.FAILED}),
+    JobState.SUBMITTED: frozenset(
+        {
+            JobState.COMPLETED,
+            JobState.FAILED,
+            JobState.UNKNOWN_OUTCOME,  # FLORA's answers about the run made no sense for too long
+        }
+    ),
     JobState.COMPLETED: frozenset({JobState.DOWNLOADED, JobState.EXPIRED}),
     JobState.DOWNLOADED: frozenset({JobState.COMPLETED}),  # a file went missing: fetch again
     JobState.EXPIRED: frozenset({JobState.COMPLETED, JobState.QUEUED}),

@@ -15,12 +15,16 @@ from floraq.core.failures import FailureTier
 from floraq.core.lifecycle import JobState
 from floraq.core.polling import earliest_remaining, next_poll_delay, typical_duration
 from floraq.core.submission import JOB_ROUNDS
+from floraq.core.text import one_line
 from floraq.errors import ApiError, NotFound, TransportError
 from floraq.ledger import JobRecord
 from floraq.runner.context import RunContext
 from floraq.runner.rerun import failed
 
 COST_RECHECKS = 3  # re-reads of a completed run whose charged_cost has not settled yet
+# Seconds after the POST (x time_scale) that odd answers (an unknown status, `completed`
+# without outputs) are still polled for; then the row becomes a problem for a person.
+ODD_ANSWER_GRACE = 1800.0
 
 
 async def poll_until_done(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRecord:
@@ -56,6 +60,10 @@ async def poll_until_done(ctx: RunContext, job: JobRecord, first: RunInfo | None
             ctx.report.incomplete += 1  # still `submitted`: the next resume polls on
             await ctx.committer.commit(functools.partial(ctx.ledger.update, job.id, polls=polls))
             return replace(job, polls=polls)
+        odd = odd_answer(info)
+        if odd is not None and ctx.clock() - submitted >= ODD_ANSWER_GRACE * ctx.config.time_scale:
+            await _give_up_on_odd_answers(ctx, job, info, odd, polls, ctx.clock() - submitted)
+            return replace(job, state=JobState.UNKNOWN_OUTCOME, polls=polls)
         pending_polls = pending_polls + 1 if info.status == RunStatus.PENDING else 0
         answered = ctx.clock()
         left = _remaining(info, submitted, answered)
@@ -145,6 +153,42 @@ async def _completed(ctx: RunContext, job: JobRecord, info: RunInfo, polls: int)
 
     await ctx.committer.commit(record)
     ctx.progress.advance(JobState.COMPLETED)
+
+
+def odd_answer(info: RunInfo) -> str | None:
+    """The error code for an answer that says neither "working on it" nor "done", or None.
+
+    A status floraq does not know (``"COMPLETED"``, ``"cancelled"``) or ``completed`` with
+    no outputs can be a passing state; for longer than ``ODD_ANSWER_GRACE`` it is not.
+    """
+    if not isinstance(info.status, RunStatus):
+        return "run_status_unknown"
+    if info.status == RunStatus.COMPLETED and not info.outputs:
+        return "completed_without_outputs"
+    return None
+
+
+async def _give_up_on_odd_answers(
+    ctx: RunContext, job: JobRecord, info: RunInfo, code: str, polls: int, waited: float
+) -> None:
+    """Stop polling a run whose answers make no sense: a problem row, the answer kept.
+
+    ``unknown_outcome`` keeps its quote committed (FLORA may have charged the run) and
+    is never re-sent on its own; the person reading `floraq status` decides.
+    """
+    raw = one_line(info.raw.decode("utf-8", "replace"), limit=500)
+    await ctx.move(
+        job,
+        JobState.SUBMITTED,
+        JobState.UNKNOWN_OUTCOME,
+        remote_status=one_line(str(info.status), limit=100),
+        error_code=code,
+        error_message=f"FLORA still answered {raw} {waited:.0f} s after the POST;"
+        " check the run in FLORA, then `floraq retry --unknown` if it should run again",
+        charged_cost=info.charged_cost,
+        polls=polls,
+    )
+    ctx.progress.advance(JobState.UNKNOWN_OUTCOME)
 
 
 def is_finished(info: RunInfo) -> bool:
