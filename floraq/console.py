@@ -16,7 +16,12 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from floraq.batch import (
+from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
+from floraq.core.money import CostTotals, amount, as_json, totals_by
+from floraq.core.problems import Problem
+from floraq.core.technique import Technique
+from floraq.errors import ExitCode
+from floraq.results import (
     BatchSummary,
     ExportResult,
     PlanResult,
@@ -26,11 +31,6 @@ from floraq.batch import (
     StatusResult,
     VerifyResult,
 )
-from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
-from floraq.core.money import CostTotals, amount, as_json, totals_by
-from floraq.core.problems import Problem
-from floraq.core.technique import Technique
-from floraq.errors import ExitCode
 
 PLAIN_PROGRESS_EVERY = 5.0  # seconds between progress lines when not on a terminal
 
