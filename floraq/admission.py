@@ -250,15 +250,25 @@ def queue_rows(
     *,
     skip_invalid: bool,
 ) -> int:
-    """Stream every valid row into the ledger in chunks; invalid ones as rejected if asked."""
+    """Stream every valid row into the ledger in chunks; invalid ones as rejected if asked.
+
+    A row whose place in the manifest holds an earlier rejection with other inputs (fixed
+    since a ``--skip-invalid`` run, or changed after FLORA refused it) replaces that record:
+    it moves to ``replaced``, so it no longer counts as a row that needs a look.
+    """
     inserted = 0
     chunk: list[NewJob] = []
     rejected: list[tuple[NewJob, str]] = []
     scratch: list[Problem] = []
+    stale = _rejections_by_place(ledger, manifest.batch)
+    replaced: list[int] = []
     for checked in check_rows(manifest, dict(techniques), scratch, ledger, Counter()):
+        if checked.errors and not skip_invalid:
+            continue
+        key = checked.job.idempotency_key
+        replaced.extend(job_id for job_id, old in stale.pop(checked.job.location, ()) if old != key)
         if checked.errors:
-            if skip_invalid:
-                rejected.append((checked.job, "; ".join(p.message for p in checked.errors)))
+            rejected.append((checked.job, "; ".join(p.message for p in checked.errors)))
             continue
         chunk.append(checked.job)
         if len(chunk) >= INSERT_CHUNK:
@@ -274,4 +284,18 @@ def queue_rows(
                 error_code="invalid_row",
                 error_message=message,
             )
+    with ledger.transaction():
+        for job_id in replaced:
+            ledger.move(job_id, JobState.REJECTED, JobState.REPLACED)
     return inserted
+
+
+def _rejections_by_place(ledger: Ledger, batch: str) -> dict[str, list[tuple[int, str]]]:
+    """The batch's rejected rows by manifest location: (job id, idempotency key) each."""
+    found: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    after = 0
+    while page := ledger.jobs(batches=[batch], states=[JobState.REJECTED], after_id=after):
+        for job in page:
+            found[job.location].append((job.id, job.idempotency_key))
+        after = page[-1].id
+    return found

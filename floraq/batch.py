@@ -33,13 +33,14 @@ from floraq.errors import (
     TransportError,
     UsageError,
 )
+from floraq.interrupts import RESUME, interrupted_as
 from floraq.interrupts import run_interruptibly as _run
 from floraq.ledger import JobRecord, Ledger
 from floraq.lock import LedgerLock
 from floraq.manifest_files import load_manifest
 from floraq.results import PlanResult, RetryKind, RetryResult, RunResult, StatusResult
 from floraq.retry import RetryPolicy
-from floraq.review import open_existing, pages, selected
+from floraq.review import open_existing, pages, require_ledger, selected
 from floraq.review import redownload_missing as _redownload_missing
 from floraq.review import status_of as _status
 from floraq.runner import BatchPlan, Progress, Runner, RunnerConfig, RunReport
@@ -62,13 +63,16 @@ def plan(settings: Settings, manifest_path: Path) -> PlanResult:
     If the ledger exists it is read (never written), so `plan` also reports what `submit`
     would refuse because of earlier batches: changed rows, folders already in use.
     """
-    manifest = load_manifest(manifest_path)
-    techniques, problems = _fetch(settings, manifest)
-    return _checked(settings, manifest, techniques, problems)
+    again = f"interrupted; nothing was sent: run `floraq plan {manifest_path}` again"
+    with interrupted_as(again):
+        manifest = load_manifest(manifest_path)
+    techniques, problems = _fetch(settings, manifest, interrupted=again)
+    with interrupted_as(again):
+        return _checked(settings, manifest, techniques, problems)
 
 
 def _fetch(
-    settings: Settings, manifest: Manifest
+    settings: Settings, manifest: Manifest, *, interrupted: str = RESUME
 ) -> tuple[dict[str, Technique | None], list[Problem]]:
     """Each technique of the manifest, fetched once (see ``admission.fetch_techniques``)."""
 
@@ -76,7 +80,7 @@ def _fetch(
         async with _client(settings, RetryPolicy(time_scale=settings.time_scale), 4) as client:
             return await fetch_techniques(client, manifest)
 
-    return _run(go())
+    return _run(go(), message=interrupted)
 
 
 def _checked(
@@ -107,18 +111,27 @@ def submit(
 ) -> RunResult:
     """Validate, queue every new row in the ledger, then run the batch to the end.
 
-    Nothing is written, not even the ledger file, until every row has passed.
+    Nothing is written, not even the ledger file, until every row has passed. A signal
+    before the rows are queued says to run the same command again: there is nothing to
+    resume yet.
     """
-    manifest = load_manifest(manifest_path)
-    techniques, problems = _fetch(settings, manifest)
-    checked = _checked(settings, manifest, techniques, problems)
+    again = (
+        "interrupted before the batch started; nothing was sent:"
+        f" run the same `floraq submit {manifest_path}` again"
+    )
+    with interrupted_as(again):
+        manifest = load_manifest(manifest_path)
+    techniques, problems = _fetch(settings, manifest, interrupted=again)
+    with interrupted_as(again):
+        checked = _checked(settings, manifest, techniques, problems)
     if checked.errors and not skip_invalid:
         raise ManifestError(checked.problems)
     known = {slug: t for slug, t in techniques.items() if t is not None}
     with LedgerLock(settings.ledger_path):
         ledger = Ledger.open(settings.ledger_path)
         try:
-            inserted = _queue(ledger, manifest, manifest_path, known, skip_invalid)
+            with interrupted_as(again):
+                inserted = _queue(ledger, manifest, manifest_path, known, skip_invalid)
             result = _run_batches(settings, ledger, [manifest.batch], wait=wait, progress=progress)
             result.inserted = inserted
             result.plan = checked
@@ -160,6 +173,7 @@ def resume(
     ``redownload_missing`` first re-hashes every downloaded file and fetches again the ones
     missing or changed on disk, and the outputs that expired before they were fetched.
     """
+    require_ledger(settings)
     with LedgerLock(settings.ledger_path):
         ledger = open_existing(settings)
         try:
@@ -296,7 +310,7 @@ def techniques(settings: Settings, slug: str | None = None) -> list[Technique]:
                 Technique.from_api(str(t.get("slug") or t.get("technique_id")), t) for t in listed
             ]
 
-    return _run(go())
+    return _run(go(), message="interrupted; nothing was sent")
 
 
 # -- retry ------------------------------------------------------------------------------------
@@ -320,6 +334,7 @@ def retry(
         raise UsageError(
             "say which rows to retry: --failed, --rejected, --expired and/or --unknown"
         )
+    require_ledger(settings)
     with LedgerLock(settings.ledger_path):
         ledger = open_existing(settings)
         try:

@@ -56,9 +56,10 @@ def plan(manifest: Path, **kwargs: Any) -> int:
 
     Example: floraq plan jobs.yaml
     """
-    with session(**session_options(kwargs)) as settings:
+    options = session_options(kwargs)
+    with session(**options) as settings:
         result = batch.plan(settings, manifest)
-    console.plan(result)
+    console.plan(result, quiet=options["quiet"])
     return int(ExitCode.USAGE if result.errors else ExitCode.OK)
 
 
@@ -304,9 +305,10 @@ def verify(batch_name: str | None, **kwargs: Any) -> int:
 
     Example: floraq verify --batch product-photos-2026-11
     """
-    with session(**session_options(kwargs)) as settings:
+    options = session_options(kwargs)
+    with session(**options) as settings:
         result = review.verify(settings, batch=batch_name)
-    console.verify(result)
+    console.verify(result, quiet=options["quiet"])
     return int(result.exit_code)
 
 

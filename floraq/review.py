@@ -256,12 +256,17 @@ def _check_file(stored: StoredFile) -> FileProblem | None:
 
 def open_existing(settings: Settings) -> Ledger:
     """The ledger of a command that needs one already there; a usage error when none is."""
+    require_ledger(settings)
+    return Ledger.open(settings.ledger_path)
+
+
+def require_ledger(settings: Settings) -> None:
+    """The one "no ledger" error; called before taking the lock, so it creates no folder."""
     if not settings.ledger_path.exists():
         raise UsageError(
             f"no ledger at {settings.ledger_path}: nothing has been submitted yet"
             " (or pass --ledger / FLORAQ_LEDGER)"
         )
-    return Ledger.open(settings.ledger_path)
 
 
 def selected(ledger: Ledger, settings: Settings, batch: str | None) -> list[str]:
