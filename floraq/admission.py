@@ -19,7 +19,7 @@ from floraq.core.problems import Problem
 from floraq.core.technique import Technique
 from floraq.core.validation import check_row
 from floraq.errors import NotFound
-from floraq.ledger import Ledger, NewJob, SeenRows
+from floraq.ledger import JobRecord, Ledger, NewJob, SeenRows
 from floraq.manifest_files import iter_job_rows
 from floraq.results import PlanResult, TechniqueCost
 
@@ -299,3 +299,24 @@ def _rejections_by_place(ledger: Ledger, batch: str) -> dict[str, list[tuple[int
             found[job.location].append((job.id, job.idempotency_key))
         after = page[-1].id
     return found
+
+
+def still_invalid(ledger: Ledger, job: JobRecord) -> str | None:
+    """Why a rejected row would be refused again before any POST, or None if it may go."""
+    cached = ledger.technique(job.technique)
+    if cached is None:
+        return f"technique {job.technique!r} is not cached: run `floraq submit` again"
+    technique = Technique.from_api(job.technique, cached)
+    row = Row(
+        job=0,
+        technique=job.technique,
+        number=0,
+        csv_line=None,
+        key=None,
+        values=job.inputs,
+        location=job.location,
+    )
+    errors = [p.message for p in check_row(row, technique) if p.severity == "error"]
+    if not errors:
+        return None
+    return "still invalid (" + "; ".join(errors) + "): fix the manifest and submit it again"

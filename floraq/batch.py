@@ -14,15 +14,14 @@ from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 
-from floraq.admission import check_manifest, fetch_techniques, queue_rows
+from floraq.admission import check_manifest, fetch_techniques, queue_rows, still_invalid
 from floraq.api import FloraClient, log_request
 from floraq.core.keys import api_key_fingerprint, idempotency_key
 from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
-from floraq.core.manifest import Manifest, Row
+from floraq.core.manifest import Manifest
 from floraq.core.money import amount
 from floraq.core.problems import Problem
 from floraq.core.technique import Technique
-from floraq.core.validation import check_row
 from floraq.crashpoints import CrashPoints
 from floraq.downloads import Downloader
 from floraq.errors import (
@@ -346,7 +345,7 @@ def retry(
                 for page in pages(functools.partial(_jobs_in, ledger, names, state)):
                     with ledger.transaction():
                         for job in page:
-                            problem = _still_invalid(ledger, job) if kind == "rejected" else None
+                            problem = still_invalid(ledger, job) if kind == "rejected" else None
                             if problem is not None:
                                 result.skipped.append(f"{job.location}: {problem}")
                                 continue
@@ -372,27 +371,6 @@ def retry(
 
 def _jobs_in(ledger: Ledger, names: list[str], state: JobState, after: int) -> list[JobRecord]:
     return ledger.jobs(batches=names, states=[state], after_id=after)
-
-
-def _still_invalid(ledger: Ledger, job: JobRecord) -> str | None:
-    """Why a rejected row would be refused again before any POST, or None if it may go."""
-    cached = ledger.technique(job.technique)
-    if cached is None:
-        return f"technique {job.technique!r} is not cached: run `floraq submit` again"
-    technique = Technique.from_api(job.technique, cached)
-    row = Row(
-        job=0,
-        technique=job.technique,
-        number=0,
-        csv_line=None,
-        key=None,
-        values=job.inputs,
-        location=job.location,
-    )
-    errors = [p.message for p in check_row(row, technique) if p.severity == "error"]
-    if not errors:
-        return None
-    return "still invalid (" + "; ".join(errors) + "): fix the manifest and submit it again"
 
 
 # -- plumbing -----------------------------------------------------------------------------------
