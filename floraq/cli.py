@@ -23,10 +23,11 @@ from typing import Any
 
 import click
 
-from floraq import batch, console
+from floraq import batch, console, review
 from floraq.cli_options import common_options, progress_display, session, session_options
 from floraq.errors import ExitCode, FloraqError, ManifestError
 from floraq.export import FORMATS
+from floraq.results import RetryKind
 
 
 @click.group(
@@ -55,9 +56,10 @@ def plan(manifest: Path, **kwargs: Any) -> int:
 
     Example: floraq plan jobs.yaml
     """
-    with session(**session_options(kwargs)) as settings:
+    options = session_options(kwargs)
+    with session(**options) as settings:
         result = batch.plan(settings, manifest)
-    console.plan(result)
+    console.plan(result, quiet=options["quiet"])
     return int(ExitCode.USAGE if result.errors else ExitCode.OK)
 
 
@@ -143,7 +145,7 @@ def status(batch_name: str | None, as_json: bool, **kwargs: Any) -> int:
     Example: floraq status --batch product-photos-2026-11 --json
     """
     with session(**session_options(kwargs)) as settings:
-        result = batch.status(settings, batch=batch_name)
+        result = review.status(settings, batch=batch_name)
     if as_json:
         console.status_json(result)
     else:
@@ -190,7 +192,7 @@ def export(
     Example: floraq export --batch product-photos-2026-11 -o results.csv
     """
     with session(**session_options(kwargs)) as settings:
-        result = batch.export(
+        result = review.export(
             settings,
             batch=batch_name,
             technique=technique,
@@ -233,7 +235,7 @@ def retry(
 
     Example: floraq retry --batch product-photos-2026-11 --failed
     """
-    flags: tuple[batch.RetryKind, ...] = ("failed", "rejected", "expired", "unknown")
+    flags: tuple[RetryKind, ...] = ("failed", "rejected", "expired", "unknown")
     kinds = [k for k in flags if kwargs.pop(k)]
     options = session_options(kwargs)
     with (
@@ -273,7 +275,7 @@ def report(batch_name: str | None, output: Path, **kwargs: Any) -> int:
     Example: floraq report --batch product-photos-2026-11 -o report.html
     """
     with session(**session_options(kwargs)) as settings:
-        result = batch.report(settings, batch=batch_name, output=output)
+        result = review.report(settings, batch=batch_name, output=output)
     console.report_done(result)
     return int(ExitCode.OK)
 
@@ -287,7 +289,7 @@ def batches(as_json: bool, **kwargs: Any) -> int:
     Example: floraq batches --json
     """
     with session(**session_options(kwargs)) as settings:
-        items = batch.batches(settings)
+        items = review.batches(settings)
     if as_json:
         console.batches_json(items)
     else:
@@ -305,9 +307,10 @@ def verify(batch_name: str | None, **kwargs: Any) -> int:
 
     Example: floraq verify --batch product-photos-2026-11
     """
-    with session(**session_options(kwargs)) as settings:
-        result = batch.verify(settings, batch=batch_name)
-    console.verify(result)
+    options = session_options(kwargs)
+    with session(**options) as settings:
+        result = review.verify(settings, batch=batch_name)
+    console.verify(result, quiet=options["quiet"])
     return int(result.exit_code)
 
 

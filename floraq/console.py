@@ -16,7 +16,13 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from floraq.batch import (
+from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
+from floraq.core.money import CostTotals, amount, as_json, totals_by
+from floraq.core.problems import Problem
+from floraq.core.technique import Technique
+from floraq.core.text import one_line
+from floraq.errors import ExitCode
+from floraq.results import (
     BatchSummary,
     ExportResult,
     PlanResult,
@@ -26,12 +32,6 @@ from floraq.batch import (
     StatusResult,
     VerifyResult,
 )
-from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
-from floraq.core.money import CostTotals, amount, as_json, totals_by
-from floraq.core.problems import Problem
-from floraq.core.technique import Technique
-from floraq.core.text import one_line
-from floraq.errors import ExitCode
 
 PLAIN_PROGRESS_EVERY = 5.0  # seconds between progress lines when not on a terminal
 
@@ -60,30 +60,46 @@ def problems(items: Iterable[Problem], *, stream: TextIO | None = None) -> None:
 # -- plan ---------------------------------------------------------------------------------
 
 
-def plan(result: PlanResult) -> None:
-    problems(result.problems, stream=sys.stdout)
+def plan(result: PlanResult, *, quiet: bool = False) -> None:
+    """The problems, then the cost table; with ``quiet``, the errors and one summary line."""
+    problems(result.errors if quiet else result.problems, stream=sys.stdout)
     if result.errors:
         out(f"{len(result.errors)} error(s): fix them and run `floraq plan` again; nothing sent")
         return
     manifest = result.manifest
+    cap = None
+    if manifest.max_cost is not None:
+        fits = amount(manifest.max_cost)
+        verdict = "fits" if fits is not None and result.total_cost <= fits else "EXCEEDS the cap"
+        cap = f"max_cost {manifest.max_cost:.2f} USD: {verdict}"
+    duplicates = f"{result.duplicates} duplicate row(s) will be submitted once"
+    if quiet:
+        parts = [f"{result.total_cost:.4f} USD", cap, duplicates if result.duplicates else None]
+        out(
+            f"batch {manifest.batch}: {result.rows} row(s) to run; "
+            + "; ".join(filter(None, parts))
+        )
+        return
     out(f"batch {manifest.batch}: {result.rows} row(s) to run")
     out(f"{'technique':<28} {'rows':>7} {'run_cost':>10} {'cost (USD)':>12}")
     for cost in result.costs:
         out(f"{cost.slug:<28} {cost.rows:>7} {cost.run_cost:>10.4f} {cost.cost:>12.4f}")
     out(f"{'total':<28} {result.rows:>7} {'':>10} {result.total_cost:>12.4f}")
-    if manifest.max_cost is not None:
-        cap = amount(manifest.max_cost)
-        fits = "fits" if cap is not None and result.total_cost <= cap else "EXCEEDS the cap"
-        out(f"max_cost {manifest.max_cost:.2f} USD: {fits}")
+    if cap is not None:
+        out(cap)
     if result.duplicates:
-        out(f"{result.duplicates} duplicate row(s) will be submitted once")
+        out(duplicates)
 
 
 # -- submit / resume ----------------------------------------------------------------------
 
 
 def run_summary(result: RunResult, *, quiet: bool = False) -> None:
-    """The end of submit/resume: what happened, what it cost, and what to do next."""
+    """The end of submit/resume: what happened, what it cost, and what to do next.
+
+    With ``quiet``, only the summary line and errors (a refused key): the exit code says
+    what to do next, as a cron job reads it.
+    """
     if result.plan is not None and result.plan.warnings and not quiet:
         problems(result.plan.warnings)
     status = result.status
@@ -97,6 +113,11 @@ def run_summary(result: RunResult, *, quiet: bool = False) -> None:
     if not quiet:
         for line in _technique_cost_lines(status):
             out(line)
+    auth = result.report.auth_error
+    if quiet:
+        if auth is not None:
+            err(str(auth))
+        return
     if result.inserted:
         out(f"{result.inserted} new row(s) queued")
     for change in status.cost_changes:
@@ -108,7 +129,7 @@ def run_summary(result: RunResult, *, quiet: bool = False) -> None:
         err(f"paused ({reasons}): the remaining rows stay queued; run `floraq resume` later")
     if result.exit_code == ExitCode.INCOMPLETE:
         err("runs are still in flight: run `floraq resume` to finish them")
-    if status.failures and not quiet:
+    if status.failures:
         err(f"{len(status.failures)} row(s) need a look: `floraq status` lists them")
 
 
@@ -296,7 +317,8 @@ def export_done(result: ExportResult) -> None:
 
 
 def retry_summary(result: RetryResult, *, quiet: bool = False) -> None:
-    for line in result.skipped:
+    """What was re-queued and the run that followed; with ``quiet``, one line."""
+    for line in [] if quiet else result.skipped:
         err(f"skipped: {line}")
     parts = [f"{kind} {n}" for kind, n in result.requeued.items()]
     total = sum(result.requeued.values())
@@ -304,9 +326,11 @@ def retry_summary(result: RetryResult, *, quiet: bool = False) -> None:
         why = f"{len(result.skipped)} row(s) skipped" if result.skipped else "no such row"
         out(f"nothing to retry: {why}")
         return
-    out(f"{total} row(s) given a new attempt: {', '.join(parts)}")
+    if result.run is None or not quiet:
+        out(f"{total} row(s) given a new attempt: {', '.join(parts)}")
     if result.run is None:
-        err("queued only: run `floraq resume` to send them")
+        if not quiet:
+            err("queued only: run `floraq resume` to send them")
         return
     run_summary(result.run, quiet=quiet)
 
@@ -356,8 +380,9 @@ def batches_json(items: list[BatchSummary]) -> None:
     out(json.dumps({"batches": data}, indent=2, sort_keys=True))
 
 
-def verify(result: VerifyResult) -> None:
-    for p in result.problems:
+def verify(result: VerifyResult, *, quiet: bool = False) -> None:
+    """Each missing or changed file, then the count; with ``quiet``, the count alone."""
+    for p in [] if quiet else result.problems:
         f = p.file
         if p.kind == "missing":
             out(f"missing: {f.path} ({f.location}, output {f.output_id})")
@@ -370,5 +395,5 @@ def verify(result: VerifyResult) -> None:
     missing = sum(1 for p in result.problems if p.kind == "missing")
     changed = len(result.problems) - missing
     out(f"{result.checked} file(s) checked: {missing} missing, {changed} changed")
-    if result.problems:
+    if result.problems and not quiet:
         err("run `floraq resume --redownload-missing` to fetch them again while their URLs work")

@@ -71,13 +71,13 @@ def test_a_bug_exits_70_with_a_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An unexpected exception prints its traceback and exits 70, never 1 (rows need a look)."""
-    from floraq import batch
+    from floraq import review
     from floraq.cli import main
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(batch, "status", broken)
+    monkeypatch.setattr(review, "status", broken)
     with pytest.raises(SystemExit) as exited:
         main(["status"])
     assert exited.value.code == ExitCode.INTERNAL == 70

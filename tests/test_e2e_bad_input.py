@@ -98,6 +98,16 @@ CASES: dict[str, tuple[str, bytes | None, str]] = {
         b"sku,image\nA1,https://storage.googleapis.com/a.jpg\n",
         r"rows\.csv line 1.*column 'url'.*not in the header",
     ),
+    "header-only-csv": (
+        POSTER_CSV,
+        b"sku,prompt\n",
+        r"jobs\.yaml: job 1 \(poster-maker\), rows\.csv: has a header but no rows",
+    ),
+    "header-and-blank-lines-csv": (
+        POSTER_CSV,
+        b"\xef\xbb\xbfsku,prompt\r\n\r\n  \r\n",
+        r"rows\.csv: has a header but no rows; add rows below the header, or remove the job",
+    ),
     "field-over-the-limit": (
         POSTER_CSV,
         b'sku,prompt\nA1,"' + b"x" * (17 * 1024 * 1024) + b'"\n',
@@ -244,3 +254,18 @@ def test_ten_megabyte_field_is_read_without_error(cli: Floraq) -> None:
     done = cli("plan", "jobs.yaml", timeout=60)
     assert done.returncode == 0, done.stderr
     assert "bad: 1 row(s) to run" in done.stdout
+
+
+def test_header_only_csv_fails_plan_too(cli: Floraq, shared: SandboxServer) -> None:
+    """`plan` on a CSV with a header and no rows: exit 2, the located error, nothing sent."""
+    write(cli.cwd, POSTER_CSV, b"sku,prompt\n")
+    posts = shared.stats()["requests"].get(POSTS, 0)
+    done = cli("plan", "jobs.yaml")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        "error: jobs.yaml: job 1 (poster-maker), rows.csv: has a header but no rows;"
+        " add rows below the header, or remove the job",
+        "1 error(s): fix them and run `floraq plan` again; nothing sent",
+    ]
+    assert shared.stats()["requests"].get(POSTS, 0) == posts
+    assert not cli.ledger_path.parent.exists()

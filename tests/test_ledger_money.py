@@ -13,11 +13,11 @@ from sqlite_utils import Database
 from test_ledger import new_job
 
 from floraq import console
-from floraq.batch import _status
 from floraq.core.lifecycle import QUOTE_COMMITTED, JobState
 from floraq.core.money import amount
 from floraq.ledger import Ledger
 from floraq.ledger.migrations import _COMMITTED_0004, migrations
+from floraq.review import status_of
 
 
 def batch_ledger(*, max_cost: Decimal | None = None) -> Ledger:
@@ -41,7 +41,7 @@ def test_a_thousand_charges_of_a_dime_total_exactly_100(capsys: pytest.CaptureFi
     for job_id in range(1, 1001):
         assert led.claim(job_id, at=1.0, quote=Decimal("0.1"), key_fingerprint=None, cap=None)
         settle(led, job_id, amount(0.1))
-    status = _status(led, ["b"])
+    status = status_of(led, ["b"])
     assert status.totals.charged == Decimal("100") and status.totals.estimated == Decimal("100")
     console.status_json(status)
     report = json.loads(capsys.readouterr().out)["batches"]["b"]

@@ -354,10 +354,13 @@ def test_csv_bad_rows_are_reported_and_skipped() -> None:
     ]
 
 
-def test_csv_with_only_a_header_warns() -> None:
-    """A header without rows is suspicious but not an error."""
-    assert csv_rows(b"sku,image_url\n") == [
-        Problem(f"{WHERE}, exports/p.csv", "has a header but no rows", severity="warning")
+def test_csv_with_only_a_header_is_an_error() -> None:
+    """A header without rows is an error: a job with no work is almost always a mistake."""
+    assert csv_rows(b"sku,image_url\n\n  \n") == [
+        Problem(
+            f"{WHERE}, exports/p.csv",
+            "has a header but no rows; add rows below the header, or remove the job",
+        )
     ]
 
 

@@ -14,6 +14,10 @@ from types import MappingProxyType
 from floraq.core.manifest_values import CsvSource, JobSpec, Row, job_prefix, not_utf8_message
 from floraq.core.problems import Problem
 
+# A job with no rows is almost always a mistake (a filter that matched nothing, the wrong
+# export): an error at plan/submit, so a cron job does not report success for no work.
+HEADER_ONLY = "has a header but no rows; add rows below the header, or remove the job"
+
 
 def iter_csv_rows(
     job: JobSpec,
@@ -28,8 +32,9 @@ def iter_csv_rows(
     Rows are numbered from ``first_number``. The manifest's ``columns`` say which column feeds
     which input; given the technique's ``input_ids``, an input not listed there reads the
     column of the same name. Every other column is ignored.
-    Problems that spoil the whole file (not UTF-8, a malformed record, a missing column)
-    end the stream; a bad row yields a Problem in its place and the stream goes on.
+    Problems that spoil the whole file (not UTF-8, a malformed record, a missing column,
+    a header and no rows) end the stream; a bad row yields a Problem in its place and the
+    stream goes on.
     The caller sets ``csv.field_size_limit`` (it is process-wide).
     """
     if job.csv is None:
@@ -67,7 +72,7 @@ def iter_csv_rows(
         yield Problem(f"{prefix}, {spec.display} line {error.line}", error.message)
         return
     if number == first_number:
-        yield Problem(f"{prefix}, {spec.display}", "has a header but no rows", severity="warning")
+        yield Problem(f"{prefix}, {spec.display}", HEADER_ONLY)
 
 
 def _row(

@@ -20,6 +20,7 @@ class JobState(StrEnum):
     REJECTED = "rejected"  # invalid row, or FLORA refused its inputs: change the input
     UNKNOWN_OUTCOME = "unknown_outcome"  # a run may exist that we cannot see: never re-sent alone
     EXPIRED = "expired"  # the run completed but an output URL died before we fetched it
+    REPLACED = "replaced"  # a rejected row since fixed in the manifest: the fixed row took over
 
 
 TERMINAL: frozenset[JobState] = frozenset(
@@ -29,6 +30,7 @@ TERMINAL: frozenset[JobState] = frozenset(
         JobState.REJECTED,
         JobState.UNKNOWN_OUTCOME,
         JobState.EXPIRED,
+        JobState.REPLACED,
     }
 )
 
@@ -36,7 +38,7 @@ TERMINAL: frozenset[JobState] = frozenset(
 ACTIVE: frozenset[JobState] = frozenset(JobState) - TERMINAL
 
 # Terminal states that count as "something needs a look" (exit code 1).
-PROBLEM_STATES: frozenset[JobState] = TERMINAL - {JobState.DOWNLOADED}
+PROBLEM_STATES: frozenset[JobState] = TERMINAL - {JobState.DOWNLOADED, JobState.REPLACED}
 
 # States whose quote counts against the cost cap until a charge replaces it: a run exists
 # or may exist (the intent may have reached FLORA). Leaving them releases the quote.
@@ -92,8 +94,14 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.DOWNLOADED: frozenset({JobState.COMPLETED}),  # a file went missing: fetch again
     JobState.EXPIRED: frozenset({JobState.COMPLETED, JobState.QUEUED}),
     JobState.FAILED: frozenset({JobState.QUEUED}),  # a new attempt, with a new key
-    JobState.REJECTED: frozenset({JobState.QUEUED}),  # a new attempt, with a new key
+    JobState.REJECTED: frozenset(
+        {
+            JobState.QUEUED,  # a new attempt, with a new key
+            JobState.REPLACED,  # the manifest's row at its place now has other inputs
+        }
+    ),
     JobState.UNKNOWN_OUTCOME: frozenset({JobState.QUEUED}),  # the operator decided: new key
+    JobState.REPLACED: frozenset(),  # kept for its history; never sent
 }
 
 

@@ -1,0 +1,322 @@
+"""Admission: manifest rows checked alone, against each other and the ledger, then queued.
+
+Rows stream through a chunk at a time, so memory stays flat however long the manifest:
+duplicates and shared output folders are looked up in an on-disk ``SeenRows`` store.
+Nothing here sends a run; ``queue_rows`` is the only writer, and only of new rows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from floraq.api import FloraClient
+from floraq.core.keys import idempotency_key, inputs_digest, row_key
+from floraq.core.lifecycle import JobState
+from floraq.core.manifest import Manifest, Row
+from floraq.core.problems import Problem
+from floraq.core.technique import Technique
+from floraq.core.validation import check_row
+from floraq.errors import NotFound
+from floraq.ledger import JobRecord, Ledger, NewJob, SeenRows
+from floraq.manifest_files import iter_job_rows
+from floraq.results import PlanResult, TechniqueCost
+
+INSERT_CHUNK = 1000  # rows checked, and inserted, per round trip
+
+
+async def fetch_techniques(
+    client: FloraClient, manifest: Manifest
+) -> tuple[dict[str, Technique | None], list[Problem]]:
+    """GET each technique once; a 404 becomes a problem located at each job that uses it."""
+    slugs = list(dict.fromkeys(job.technique for job in manifest.jobs))
+    found: dict[str, Technique | None] = {}
+    problems: list[Problem] = []
+    for slug in slugs:
+        try:
+            found[slug] = Technique.from_api(slug, await client.get_technique(slug))
+        except NotFound:
+            found[slug] = None
+            for job in manifest.jobs:
+                if job.technique == slug:
+                    problems.append(
+                        Problem(
+                            f"{manifest.source}: job {job.number} ({slug})",
+                            f"unknown technique {slug!r} (FLORA answered 404 not_found);"
+                            " check the slug with `floraq techniques`",
+                        )
+                    )
+        except ValueError as e:
+            found[slug] = None
+            problems.append(
+                Problem(f"{manifest.source}: technique {slug!r}", f"unreadable definition: {e}")
+            )
+    return found, problems
+
+
+@dataclass(slots=True)
+class Checked:
+    """A row, the ledger job it would become, and what stops it (filled in as checks run)."""
+
+    row: Row
+    job: NewJob
+    errors: list[Problem]
+    warnings: list[Problem] = field(default_factory=list)
+
+
+def check_rows(
+    manifest: Manifest,
+    techniques: dict[str, Technique | None],
+    problems: list[Problem],
+    ledger: Ledger | None,
+    stats: Counter[str],
+) -> Iterator[Checked]:
+    """Every row, checked on its own and against the others; problems are appended.
+
+    Rows are held a chunk at a time: duplicates and shared output folders are looked up in
+    a ``SeenRows`` store on disk, so memory does not grow with the manifest.
+    """
+    with SeenRows() as seen:
+        for job in manifest.jobs:
+            technique = techniques.get(job.technique)
+            buffered: list[Problem | Checked] = []  # in row order, problems as they came
+            rows = 0
+            input_ids = [i.id for i in technique.inputs] if technique else None
+            for item in iter_job_rows(manifest, job, input_ids=input_ids):
+                if isinstance(item, Problem):
+                    buffered.append(item)
+                    continue
+                if technique is None:
+                    continue
+                checked = _checked(manifest.batch, item, technique)
+                buffered.extend(checked.warnings)
+                buffered.append(checked)
+                rows += 1
+                if rows >= INSERT_CHUNK:
+                    settled = _against_earlier(buffered, seen, job.technique, problems, stats)
+                    yield from _against_ledger(settled, ledger, str(manifest.output_dir))
+                    buffered, rows = [], 0
+            settled = _against_earlier(buffered, seen, job.technique, problems, stats)
+            yield from _against_ledger(settled, ledger, str(manifest.output_dir))
+
+
+def _checked(batch: str, row: Row, technique: Technique) -> Checked:
+    """One row checked on its own, with its first-attempt key and output folder."""
+    problems = check_row(row, technique)
+    errors = [p for p in problems if p.severity == "error"]
+    values = dict(row.values)
+    folder = row.key if row.key is not None and not errors else row_key(values)
+    job = NewJob(
+        batch=batch,
+        technique=technique.slug,
+        job_number=row.job,
+        row_number=row.number,
+        csv_line=row.csv_line,
+        location=row.location,
+        row_key=folder,
+        inputs=values,
+        inputs_digest=inputs_digest(values),
+        idempotency_key=idempotency_key(
+            batch=batch, technique=technique.slug, inputs=values, attempt=1
+        ),
+        estimated_cost=technique.run_cost,
+    )
+    warnings = [p for p in problems if p.severity == "warning"]
+    return Checked(row=row, job=job, errors=errors, warnings=warnings)
+
+
+def _against_earlier(
+    buffered: list[Problem | Checked],
+    seen: SeenRows,
+    technique: str,
+    problems: list[Problem],
+    stats: Counter[str],
+) -> list[Checked]:
+    """One chunk against every row before it: duplicates go, a second claim on a folder errs.
+
+    Problems land in ``problems`` in row order; duplicates are left out of the result.
+    """
+    valid = [b for b in buffered if isinstance(b, Checked) and not b.errors]
+    earlier = seen.known_keys([c.job.idempotency_key for c in valid])
+    owners = seen.folder_owners(technique, [c.job.row_key for c in valid])
+    new_keys: list[str] = []
+    new_folders: list[tuple[str, str, str]] = []
+    settled: list[Checked] = []
+    for entry in buffered:
+        if isinstance(entry, Problem):
+            problems.append(entry)
+            continue
+        if not entry.errors:
+            key, folder = entry.job.idempotency_key, entry.job.row_key
+            if key in earlier:
+                stats["duplicates"] += 1
+                problems.append(
+                    Problem(
+                        entry.row.location,
+                        "duplicate of an earlier row (same technique and inputs): submitted once",
+                        "warning",
+                    )
+                )
+                continue
+            earlier.add(key)
+            new_keys.append(key)
+            other = owners.get(folder)
+            if other is not None:
+                entry.errors.append(
+                    Problem(
+                        entry.row.location,
+                        f"writes the same output folder {technique}/{folder} as {other};"
+                        " give each row a distinct key",
+                    )
+                )
+            else:
+                owners[folder] = entry.row.location
+                new_folders.append((technique, folder, entry.row.location))
+        settled.append(entry)
+    seen.add(new_keys, new_folders)
+    return settled
+
+
+def _against_ledger(
+    pending: list[Checked], ledger: Ledger | None, output_dir: str
+) -> list[Checked]:
+    """Rows the ledger already knows, in ways that would cost money or overwrite files.
+
+    A keyed row whose inputs changed since it was queued would reuse a paid-for key; a row
+    whose output folder another batch already fills would overwrite that batch's files.
+    """
+    if ledger is None or not pending:
+        return pending
+    by_technique: dict[str, list[Checked]] = defaultdict(list)
+    for checked in pending:
+        by_technique[checked.job.technique].append(checked)
+    for technique, group in by_technique.items():
+        batch = group[0].job.batch
+        keys = [c.job.row_key for c in group]
+        known = ledger.existing_rows(batch, technique, keys)
+        taken = ledger.folders_of_other_batches(batch, output_dir, technique, keys)
+        for checked in group:
+            if checked.errors:
+                continue
+            key = checked.job.row_key
+            digest = known.get(key)
+            if digest is not None and digest != checked.job.inputs_digest:
+                checked.errors.append(
+                    Problem(
+                        checked.row.location,
+                        f"this row (key {key!r}) changed since it was submitted in this batch;"
+                        " give it a new key, or use a new batch name and output_dir",
+                    )
+                )
+            elif key in taken:
+                checked.errors.append(
+                    Problem(
+                        checked.row.location,
+                        f"its output folder {technique}/{key} already holds the files of"
+                        f" batch {taken[key]!r}; set another output_dir for this batch",
+                    )
+                )
+    return pending
+
+
+def check_manifest(
+    manifest: Manifest,
+    techniques: dict[str, Technique | None],
+    problems: list[Problem],
+    *,
+    ledger: Ledger | None,
+) -> PlanResult:
+    stats: Counter[str] = Counter()
+    rows_by_slug: Counter[str] = Counter()
+    for checked in check_rows(manifest, techniques, problems, ledger, stats):
+        problems.extend(checked.errors)
+        if not checked.errors:
+            rows_by_slug[checked.job.technique] += 1
+    costs = [
+        TechniqueCost(slug=slug, rows=rows_by_slug[slug], run_cost=technique.run_cost)
+        for slug, technique in techniques.items()
+        if technique is not None
+    ]
+    return PlanResult(
+        manifest=manifest, problems=problems, costs=costs, duplicates=stats["duplicates"]
+    )
+
+
+def queue_rows(
+    ledger: Ledger,
+    manifest: Manifest,
+    techniques: dict[str, Technique],
+    *,
+    skip_invalid: bool,
+) -> int:
+    """Stream every valid row into the ledger in chunks; invalid ones as rejected if asked.
+
+    A row whose place in the manifest holds an earlier rejection with other inputs (fixed
+    since a ``--skip-invalid`` run, or changed after FLORA refused it) replaces that record:
+    it moves to ``replaced``, so it no longer counts as a row that needs a look.
+    """
+    inserted = 0
+    chunk: list[NewJob] = []
+    rejected: list[tuple[NewJob, str]] = []
+    scratch: list[Problem] = []
+    stale = _rejections_by_place(ledger, manifest.batch)
+    replaced: list[int] = []
+    for checked in check_rows(manifest, dict(techniques), scratch, ledger, Counter()):
+        if checked.errors and not skip_invalid:
+            continue
+        key = checked.job.idempotency_key
+        replaced.extend(job_id for job_id, old in stale.pop(checked.job.location, ()) if old != key)
+        if checked.errors:
+            rejected.append((checked.job, "; ".join(p.message for p in checked.errors)))
+            continue
+        chunk.append(checked.job)
+        if len(chunk) >= INSERT_CHUNK:
+            inserted += ledger.insert_jobs(chunk)
+            chunk = []
+    inserted += ledger.insert_jobs(chunk)
+    for job, message in rejected:
+        if ledger.insert_jobs([job]):
+            ledger.move(
+                ledger.job_id_for_key(job.idempotency_key),
+                JobState.QUEUED,
+                JobState.REJECTED,
+                error_code="invalid_row",
+                error_message=message,
+            )
+    with ledger.transaction():
+        for job_id in replaced:
+            ledger.move(job_id, JobState.REJECTED, JobState.REPLACED)
+    return inserted
+
+
+def _rejections_by_place(ledger: Ledger, batch: str) -> dict[str, list[tuple[int, str]]]:
+    """The batch's rejected rows by manifest location: (job id, idempotency key) each."""
+    found: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    after = 0
+    while page := ledger.jobs(batches=[batch], states=[JobState.REJECTED], after_id=after):
+        for job in page:
+            found[job.location].append((job.id, job.idempotency_key))
+        after = page[-1].id
+    return found
+
+
+def still_invalid(ledger: Ledger, job: JobRecord) -> str | None:
+    """Why a rejected row would be refused again before any POST, or None if it may go."""
+    cached = ledger.technique(job.technique)
+    if cached is None:
+        return f"technique {job.technique!r} is not cached: run `floraq submit` again"
+    technique = Technique.from_api(job.technique, cached)
+    row = Row(
+        job=0,
+        technique=job.technique,
+        number=0,
+        csv_line=None,
+        key=None,
+        values=job.inputs,
+        location=job.location,
+    )
+    errors = [p.message for p in check_row(row, technique) if p.severity == "error"]
+    if not errors:
+        return None
+    return "still invalid (" + "; ".join(errors) + "): fix the manifest and submit it again"

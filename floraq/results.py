@@ -1,0 +1,215 @@
+"""The plain values the use cases return, for the console (or a library caller) to show.
+
+Kept apart from the use cases so that printing them needs none of the machinery that
+produced them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from floraq.core.lifecycle import JobState
+from floraq.core.manifest import Manifest
+from floraq.core.money import ZERO, CostTotals, total, totals_by
+from floraq.core.problems import Problem
+from floraq.errors import ExitCode
+from floraq.ledger import StoredFile
+from floraq.runner import RunReport
+
+RetryKind = Literal["failed", "rejected", "expired", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class TechniqueCost:
+    slug: str
+    rows: int
+    run_cost: Decimal
+
+    @property
+    def cost(self) -> Decimal:
+        return self.rows * self.run_cost
+
+
+@dataclass(slots=True)
+class PlanResult:
+    manifest: Manifest
+    problems: list[Problem]
+    costs: list[TechniqueCost]
+    duplicates: int = 0
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def total_cost(self) -> Decimal:
+        return sum((c.cost for c in self.costs), ZERO)
+
+    @property
+    def rows(self) -> int:
+        return sum(c.rows for c in self.costs)
+
+
+@dataclass(slots=True)
+class StateCount:
+    batch: str
+    technique: str
+    state: str
+    count: int
+    estimated_cost: Decimal
+    charged_cost: Decimal
+    unsettled: int  # finished runs whose charge has not been reported yet
+
+    @property
+    def totals(self) -> CostTotals:
+        return CostTotals(self.count, self.estimated_cost, self.charged_cost, self.unsettled)
+
+
+@dataclass(frozen=True, slots=True)
+class CostChange:
+    """A technique whose price moved since the batch started: its cost plan no longer holds."""
+
+    batch: str
+    technique: str
+    quotes: tuple[tuple[Decimal, int], ...]  # (price quoted, rows quoted at it), oldest first
+    run_cost: Decimal | None  # the run_cost floraq last fetched
+    differs: int  # settled runs charged something other than their quote
+
+    def describe(self) -> str:
+        """One line for the operator: what moved, and that the plan no longer holds."""
+        quoted = ", ".join(f"{n} row(s) at {price:.4f}" for price, n in self.quotes)
+        now = f"; run_cost is now {self.run_cost:.4f}" if self.run_cost is not None else ""
+        off = f"; {self.differs} run(s) charged other than quoted" if self.differs else ""
+        return (
+            f"batch {self.batch}: the price of {self.technique} changed since the batch started"
+            f" ({quoted}{now}{off}): the manifest's cost plan no longer holds"
+        )
+
+
+@dataclass(slots=True)
+class StatusResult:
+    counts: list[StateCount]
+    failures: list[dict[str, Any]]
+    cost_changes: list[CostChange] = field(default_factory=list)
+
+    def total(self, *states: str) -> int:
+        return sum(c.count for c in self.counts if not states or c.state in states)
+
+    @property
+    def totals(self) -> CostTotals:
+        return total(c.totals for c in self.counts)
+
+    def totals_by_technique(self) -> dict[tuple[str, str], CostTotals]:
+        """(batch, technique) -> its totals, in ledger order."""
+        return totals_by(((c.batch, c.technique), c.totals) for c in self.counts)
+
+    @property
+    def charged(self) -> Decimal:
+        return self.totals.charged
+
+    @property
+    def estimated(self) -> Decimal:
+        return self.totals.estimated
+
+    @property
+    def unsettled(self) -> int:
+        return self.totals.unsettled
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What submit/resume did, and how the process should exit."""
+
+    batches: list[str]
+    inserted: int
+    report: RunReport
+    status: StatusResult
+    plan: PlanResult | None = None
+    exit_code: ExitCode = ExitCode.OK
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    batches: list[str]
+    rows: int
+    path: Path | None  # None: written to the stream given
+
+
+@dataclass(slots=True)
+class RetryResult:
+    requeued: Counter[str]  # kind (failed, rejected, ...) -> rows given a new attempt
+    skipped: list[str]  # rows left alone, with why
+    run: RunResult | None = None  # the run that followed, unless queue_only
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return self.run.exit_code if self.run is not None else ExitCode.OK
+
+
+@dataclass(frozen=True, slots=True)
+class ReportResult:
+    path: Path
+    batches: list[str]
+    rows: int
+    images: int
+    pages: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    name: str
+    states: dict[str, int]
+    charged: Decimal
+    estimated: Decimal
+    unsettled: int
+    last_activity: float  # epoch seconds
+
+    @property
+    def rows(self) -> int:
+        return sum(self.states.values())
+
+    def count(self, states: Iterable[JobState]) -> int:
+        return sum(self.states.get(s.value, 0) for s in states)
+
+
+@dataclass(frozen=True, slots=True)
+class FileProblem:
+    kind: Literal["missing", "changed"]
+    file: StoredFile
+    actual_sha256: str | None = None
+    actual_bytes: int | None = None
+
+
+@dataclass(slots=True)
+class VerifyResult:
+    batches: list[str]
+    checked: int
+    problems: list[FileProblem]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.FAILURES if self.problems else ExitCode.OK
+
+
+@dataclass(frozen=True, slots=True)
+class Refetch:
+    """What `resume --redownload-missing` queued again before running."""
+
+    files: int  # missing or changed on disk
+    expired_jobs: int  # jobs whose output URLs had expired: re-polled for fresh ones
+
+    def describe(self) -> str:
+        return (
+            f"redownload: {self.files} file(s) missing or changed on disk and"
+            f" {self.expired_jobs} expired row(s) fetched again"
+        )
