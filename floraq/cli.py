@@ -60,7 +60,9 @@ def plan(manifest: Path, **kwargs: Any) -> int:
     with session(**options) as settings:
         result = batch.plan(settings, manifest)
     console.plan(result, quiet=options["quiet"])
-    return int(ExitCode.USAGE if result.errors else ExitCode.OK)
+    if result.errors:
+        return int(ExitCode.USAGE)
+    return int(ExitCode.OK if result.fits else ExitCode.PAUSED)  # submit would pause at the cap
 
 
 @cli.command()

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
-from floraq.core.money import CostTotals, amount, as_json, totals_by
+from floraq.core.money import CostTotals, as_json, totals_by, usd
 from floraq.core.problems import Problem
 from floraq.core.technique import Technique
 from floraq.core.text import one_line
@@ -68,10 +68,10 @@ def plan(result: PlanResult, *, quiet: bool = False) -> None:
         return
     manifest = result.manifest
     cap = None
-    if manifest.max_cost is not None:
-        fits = amount(manifest.max_cost)
-        verdict = "fits" if fits is not None and result.total_cost <= fits else "EXCEEDS the cap"
-        cap = f"max_cost {manifest.max_cost:.2f} USD: {verdict}"
+    if result.cap is not None:
+        over = result.total_cost - result.cap
+        verdict = "fits" if result.fits else f"EXCEEDS the cap by {usd(over)} USD"
+        cap = f"max_cost {usd(result.cap)} USD: {verdict}"
     duplicates = f"{result.duplicates} duplicate row(s) will be submitted once"
     if quiet:
         parts = [f"{result.total_cost:.4f} USD", cap, duplicates if result.duplicates else None]

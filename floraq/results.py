@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from floraq.core.lifecycle import JobState
 from floraq.core.manifest import Manifest
-from floraq.core.money import ZERO, CostTotals, total, totals_by
+from floraq.core.money import ZERO, CostTotals, amount, total, totals_by
 from floraq.core.problems import Problem
 from floraq.errors import ExitCode
 from floraq.ledger import StoredFile
@@ -57,6 +57,16 @@ class PlanResult:
     @property
     def rows(self) -> int:
         return sum(c.rows for c in self.costs)
+
+    @property
+    def cap(self) -> Decimal | None:
+        """The manifest's max_cost as an exact amount (None: no cap)."""
+        return None if self.manifest.max_cost is None else amount(self.manifest.max_cost)
+
+    @property
+    def fits(self) -> bool:
+        """Whether the whole batch, priced at today's run_cost, stays within the cap."""
+        return self.cap is None or self.total_cost <= self.cap
 
 
 @dataclass(slots=True)

@@ -7,6 +7,7 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import Floraq, status_json
 
@@ -78,12 +79,35 @@ def test_plan_prices_each_technique_and_says_the_cap_is_exceeded(
         ],
     )
     done = floraq("plan", str(manifest))
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 4, done.stdout + done.stderr  # submit would pause at the cap
     assert re.search(r"^portrait-enhancer\s+1\s+0\.0500\s+0\.0500$", done.stdout, re.M)
     assert re.search(r"^poster-maker\s+10\s+0\.0800\s+0\.8000$", done.stdout, re.M)
     assert re.search(r"^total\s+11\s+0\.8500$", done.stdout, re.M)
-    assert "max_cost 0.50 USD: EXCEEDS the cap" in done.stdout
+    assert "max_cost 0.50 USD: EXCEEDS the cap by 0.35 USD" in done.stdout
     assert sandbox.stats()["runs_created"] == 0
+
+
+@pytest.mark.parametrize(
+    ("max_cost", "line", "code"),
+    [
+        (0.001, "max_cost 0.001 USD: EXCEEDS the cap by 0.159 USD", 4),
+        (0.16, "max_cost 0.16 USD: fits", 0),  # the total equals the cap: it fits
+        (0.1601, "max_cost 0.1601 USD: fits", 0),
+    ],
+    ids=["a-tenth-of-a-cent", "exactly-the-total", "a-hair-over"],
+)
+def test_plan_compares_cost_and_cap_exactly(
+    floraq: Floraq, max_cost: float, line: str, code: int
+) -> None:
+    """Two posters at 0.08: the cap is shown as given and compared without rounding."""
+    manifest = floraq.write_manifest(
+        batch="exact",
+        max_cost=max_cost,
+        jobs=[{"technique": "poster-maker", "rows": [{"prompt": "a"}, {"prompt": "b"}]}],
+    )
+    done = floraq("plan", str(manifest))
+    assert done.returncode == code, done.stdout + done.stderr
+    assert line in done.stdout.splitlines()
 
 
 def test_price_change_since_the_batch_started_is_reported(
