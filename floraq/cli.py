@@ -181,9 +181,20 @@ def techniques(slug: str | None, **kwargs: Any) -> int:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write to this file [default: stdout].",
 )
+@click.option(
+    "--excel-safe",
+    is_flag=True,
+    help="Prefix cells starting with = + - @ with ' so a spreadsheet shows, not runs, them"
+    " (the CSV then no longer reads back exactly as rows_from).",
+)
 @common_options
 def export(
-    batch_name: str | None, technique: str | None, fmt: str, output: Path | None, **kwargs: Any
+    batch_name: str | None,
+    technique: str | None,
+    fmt: str,
+    output: Path | None,
+    excel_safe: bool,
+    **kwargs: Any,
 ) -> int:
     """One line per row: inputs, run id, status, error, request id, costs and output files.
 
@@ -201,6 +212,7 @@ def export(
             fmt="jsonl" if fmt == "jsonl" else "csv",
             output=None if output is None or str(output) == "-" else output,
             stream=console.data_stream(),
+            spreadsheet_safe=excel_safe,
         )
     console.export_done(result)
     return int(ExitCode.OK)

@@ -123,16 +123,38 @@ def json_record(view: JobView) -> dict[str, Any]:
     }
 
 
+# A cell a spreadsheet would run as a formula ("formula injection"): =, +, - and @ start
+# one, and tab or carriage return can hide one. FLORA's answers and a manifest's prompts
+# are text from elsewhere, so a cell like `=HYPERLINK(...)` must not run when opened.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def excel_safe(field: str) -> str:
+    """The field with a leading ``'`` if a spreadsheet would read it as a formula."""
+    return "'" + field if field.startswith(FORMULA_STARTS) else field
+
+
 def write_rows(
-    pages: Iterable[Sequence[JobView]], stream: IO[str], *, fmt: Format, columns: Columns
+    pages: Iterable[Sequence[JobView]],
+    stream: IO[str],
+    *,
+    fmt: Format,
+    columns: Columns,
+    spreadsheet_safe: bool = False,
 ) -> int:
-    """Write the header (CSV) and every row of ``pages`` to ``stream``; returns the row count."""
+    """Write the header (CSV) and every row of ``pages`` to ``stream``; returns the row count.
+
+    ``spreadsheet_safe`` (CSV only) neutralises cells a spreadsheet would run as formulas;
+    the file then no longer round-trips exactly as a ``rows_from.csv``.
+    """
     count = 0
     if fmt == "csv":
         writer = csv.writer(stream, lineterminator="\n")
         writer.writerow(columns.header())
         for page in pages:
-            writer.writerows(csv_record(view, columns) for view in page)
+            for view in page:
+                record = csv_record(view, columns)
+                writer.writerow([excel_safe(f) for f in record] if spreadsheet_safe else record)
             count += len(page)
         return count
     for page in pages:

@@ -91,11 +91,15 @@ def export(
     fmt: Format = "csv",
     output: Path | None = None,
     stream: IO[str] | None = None,
+    spreadsheet_safe: bool = False,
 ) -> ExportResult:
     """Every row (of one batch, or all) as CSV or JSONL, to ``output`` or else ``stream``.
 
     A file is written beside its final name and renamed, so a reader never sees half of it.
+    ``spreadsheet_safe``: CSV cells that would run as formulas get a leading ``'``.
     """
+    if spreadsheet_safe and fmt != "csv":
+        raise UsageError("--excel-safe applies to CSV only (JSONL is not opened as a sheet)")
     ledger = open_existing(settings)
     try:
         names = selected(ledger, settings, batch)
@@ -112,10 +116,14 @@ def export(
         if output is None:
             if stream is None:
                 raise ValueError("export needs an output path or a stream")
-            rows = write_rows(views, stream, fmt=fmt, columns=columns)
+            rows = write_rows(
+                views, stream, fmt=fmt, columns=columns, spreadsheet_safe=spreadsheet_safe
+            )
         else:
             with atomic_text(output) as f:
-                rows = write_rows(views, f, fmt=fmt, columns=columns)
+                rows = write_rows(
+                    views, f, fmt=fmt, columns=columns, spreadsheet_safe=spreadsheet_safe
+                )
         return ExportResult(batches=names, rows=rows, path=output)
     finally:
         ledger.close()

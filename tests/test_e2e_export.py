@@ -166,3 +166,26 @@ def test_redownload_repolls_the_run_when_the_saved_url_has_expired(
     assert done.returncode == 0, done.stderr
     assert sha256(Path(file["path"])) == file["sha256"]
     assert sandbox.stats()["requests"]["GET /techniques/{slug}/runs/{run_id}"] > polls
+
+
+FORMULAS = ["=HYPERLINK(\"https://evil.test\",\"open\")", "+1+1", "-2+3", "@SUM(A1:A9)"]
+
+
+def test_excel_safe_export_neutralises_formulas_and_the_default_keeps_them_exact(
+    floraq: Floraq,
+) -> None:
+    """By default a prompt is exported as written (the round trip); --excel-safe quotes it."""
+    manifest = floraq.write_manifest(
+        batch="sheet",
+        jobs=[{"technique": "poster-maker", "rows": [{"prompt": p} for p in FORMULAS]}],
+    )
+    assert floraq("submit", str(manifest)).returncode == 0
+    exact = [r["prompt"] for r in exported(floraq, "--batch", "sheet")]
+    assert exact == FORMULAS
+    safe = [r["prompt"] for r in exported(floraq, "--batch", "sheet", "--excel-safe")]
+    assert safe == ["'" + p for p in FORMULAS]
+    refused = floraq("export", "--format", "jsonl", "--excel-safe")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        "floraq: error: --excel-safe applies to CSV only (JSONL is not opened as a sheet)"
+    )
