@@ -65,6 +65,7 @@ class SqliteBase:
     """The connection and the helpers the reading and writing halves both use."""
 
     # SQL the two databases spell differently; PostgreSQL's backend overrides them.
+    _BEGIN = "BEGIN IMMEDIATE"  # SQLite: take the write lock up front, never upgrade
     _LOCK_BATCH = ""  # claim: SQLite's BEGIN IMMEDIATE already holds the only write lock
     _INPUTS_JSON = "j.inputs"  # the jobs' inputs as JSON for json_each
 
@@ -76,11 +77,11 @@ class SqliteBase:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One ``BEGIN IMMEDIATE`` transaction; nested calls join the outer one."""
+        """One transaction (``_BEGIN``); nested calls join the outer one."""
         if self.conn.in_transaction:
             yield
             return
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute(self._BEGIN)
         try:
             yield
         except BaseException:
