@@ -18,7 +18,7 @@ from ledgers import postgres_url, with_search_path
 from test_ledger import new_job
 
 from floraq.core.lifecycle import JobState
-from floraq.errors import LedgerError
+from floraq.errors import LedgerBusy, LedgerError
 from floraq.ledger import (
     PostgresLedger,
     SqliteLedger,
@@ -231,3 +231,18 @@ def test_search_path_urls_are_kept_apart(postgres_schema: str) -> None:
             admin.execute("DROP SCHEMA t_apart CASCADE")
     assert first.batch_names() == ["only-here"]
     first.close()
+
+
+def test_a_second_process_on_one_ledger_is_busy_until_the_first_ends(
+    postgres_schema: str,
+) -> None:
+    """The advisory lock says exit 5 to a second holder; closing (or dying) releases it."""
+    first = PostgresLedger.open(postgres_schema)
+    first.hold_lock()
+    second = PostgresLedger.open(postgres_schema)
+    with pytest.raises(LedgerBusy, match=r"another floraq process is using the ledger postgres"):
+        second.hold_lock()
+    assert LedgerBusy.exit_code == 5
+    first.close()
+    second.hold_lock()
+    second.close()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from floraq.errors import LedgerError
+from floraq.errors import LedgerBusy, LedgerError
 from floraq.ledger import pg_schema
 from floraq.ledger.attempts import LedgerAttempts
 from floraq.ledger.pg_connection import PgConnection, masked, scrubbed
@@ -86,6 +86,22 @@ class PostgresLedger(LedgerAttempts):
             self.committed_cost(name) == self.committed_cost_recomputed(name)
             for name in self.batch_names()
         )
+
+    def hold_lock(self) -> None:
+        """One floraq process per PostgreSQL ledger (until workers hold leases): LedgerBusy.
+
+        The PostgreSQL twin of ``floraq.lock.LedgerLock``: a session-level advisory lock,
+        which the server drops when this connection closes or its process dies (even by
+        kill -9), so a crashed run never leaves it behind.
+        """
+        row = self.conn.execute(
+            "SELECT pg_try_advisory_lock(hashtext('floraq ledger ' || current_schema()))"
+        ).fetchone()
+        if not row[0]:
+            raise LedgerBusy(
+                f"another floraq process is using the ledger {self.shown};"
+                " wait for it to finish, then try again"
+            )
 
     def close(self) -> None:
         self.pg.close()
