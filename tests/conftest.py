@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from ledgers import ledger_with, new_ledger, postgres_schema  # noqa: F401 (fixtures for every module)
 
 from floraq.sandbox import SandboxConfig, SandboxServer
 

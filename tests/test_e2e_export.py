@@ -168,7 +168,7 @@ def test_redownload_repolls_the_run_when_the_saved_url_has_expired(
     assert sandbox.stats()["requests"]["GET /techniques/{slug}/runs/{run_id}"] > polls
 
 
-FORMULAS = ["=HYPERLINK(\"https://evil.test\",\"open\")", "+1+1", "-2+3", "@SUM(A1:A9)"]
+FORMULAS = ['=HYPERLINK("https://evil.test","open")', "+1+1", "-2+3", "@SUM(A1:A9)"]
 
 
 def test_excel_safe_export_neutralises_formulas_and_the_default_keeps_them_exact(

@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from ledgers import AnyLedger, NewLedger
 
 from floraq.core.lifecycle import IllegalTransition, JobState
 from floraq.errors import LedgerBusy, LedgerError
@@ -34,8 +35,9 @@ def new_job(n: int = 1, *, batch: str = "b", key: str | None = None) -> NewJob:
 
 
 @pytest.fixture
-def ledger() -> Ledger:
-    led = Ledger.in_memory()
+def ledger(new_ledger: NewLedger) -> AnyLedger:
+    """A ledger with batch ``b``, on each backend."""
+    led = new_ledger()
     led.save_batch(
         "b",
         manifest_path=None,
@@ -95,13 +97,13 @@ def test_ledger_files_are_user_only(tmp_path: Path) -> None:
         assert stat.S_IMODE((path.parent / name).stat().st_mode) == 0o600, name
 
 
-def test_insert_is_idempotent_per_row(ledger: Ledger) -> None:
+def test_insert_is_idempotent_per_row(ledger: AnyLedger) -> None:
     """Queuing the same rows twice inserts them once."""
     assert ledger.insert_jobs([new_job(1), new_job(2)]) == 2
     assert ledger.insert_jobs([new_job(1), new_job(2), new_job(3)]) == 1
 
 
-def test_move_follows_the_lifecycle(ledger: Ledger) -> None:
+def test_move_follows_the_lifecycle(ledger: AnyLedger) -> None:
     """Allowed moves update the row and append an event."""
     ledger.insert_jobs([new_job()])
     ledger.move(1, JobState.QUEUED, JobState.SUBMITTING, submitting_at=1.0)
@@ -112,7 +114,7 @@ def test_move_follows_the_lifecycle(ledger: Ledger) -> None:
     assert kinds == ["queued", "queued->submitting", "submitting->submitted"]
 
 
-def test_illegal_move_is_refused_with_reason(ledger: Ledger) -> None:
+def test_illegal_move_is_refused_with_reason(ledger: AnyLedger) -> None:
     """A job cannot be downloaded before it has a run."""
     ledger.insert_jobs([new_job()])
     with pytest.raises(IllegalTransition, match="a job in state queued cannot move to downloaded"):
@@ -120,7 +122,7 @@ def test_illegal_move_is_refused_with_reason(ledger: Ledger) -> None:
     assert ledger.job(1).state is JobState.QUEUED
 
 
-def test_move_from_a_stale_state_fails(ledger: Ledger) -> None:
+def test_move_from_a_stale_state_fails(ledger: AnyLedger) -> None:
     """A move whose starting state is no longer true changes nothing."""
     ledger.insert_jobs([new_job()])
     ledger.move(1, JobState.QUEUED, JobState.SUBMITTING)
@@ -128,7 +130,7 @@ def test_move_from_a_stale_state_fails(ledger: Ledger) -> None:
         ledger.move(1, JobState.QUEUED, JobState.SUBMITTING)
 
 
-def test_transaction_rolls_back_as_a_whole(ledger: Ledger) -> None:
+def test_transaction_rolls_back_as_a_whole(ledger: AnyLedger) -> None:
     """A failure inside a transaction leaves none of its writes behind."""
     ledger.insert_jobs([new_job()])
     with pytest.raises(RuntimeError), ledger.transaction():
@@ -137,7 +139,7 @@ def test_transaction_rolls_back_as_a_whole(ledger: Ledger) -> None:
     assert ledger.job(1).state is JobState.QUEUED
 
 
-def test_fresh_output_urls_replace_expired_ones(ledger: Ledger) -> None:
+def test_fresh_output_urls_replace_expired_ones(ledger: AnyLedger) -> None:
     """A re-poll's URL replaces the old one and makes an expired output pending again."""
     ledger.insert_jobs([new_job()])
     ledger.record_outputs(1, [("output_image", "imageUrl", "https://a/1")])
@@ -147,7 +149,7 @@ def test_fresh_output_urls_replace_expired_ones(ledger: Ledger) -> None:
     assert (out.url, out.state) == ("https://a/2", "pending")
 
 
-def test_typical_durations_use_the_api_clock(ledger: Ledger) -> None:
+def test_typical_durations_use_the_api_clock(ledger: AnyLedger) -> None:
     """Durations come from the API's created/completed timestamps."""
     ledger.insert_jobs([new_job()])
     ledger.update(1, remote_created_at=1_000, remote_completed_at=31_000)

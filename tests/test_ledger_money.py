@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from ledgers import AnyLedger, NewLedger
 from sqlite_utils import Database
 from test_ledger import new_job
 
@@ -19,22 +21,32 @@ from floraq.ledger import Ledger
 from floraq.ledger.migrations import _COMMITTED_0004, migrations
 from floraq.review import status_of
 
-
-def batch_ledger(*, max_cost: Decimal | None = None) -> Ledger:
-    led = Ledger.in_memory()
-    led.save_batch(
-        "b", manifest_path=None, output_dir="/o", concurrency=None, max_cost=max_cost,
-        retry_failed_runs=1,
-    )  # fmt: skip
-    return led
+BatchLedger = Callable[..., AnyLedger]
 
 
-def settle(led: Ledger, job_id: int, charge: Decimal | None) -> None:
+@pytest.fixture
+def batch_ledger(new_ledger: NewLedger) -> BatchLedger:
+    """Opens the test's ledger (each backend) with batch ``b`` under ``max_cost``."""
+
+    def make(*, max_cost: Decimal | None = None) -> AnyLedger:
+        led = new_ledger()
+        led.save_batch(
+            "b", manifest_path=None, output_dir="/o", concurrency=None, max_cost=max_cost,
+            retry_failed_runs=1,
+        )  # fmt: skip
+        return led
+
+    return make
+
+
+def settle(led: AnyLedger, job_id: int, charge: Decimal | None) -> None:
     led.move(job_id, JobState.SUBMITTING, JobState.SUBMITTED, run_id=f"run_{job_id}")
     led.move(job_id, JobState.SUBMITTED, JobState.COMPLETED, charged_cost=charge)
 
 
-def test_a_thousand_charges_of_a_dime_total_exactly_100(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_thousand_charges_of_a_dime_total_exactly_100(
+    capsys: pytest.CaptureFixture[str], batch_ledger: BatchLedger
+) -> None:
     """1,000 charges of 0.1 (a float from JSON) add up to exactly 100 in status --json."""
     led = batch_ledger()
     led.insert_jobs(new_job(n) for n in range(1, 1001))
@@ -50,7 +62,7 @@ def test_a_thousand_charges_of_a_dime_total_exactly_100(capsys: pytest.CaptureFi
     assert led.committed_cost("b") == Decimal("100")
 
 
-def test_claim_past_the_cap_writes_nothing() -> None:
+def test_claim_past_the_cap_writes_nothing(batch_ledger: BatchLedger) -> None:
     """The cap is checked in the claim's transaction: a refused claim leaves the row queued."""
     led = batch_ledger(max_cost=Decimal("0.1"))
     led.insert_jobs([new_job(1), new_job(2), new_job(3)])
@@ -69,7 +81,9 @@ def test_claim_past_the_cap_writes_nothing() -> None:
     assert led.claim(3, at=2.0, quote=Decimal("0.05"), key_fingerprint="fp", cap=cap)
 
 
-def test_the_counter_equals_the_full_sum_after_random_operations() -> None:
+def test_the_counter_equals_the_full_sum_after_random_operations(
+    batch_ledger: BatchLedger,
+) -> None:
     """Moves, late charges, new attempts: the kept counter always equals the O(rows) sum."""
     rng = random.Random(9)
     led = batch_ledger()

@@ -13,7 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-from test_runner_rounds import MEDIA, drive, ledger_with, media, states
+from ledgers import LedgerWith
+from test_runner_rounds import MEDIA, drive, media, states
 
 SERVER_EPOCH_MS = 1_700_000_000_000  # the server's created_at; our fake clock starts at 0
 WAIT, RUN = 20.0, 30.0  # seconds pending, then seconds running
@@ -55,7 +56,9 @@ class FakeFlora:
         return httpx.Response(200, json=self.run())
 
 
-def test_pending_polls_back_off_and_progress_predicts_the_end(tmp_path: Path) -> None:
+def test_pending_polls_back_off_and_progress_predicts_the_end(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
     """Pending polls back off (5, 7.5, 10 s); then progress points at the end: 6 polls."""
     fake = FakeFlora()
     ledger = ledger_with(["a kite"])

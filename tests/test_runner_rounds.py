@@ -12,14 +12,12 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable
-from decimal import Decimal
 from pathlib import Path
 
 import httpx
+from ledgers import AnyLedger, LedgerWith
 
-from floraq.core.keys import idempotency_key, inputs_digest
 from floraq.core.technique import Technique
-from floraq.ledger import Ledger, NewJob
 from floraq.retry import RetryPolicy
 from floraq.runner import JOB_ROUNDS, RunReport, Seams, build_runner
 from floraq.runner.context import DEFAULT_MAX_POLLS
@@ -47,34 +45,8 @@ async def no_wait(_: float) -> None:
     await asyncio.sleep(0)
 
 
-def ledger_with(prompts: list[str]) -> Ledger:
-    ledger = Ledger.in_memory()
-    ledger.save_batch(
-        "b", manifest_path=None, output_dir="out", concurrency=2, max_cost=None, retry_failed_runs=1
-    )
-    ledger.insert_jobs(
-        NewJob(
-            batch="b",
-            technique="poster",
-            job_number=1,
-            row_number=n,
-            csv_line=None,
-            location=f"row {n}",
-            row_key=f"r{n}",
-            inputs={"prompt": prompt},
-            inputs_digest=inputs_digest({"prompt": prompt}),
-            idempotency_key=idempotency_key(
-                batch="b", technique="poster", inputs={"prompt": prompt}, attempt=1
-            ),
-            estimated_cost=Decimal("0.1"),
-        )
-        for n, prompt in enumerate(prompts, 1)
-    )
-    return ledger
-
-
 def drive(
-    ledger: Ledger,
+    ledger: AnyLedger,
     handler: Callable[[httpx.Request], httpx.Response],
     tmp: Path,
     *,
@@ -121,7 +93,7 @@ def drive(
     return asyncio.run(go())
 
 
-def states(ledger: Ledger) -> dict[str, int]:
+def states(ledger: AnyLedger) -> dict[str, int]:
     rows = ledger.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
     return {r["state"]: r["n"] for r in rows}
 
@@ -130,7 +102,9 @@ def media(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, content=b"png", headers={"content-type": "image/png"})
 
 
-def test_polls_that_keep_failing_for_a_while_are_retried_in_rounds(tmp_path: Path) -> None:
+def test_polls_that_keep_failing_for_a_while_are_retried_in_rounds(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
     """Polls that fail past the client's retries are tried again later; the row completes."""
     failures = {"left": 2 * RetryPolicy().max_attempts}
 
@@ -150,7 +124,9 @@ def test_polls_that_keep_failing_for_a_while_are_retried_in_rounds(tmp_path: Pat
     assert report.incomplete == 0
 
 
-def test_a_step_that_never_recovers_is_left_for_resume(tmp_path: Path) -> None:
+def test_a_step_that_never_recovers_is_left_for_resume(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
     """After JOB_ROUNDS more rounds the job stays `submitted`, counted as incomplete."""
     attempts = {"polls": 0}
 
@@ -167,7 +143,9 @@ def test_a_step_that_never_recovers_is_left_for_resume(tmp_path: Path) -> None:
     assert attempts["polls"] > JOB_ROUNDS  # every round asked again, each within the policy
 
 
-def test_the_same_500_again_and_again_fails_only_that_row(tmp_path: Path) -> None:
+def test_the_same_500_again_and_again_fails_only_that_row(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
     """A row whose POST always gets 500 unknown_error stops as `failed`; the other finishes."""
     posts: dict[str, int] = {}
 
@@ -191,7 +169,9 @@ def test_the_same_500_again_and_again_fails_only_that_row(tmp_path: Path) -> Non
     assert posts == {"a kite": 1, "prj_bad kite": 6}
 
 
-def test_401_withdraws_the_posts_still_waiting_for_a_slot(tmp_path: Path) -> None:
+def test_401_withdraws_the_posts_still_waiting_for_a_slot(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
     """With one request slot, the first POST's 401 means no other POST is ever sent."""
     seen: list[str] = []
 
@@ -210,7 +190,9 @@ def test_401_withdraws_the_posts_still_waiting_for_a_slot(tmp_path: Path) -> Non
     ]
 
 
-def test_402_pauses_new_posts_but_finishes_the_runs_in_flight(tmp_path: Path) -> None:
+def test_402_pauses_new_posts_but_finishes_the_runs_in_flight(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
     """After a 402, waiting POSTs go back to `queued`; runs already made are downloaded."""
     created = {"n": 0}
 
@@ -232,7 +214,9 @@ def test_402_pauses_new_posts_but_finishes_the_runs_in_flight(tmp_path: Path) ->
     assert states(ledger) == {"downloaded": 2, "queued": 4}
 
 
-def test_plain_http_output_url_is_never_fetched_and_ends_expired(tmp_path: Path) -> None:
+def test_plain_http_output_url_is_never_fetched_and_ends_expired(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
     """An http:// output URL on a real host is refused, re-polled, then reported as expired."""
     seen: list[str] = []
     insecure = {

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_runner_rounds import DONE, POSTER, drive, ledger_with, media, states
+from ledgers import AnyLedger, LedgerWith
+from test_runner_rounds import DONE, POSTER, drive, media, states
 
 from floraq.core.keys import api_key_fingerprint
 from floraq.core.lifecycle import JobState
 from floraq.core.technique import Technique
-from floraq.ledger import Ledger
 from floraq.runner import JOB_ROUNDS
 
 
@@ -42,7 +42,7 @@ class LostReply:
         return httpx.Response(200, json=DONE)
 
 
-def error_code(ledger: Ledger) -> str:
+def error_code(ledger: AnyLedger) -> str:
     return str(ledger.query("SELECT error_code FROM jobs WHERE id = 1")[0]["error_code"])
 
 
@@ -55,7 +55,7 @@ def error(status: int, code: str) -> httpx.Response:
     [(400, "input_validation_error"), (404, "not_found"), (500, "unknown_error")],
 )
 def test_error_after_a_lost_reply_is_an_unknown_outcome(
-    tmp_path: Path, status: int, code: str
+    ledger_with: LedgerWith, tmp_path: Path, status: int, code: str
 ) -> None:
     """A 400/404/repeated 500 after a lost reply: a run may exist, so never `failed`/`rejected`."""
     flora = LostReply(error(status, code))
@@ -65,7 +65,9 @@ def test_error_after_a_lost_reply_is_an_unknown_outcome(
     assert error_code(ledger) == code
 
 
-def test_402_after_a_lost_reply_keeps_the_intent_and_its_time(tmp_path: Path) -> None:
+def test_402_after_a_lost_reply_keeps_the_intent_and_its_time(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
     """A 402 after a lost reply keeps `submitting` and its first time; past the window it is
     `unknown_outcome`, never POSTed again."""
     flora = LostReply(error(402, "insufficient_credits"))
@@ -80,7 +82,9 @@ def test_402_after_a_lost_reply_keeps_the_intent_and_its_time(tmp_path: Path) ->
     assert flora.posts == posts and flora.runs == 1
 
 
-def test_a_clean_402_puts_the_row_back_in_the_queue(tmp_path: Path) -> None:
+def test_a_clean_402_puts_the_row_back_in_the_queue(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
     """A 402 on the very first attempt means no run: the row is queued again, to send later."""
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -91,7 +95,9 @@ def test_a_clean_402_puts_the_row_back_in_the_queue(tmp_path: Path) -> None:
     assert states(ledger) == {"queued": 1}
 
 
-def test_intent_sent_under_another_api_key_is_never_resent(tmp_path: Path) -> None:
+def test_intent_sent_under_another_api_key_is_never_resent(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
     """FLORA keeps idempotency keys per API key: a new key must not re-send an old intent."""
     ledger = ledger_with(["a kite"])
     ledger.move(
@@ -113,7 +119,9 @@ def test_intent_sent_under_another_api_key_is_never_resent(tmp_path: Path) -> No
     assert posts == []
 
 
-def test_automatic_rerun_keeps_the_failed_runs_charge(tmp_path: Path) -> None:
+def test_automatic_rerun_keeps_the_failed_runs_charge(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
     """A "retry now" failure that was charged still counts after the automatic re-run."""
     created = {"n": 0}
 
@@ -137,7 +145,9 @@ def test_automatic_rerun_keeps_the_failed_runs_charge(tmp_path: Path) -> None:
     assert "attempt_archived" in kinds
 
 
-def test_a_bug_in_one_task_stops_the_loop_and_is_raised(tmp_path: Path) -> None:
+def test_a_bug_in_one_task_stops_the_loop_and_is_raised(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
     """An unexpected exception is not swallowed: the loop stops and raises it (exit 70)."""
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -149,7 +159,9 @@ def test_a_bug_in_one_task_stops_the_loop_and_is_raised(tmp_path: Path) -> None:
     assert ledger.integrity_ok()
 
 
-def test_a_run_that_never_finishes_is_left_for_the_next_resume(tmp_path: Path) -> None:
+def test_a_run_that_never_finishes_is_left_for_the_next_resume(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
     """A run stuck in `pending` is polled a bounded number of times, then left `submitted`."""
     polls = {"n": 0}
 
@@ -164,7 +176,9 @@ def test_a_run_that_never_finishes_is_left_for_the_next_resume(tmp_path: Path) -
     assert polls["n"] == 20 == ledger.query("SELECT polls FROM jobs")[0]["polls"]
 
 
-def test_an_undocumented_413_fails_the_row_for_a_person(tmp_path: Path) -> None:
+def test_an_undocumented_413_fails_the_row_for_a_person(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
     """A 413 to the first POST of a fresh intent: no run, `failed` with tier `report`, sent once."""
     posts: list[httpx.Request] = []
 
@@ -180,7 +194,9 @@ def test_an_undocumented_413_fails_the_row_for_a_person(tmp_path: Path) -> None:
     assert ledger.committed_cost("b") == 0
 
 
-def test_a_408_on_every_round_keeps_the_intent_for_resume(tmp_path: Path) -> None:
+def test_a_408_on_every_round_keeps_the_intent_for_resume(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
     """A 408 may hide a run: each round re-POSTs the same key, then the row stays `submitting`."""
     keys: set[str] = set()
 
@@ -200,7 +216,9 @@ def _poster_with_a_style() -> dict[str, Technique]:
     return {"poster": Technique.from_api("poster", {**POSTER, "inputs": inputs})}
 
 
-def test_a_row_the_technique_no_longer_fits_is_rejected_before_any_post(tmp_path: Path) -> None:
+def test_a_row_the_technique_no_longer_fits_is_rejected_before_any_post(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
     """A fresh intent whose row misses an input: `rejected` with a fix, nothing sent or held."""
     posts: list[httpx.Request] = []
     ledger = ledger_with(["a kite"])
@@ -216,6 +234,7 @@ def test_a_row_the_technique_no_longer_fits_is_rejected_before_any_post(tmp_path
 
 
 def test_an_earlier_intent_the_technique_no_longer_fits_is_an_unknown_outcome(
+    ledger_with: LedgerWith,
     tmp_path: Path,
 ) -> None:
     """An earlier process may have sent the row under the old definition: never `rejected`."""
@@ -256,7 +275,7 @@ class Ticking:
     ids=["an-unknown-status", "completed-without-outputs"],
 )
 def test_answers_that_make_no_sense_end_as_a_problem_row_after_the_grace(
-    tmp_path: Path, answer: dict[str, object], code: str
+    ledger_with: LedgerWith, tmp_path: Path, answer: dict[str, object], code: str
 ) -> None:
     """Polled for ODD_ANSWER_GRACE after the POST, then `unknown_outcome` with the answer kept.
 

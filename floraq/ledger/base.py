@@ -1,12 +1,16 @@
-"""What every part of the SQLite ledger shares: the connection, row mapping, ``IN`` lists."""
+"""What every part of the ledger shares: the connection, row mapping, ``IN`` lists.
+
+The reads and writes are written once, in SQL both SQLite and PostgreSQL run (``?``
+placeholders; the PostgreSQL connection translates them). Where the two differ, a class
+attribute of the backend says how (``_LOCK_BATCH``, ``_INPUTS_JSON``).
+"""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from floraq.ledger.records import from_row
 
@@ -33,23 +37,51 @@ def values(states: Iterable[Any]) -> list[str]:
     return sorted(str(s.value if hasattr(s, "value") else s) for s in states)
 
 
+class Cursor(Protocol):
+    """What the ledger reads from an executed statement (``sqlite3.Cursor`` has it)."""
+
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """A connection whose rows answer both ``row[0]`` and ``row["name"]``.
+
+    ``sqlite3.Connection`` with ``sqlite3.Row`` is one; ``floraq.ledger.pg_connection``
+    wraps psycopg into another.
+    """
+
+    @property
+    def in_transaction(self) -> bool: ...
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any: ...
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
+    def close(self) -> None: ...
+
+
 class SqliteBase:
     """The connection and the helpers the reading and writing halves both use."""
 
-    def __init__(self, conn: sqlite3.Connection, *, clock: Callable[[], float] = time.time) -> None:
+    # SQL the two databases spell differently; PostgreSQL's backend overrides them.
+    _BEGIN = "BEGIN IMMEDIATE"  # SQLite: take the write lock up front, never upgrade
+    _LOCK_BATCH = ""  # claim: SQLite's BEGIN IMMEDIATE already holds the only write lock
+    _INPUTS_JSON = "j.inputs"  # the jobs' inputs as JSON for json_each
+
+    def __init__(self, conn: Connection, *, clock: Callable[[], float] = time.time) -> None:
         self.conn = conn
-        self.conn.row_factory = sqlite3.Row
         self.clock = clock
         self.commits = 0
         self._savepoints = 0
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One ``BEGIN IMMEDIATE`` transaction; nested calls join the outer one."""
+        """One transaction (``_BEGIN``); nested calls join the outer one."""
         if self.conn.in_transaction:
             yield
             return
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute(self._BEGIN)
         try:
             yield
         except BaseException:

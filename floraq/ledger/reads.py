@@ -1,6 +1,7 @@
-"""The SQLite ledger's reads: pages of jobs, views for exports, totals for ``status``.
+"""The ledger's reads: pages of jobs, views for exports, totals for ``status``.
 
-State lists come from ``core.lifecycle`` and are bound as parameters, never spelled in SQL.
+SQL both backends run. State lists come from ``core.lifecycle``, bound as parameters, never
+spelled in SQL.
 """
 
 from __future__ import annotations
@@ -282,7 +283,7 @@ class SqliteReads(SqliteBase):
         params = [*batches, *([technique] if technique is not None else [])]
         if kind == "inputs":
             sql = (
-                "SELECT DISTINCT k.key FROM jobs j, json_each(j.inputs) k"
+                f"SELECT DISTINCT k.key FROM jobs j, json_each({self._INPUTS_JSON}) k"
                 f" WHERE j.batch IN ({marks(batches)}){only}"
             )
         else:
@@ -301,7 +302,7 @@ class SqliteReads(SqliteBase):
         rows = self.conn.execute(
             f"""
             SELECT j.batch, j.technique, j.estimated_micros AS quote, COUNT(*) AS n,
-                t.run_cost_micros AS run_cost,
+                MAX(t.run_cost_micros) AS run_cost,
                 SUM(CASE WHEN j.charged_micros IS NOT NULL AND j.state IN ({marks(finished)})
                     AND j.charged_micros != COALESCE(j.estimated_micros, 0)
                     THEN 1 ELSE 0 END) AS differs
@@ -329,7 +330,8 @@ class SqliteReads(SqliteBase):
         return {
             r[0]: float(r[1])
             for r in self.conn.execute(
-                "SELECT b.name, MAX(b.updated_at, COALESCE(MAX(j.updated_at), 0))"
+                "SELECT b.name, CASE WHEN MAX(j.updated_at) > b.updated_at"
+                " THEN MAX(j.updated_at) ELSE b.updated_at END"
                 " FROM batches b LEFT JOIN jobs j ON j.batch = b.name GROUP BY b.name"
             )
         }

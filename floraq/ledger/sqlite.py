@@ -12,45 +12,26 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlite_utils import Database
 
-from floraq.core.lifecycle import JobState, OutputState
 from floraq.errors import LedgerError
+from floraq.ledger.attempts import LedgerAttempts
 from floraq.ledger.migrations import MIGRATION_NAMES, migrations
-from floraq.ledger.records import JobFields
-from floraq.ledger.writes import SqliteWrites
 from floraq.lock import ensure_private_dir
 
 BUSY_TIMEOUT_MS = 10_000
 
-# A new attempt starts without any of these: they describe the run of the old one.
-_ATTEMPT_FIELDS: JobFields = {
-    "run_id": None,
-    "poll_url": None,
-    "remote_status": None,
-    "progress": None,
-    "error_code": None,
-    "error_message": None,
-    "error_fields": None,
-    "failure_tier": None,
-    "request_id": None,
-    "charged_cost": None,
-    "submitting_at": None,
-    "submitted_at": None,
-    "completed_at": None,
-    "remote_created_at": None,
-    "remote_completed_at": None,
-}
 
-
-class SqliteLedger(SqliteWrites):
+class SqliteLedger(LedgerAttempts):
     """Owns the SQLite file: migrates on open, every transition atomic."""
 
     def __init__(self, conn: sqlite3.Connection, *, clock: Callable[[], float] = time.time) -> None:
+        conn.row_factory = sqlite3.Row
         super().__init__(conn, clock=clock)
+        self.sqlite = conn  # the typed connection, for what only SQLite has
         self.db = Database(conn)  # for migrations (sqlite-utils) and tests
 
     @classmethod
@@ -108,102 +89,7 @@ class SqliteLedger(SqliteWrites):
             raise LedgerError(f"cannot migrate the ledger: {e}") from None
 
     def close(self) -> None:
-        self.conn.close()
-
-    # -- attempts and repairs -------------------------------------------------------
-
-    def new_attempt(
-        self,
-        job_id: int,
-        current: JobState,
-        *,
-        attempt: int,
-        idempotency_key: str,
-        auto_retries: int = 0,
-    ) -> None:
-        """Re-queue a finished job as a new attempt with a new key, in one transaction.
-
-        The old attempt's run id, error, costs and outputs go to ``events`` (kind
-        ``attempt_archived``); what its run was charged moves to ``prior_charged_micros``
-        so every total still counts it, and a charge never reported makes totals a floor.
-        """
-        with self.transaction():
-            job = self.job(job_id)
-            row = self.conn.execute(
-                "SELECT request_id, error_code, error_message FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-            outputs = [
-                dict(o)
-                for o in self.conn.execute(
-                    "SELECT output_id, type, url, state, path, bytes, sha256 FROM outputs"
-                    " WHERE job_id = ? ORDER BY id",
-                    (job_id,),
-                )
-            ]
-            maybe_charged = job.run_id is not None or current is JobState.UNKNOWN_OUTCOME
-            unsettled = (
-                job.charged_cost is None and maybe_charged and current is not JobState.FAILED
-            )
-            history = {
-                "attempt": job.attempt,
-                "state": job.state.value,
-                "idempotency_key": job.idempotency_key,
-                "run_id": job.run_id,
-                **dict(row),
-                "estimated_cost": job.estimated_cost,
-                "charged_cost": job.charged_cost,
-            }
-            self._event(job_id, job.batch, "attempt_archived", {**history, "outputs": outputs})
-            self.conn.execute("DELETE FROM outputs WHERE job_id = ?", (job_id,))
-            self.conn.execute(
-                "UPDATE jobs SET prior_charged_micros = prior_charged_micros"
-                " + COALESCE(charged_micros, 0), prior_unsettled = prior_unsettled + ?"
-                " WHERE id = ?",
-                (int(unsettled), job_id),
-            )
-            fields: JobFields = {
-                **_ATTEMPT_FIELDS,
-                "attempt": attempt,
-                "idempotency_key": idempotency_key,
-                "auto_retries": auto_retries,
-                "polls": 0,
-            }
-            self.move(job_id, current, JobState.QUEUED, **fields)
-
-    def refetch(self, job_id: int, output_ids: Iterable[str]) -> bool:
-        """Mark outputs to fetch again and move their downloaded job back to completed.
-
-        False (nothing changed) if the job is no longer downloaded.
-        """
-        with self.transaction():
-            row = self.conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None or row[0] != JobState.DOWNLOADED.value:
-                return False
-            for output_id in output_ids:
-                self.output_missing(job_id, output_id)
-            self.move(job_id, JobState.DOWNLOADED, JobState.COMPLETED)
-        return True
-
-    def refetch_expired(self, batches: Sequence[str]) -> int:
-        """Give every expired job with a run id another download (fresh URLs by re-polling)."""
-        count = 0
-        with self.transaction():
-            for job in self.jobs(batches=batches, states=[JobState.EXPIRED], limit=10**9):
-                if job.run_id is None:
-                    continue
-                self.conn.execute(
-                    "UPDATE outputs SET state = ? WHERE job_id = ? AND state = ?",
-                    (OutputState.PENDING.value, job.id, OutputState.EXPIRED.value),
-                )
-                self.move(
-                    job.id,
-                    JobState.EXPIRED,
-                    JobState.COMPLETED,
-                    error_code=None,
-                    error_message=None,
-                )
-                count += 1
-        return count
+        self.sqlite.close()
 
 
 def _refuse_if_not_ours(conn: sqlite3.Connection, path: Path) -> None:

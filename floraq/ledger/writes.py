@@ -1,4 +1,4 @@
-"""The SQLite ledger's writes: batches, techniques, jobs queued and moved, outputs.
+"""The ledger's writes (SQL both backends run): batches, techniques, jobs queued and moved, outputs.
 
 Every method joins an open transaction (the runner's group commit) or opens its own.
 """
@@ -72,12 +72,13 @@ class SqliteWrites(SqliteReads):
         inserted = 0
         with self.transaction():
             for job in jobs:
-                cur = self.conn.execute(
+                row = self.conn.execute(
                     """
-                    INSERT OR IGNORE INTO jobs (batch, technique, job_number, row_number, csv_line,
+                    INSERT INTO jobs (batch, technique, job_number, row_number, csv_line,
                         location, row_key, inputs, inputs_digest, idempotency_key, state,
                         estimated_micros, updated_at)
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT DO NOTHING RETURNING id
                     """,
                     (
                         job.batch,
@@ -94,10 +95,10 @@ class SqliteWrites(SqliteReads):
                         to_micros(job.estimated_cost),
                         now,
                     ),
-                )
-                if cur.rowcount:
+                ).fetchone()
+                if row is not None:
                     inserted += 1
-                    self._event(cur.lastrowid, job.batch, "queued", {"location": job.location})
+                    self._event(int(row[0]), job.batch, "queued", {"location": job.location})
         return inserted
 
     def move(
@@ -147,12 +148,13 @@ class SqliteWrites(SqliteReads):
 
         False (and nothing written) when the batch's committed cost plus the quote would
         pass ``cap``. Several processes sharing a ledger cannot overspend: the check and
-        the write hold the same write lock.
+        the write hold the same lock (SQLite's write lock; PostgreSQL's lock on the batch
+        row, so concurrent claimers of one batch take turns).
         """
         with self.transaction():
             row = self.conn.execute(
                 "SELECT b.committed_micros FROM jobs j JOIN batches b ON b.name = j.batch"
-                " WHERE j.id = ?",
+                f" WHERE j.id = ?{self._LOCK_BATCH}",
                 (job_id,),
             ).fetchone()
             if row is None:
@@ -197,7 +199,8 @@ class SqliteWrites(SqliteReads):
                 VALUES (?, ?, ?, ?, ?, ?)
                 ON CONFLICT (job_id, output_id) DO UPDATE SET url = excluded.url,
                     type = excluded.type, url_seen_at = excluded.url_seen_at,
-                    state = CASE WHEN state = ? THEN excluded.state ELSE state END
+                    state = CASE WHEN outputs.state = ? THEN excluded.state
+                        ELSE outputs.state END
                 """,
                 [
                     (

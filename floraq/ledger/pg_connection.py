@@ -1,0 +1,130 @@
+"""PostgreSQL as the ledger's ``Connection``: psycopg 3, ``?`` placeholders, rows by name.
+
+Credentials come only from what libpq reads itself (the URL's password, ``PGPASSWORD``,
+``~/.pgpass``); floraq never prints or stores a password: every message shows the URL
+through ``masked``, and error text from the server has the password cut out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from functools import lru_cache
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+from psycopg.pq import TransactionStatus
+from psycopg.rows import RowMaker
+
+from floraq.core.text import one_line
+from floraq.errors import LedgerError
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+CONNECT_TIMEOUT_S = 10  # an unreachable server is a one-line error, not a long hang
+
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@?#]*):[^@/?#]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def is_postgres_url(target: str) -> bool:
+    return target.startswith(URL_SCHEMES)
+
+
+def masked(url: str) -> str:
+    """The URL as floraq shows it: any password replaced by ``***``."""
+    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", url))
+
+
+def _passwords(url: str) -> list[str]:
+    """Every spelling of the URL's password (as written and decoded), longest first."""
+    found: set[str] = set()
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        found |= {password, unquote(password)}
+    for match in re.finditer(r"[?&]password=([^&#]*)", url, re.IGNORECASE):
+        if match.group(1):
+            found |= {match.group(1), unquote(match.group(1))}
+    return sorted(found, key=len, reverse=True)
+
+
+def scrubbed(text: str, url: str) -> str:
+    """Error text on one line, with the URL masked and its password nowhere in it."""
+    text = text.replace(url, masked(url))
+    for password in _passwords(url):
+        text = text.replace(password, "***")
+    return one_line(text)
+
+
+class Row:
+    """A result row that answers ``row[0]``, ``row["name"]`` and ``dict(row)`` (as sqlite3.Row)."""
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, index: dict[str, int], values: Sequence[Any]) -> None:
+        self._index = index
+        self._values = values
+
+    def __getitem__(self, key: int | str) -> Any:
+        return self._values[self._index[key] if isinstance(key, str) else key]
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def _rows(cursor: psycopg.Cursor[Any]) -> RowMaker[Row]:
+    index = {column.name: i for i, column in enumerate(cursor.description or ())}
+    return lambda values: Row(index, values)
+
+
+@lru_cache(maxsize=512)
+def _placeholders(sql: str) -> str:
+    """SQLite's ``?`` as psycopg's ``%s`` (a literal ``%`` doubled first)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PgConnection:
+    """A psycopg connection in autocommit mode; the ledger sends BEGIN/COMMIT itself."""
+
+    def __init__(self, raw: psycopg.Connection[Row]) -> None:
+        self.raw = raw
+
+    @classmethod
+    def connect(cls, url: str) -> PgConnection:
+        """Connect to ``url``; any failure is a LedgerError naming the masked URL."""
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(url)
+            params.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+            params.setdefault("application_name", "floraq")
+            raw = psycopg.connect(**params, autocommit=True, row_factory=_rows)  # type: ignore[arg-type]
+        except psycopg.Error as e:
+            raise LedgerError(
+                f"cannot open the ledger {masked(url)}: {scrubbed(str(e), url)};"
+                " check the server and the URL in --ledger / FLORAQ_LEDGER"
+            ) from None
+        return cls(raw)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.info.transaction_status != TransactionStatus.IDLE
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Row]:
+        if not parameters:
+            return self.raw.execute(sql)
+        return self.raw.execute(_placeholders(sql), parameters)
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
+        with self.raw.cursor() as cur:
+            cur.executemany(_placeholders(sql), list(parameters))
+
+    def close(self) -> None:
+        self.raw.close()
