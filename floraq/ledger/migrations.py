@@ -12,10 +12,10 @@ from sqlite_utils.migrations import Migrations
 migrations = Migrations("floraq")
 
 
-@migrations(name="0001_initial")
-def m0001_initial(db: Database) -> None:
-    db.execute(
-        """
+# The first schema, statement by statement, exactly as it shipped (REAL money columns and
+# all: later steps change it, this one never does).
+_INITIAL_SCHEMA: tuple[str, ...] = (
+    """
         CREATE TABLE batches (
             name TEXT PRIMARY KEY,
             manifest_path TEXT,
@@ -26,20 +26,16 @@ def m0001_initial(db: Database) -> None:
             created_at REAL NOT NULL,
             updated_at REAL NOT NULL
         )
-        """
-    )
-    db.execute(
-        """
+        """,
+    """
         CREATE TABLE techniques (
             slug TEXT PRIMARY KEY,
             definition TEXT NOT NULL,      -- the API's JSON, as cached
             run_cost REAL NOT NULL,
             fetched_at REAL NOT NULL
         )
-        """
-    )
-    db.execute(
-        """
+        """,
+    """
         CREATE TABLE jobs (
             id INTEGER PRIMARY KEY,
             batch TEXT NOT NULL REFERENCES batches(name),
@@ -75,12 +71,10 @@ def m0001_initial(db: Database) -> None:
             updated_at REAL NOT NULL,
             UNIQUE (batch, technique, row_key)
         )
-        """
-    )
-    db.execute("CREATE INDEX jobs_batch_state ON jobs (batch, state)")
-    db.execute("CREATE INDEX jobs_state ON jobs (state)")
-    db.execute(
-        """
+        """,
+    "CREATE INDEX jobs_batch_state ON jobs (batch, state)",
+    "CREATE INDEX jobs_state ON jobs (state)",
+    """
         CREATE TABLE outputs (
             id INTEGER PRIMARY KEY,
             job_id INTEGER NOT NULL REFERENCES jobs(id),
@@ -97,10 +91,8 @@ def m0001_initial(db: Database) -> None:
             error TEXT,
             UNIQUE (job_id, output_id)
         )
-        """
-    )
-    db.execute(
-        """
+        """,
+    """
         CREATE TABLE events (
             id INTEGER PRIMARY KEY,
             at REAL NOT NULL,
@@ -109,9 +101,15 @@ def m0001_initial(db: Database) -> None:
             kind TEXT NOT NULL,
             detail TEXT
         )
-        """
-    )
-    db.execute("CREATE INDEX events_job ON events (job_id)")
+        """,
+    "CREATE INDEX events_job ON events (job_id)",
+)
+
+
+@migrations(name="0001_initial")
+def m0001_initial(db: Database) -> None:
+    for statement in _INITIAL_SCHEMA:
+        db.execute(statement)
 
 
 @migrations(name="0002_attempt_costs")
