@@ -1,9 +1,10 @@
 """The read-only use cases: status, export, report, batches, verify.
 
 None of them takes the ledger lock or sends a request; each opens the ledger through
-``open_existing`` and picks its batches with ``selected``, so every command words "no
-ledger" and "no batch" alike. ``redownload_missing`` (for `resume`) lives here because it
-is verify's check followed by one write.
+``open_for_reading`` (read-only: a ledger on a read-only mount is read, never written,
+and an up-to-date one is not written either) and picks its batches with ``selected``,
+so every command words "no ledger" and "no batch" alike. ``redownload_missing`` (for
+`resume`) lives here because it is verify's check followed by one write.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ T = TypeVar("T")
 
 def status(settings: Settings, *, batch: str | None = None) -> StatusResult:
     """Counts per batch, technique and state, costs, and every failure with its request id."""
-    ledger = open_existing(settings)
+    ledger = open_for_reading(settings)
     try:
         return status_of(ledger, selected(ledger, settings, batch))
     finally:
@@ -100,7 +101,7 @@ def export(
     """
     if spreadsheet_safe and fmt != "csv":
         raise UsageError("--excel-safe applies to CSV only (JSONL is not opened as a sheet)")
-    ledger = open_existing(settings)
+    ledger = open_for_reading(settings)
     try:
         names = selected(ledger, settings, batch)
         if technique is not None and technique not in ledger.techniques_used(names):
@@ -137,7 +138,7 @@ def report(
     clock: Callable[[], float] = time.time,
 ) -> ReportResult:
     """Write the contact sheet: a thumbnail tile per row (failed first), pages above 1,000."""
-    ledger = open_existing(settings)
+    ledger = open_for_reading(settings)
     try:
         names = selected(ledger, settings, batch)
         status = status_of(ledger, names)
@@ -208,7 +209,7 @@ def _summary(status: StatusResult, name: str) -> Summary:
 
 def batches(settings: Settings) -> list[BatchSummary]:
     """Every batch in the ledger with its counts per state, cost and last activity."""
-    ledger = open_existing(settings)
+    ledger = open_for_reading(settings)
     try:
         names = ledger.batch_names()
         status = status_of(ledger, names)
@@ -233,7 +234,7 @@ def batches(settings: Settings) -> list[BatchSummary]:
 
 def verify(settings: Settings, *, batch: str | None = None) -> VerifyResult:
     """Re-hash every downloaded file against the ledger; report the missing or changed ones."""
-    ledger = open_existing(settings)
+    ledger = open_for_reading(settings)
     try:
         names = selected(ledger, settings, batch)
         result = VerifyResult(batches=names, checked=0, problems=[])
@@ -282,9 +283,18 @@ def _check_file(stored: StoredFile) -> FileProblem | None:
 
 
 def open_existing(settings: Settings) -> Ledger:
-    """The ledger of a command that needs one already there; a usage error when none is."""
+    """The ledger of a command that needs one already there; a usage error when none is.
+
+    For the commands that write (they hold the lock, which refused a read-only ledger).
+    """
     require_ledger(settings)
     return Ledger.open(settings.ledger_path)
+
+
+def open_for_reading(settings: Settings) -> Ledger:
+    """The ledger of a command that only reads: opened read-only, never written."""
+    require_ledger(settings)
+    return Ledger.open_for_reading(settings.ledger_path)
 
 
 def require_ledger(settings: Settings) -> None:

@@ -271,3 +271,45 @@ def test_resume_quotes_and_caps_at_todays_price(floraq: Floraq, sandbox: Sandbox
     assert [(r["q"], r["n"]) for r in quotes] == [(0.05, 4), (0.1, 2)]
     assert floraq.states() == {"downloaded": 4, "queued": 2}
     assert sandbox.stats()["charged_total"] <= 0.3 + 1e-9
+
+
+def raise_price(floraq: Floraq, sandbox: SandboxServer, run_cost: float) -> None:
+    """The sandbox's portrait-enhancer costs ``run_cost`` from now on."""
+    catalog = yaml.safe_load(CATALOG.read_text())
+    catalog["techniques"][0]["run_cost"] = run_cost
+    (floraq.cwd / "catalog.yaml").write_text(yaml.safe_dump(catalog))
+    sandbox.configure(catalog=str(floraq.cwd / "catalog.yaml"))
+
+
+def test_a_price_raised_mid_batch_is_quoted_and_capped_at_once(
+    floraq: Floraq, sandbox: SandboxServer
+) -> None:
+    """0.05 → 0.10 after 2 runs, under a 0.50 cap: FLORA never charges past 0.50.
+
+    Ten rows fit the cap at the old price; the claims not sent yet are quoted again at
+    the new one before their POST, so the rows the cap cannot pay stay queued (exit 4)
+    and the warning names the price FLORA asks now.
+    """
+    sandbox.configure(latency=0.2)  # POSTs leave one by one while the price changes
+    manifest = portraits(floraq, 20, max_cost=0.5, concurrency=1)
+    proc = floraq.start("submit", str(manifest))
+    highest, raised = 0.0, False
+    while proc.poll() is None:
+        stats = sandbox.stats()
+        highest = max(highest, stats["charged_total"])
+        if not raised and stats["runs_created"] >= 2:
+            raise_price(floraq, sandbox, 0.1)
+            raised = True
+        time.sleep(0.005)
+    _, stderr = proc.communicate()
+    highest = max(highest, sandbox.stats()["charged_total"])
+    assert raised and proc.returncode == 4, stderr
+    assert highest <= 0.5 + 1e-9, f"charged {highest} past the 0.50 cap"
+    states = floraq.states()
+    assert states["queued"] >= 10 and set(states) == {"downloaded", "queued"}
+    assert "run_cost is now 0.1000" in stderr
+    assert "paused (budget)" in stderr
+    saved = floraq.query("SELECT run_cost_micros FROM techniques")
+    assert [r["run_cost_micros"] for r in saved] == [100_000]
+    charged = status_json(floraq)["batches"]["money"]["charged_cost"]
+    assert abs(sandbox.stats()["charged_total"] - charged) < 1e-9

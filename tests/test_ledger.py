@@ -14,7 +14,7 @@ from ledgers import AnyLedger, NewLedger
 from floraq.core.lifecycle import IllegalTransition, JobState
 from floraq.errors import LedgerBusy, LedgerError
 from floraq.ledger import Ledger, NewJob
-from floraq.ledger.migrations import migrations
+from floraq.ledger.migrations import MIGRATION_NAMES, migrations
 from floraq.lock import LedgerLock
 
 
@@ -250,3 +250,61 @@ def test_an_empty_database_or_one_cut_before_its_first_step_is_a_new_ledger(
         ledger = Ledger.open(path)
         assert ledger.batch_names() == []
         ledger.close()
+
+
+def test_reading_an_up_to_date_ledger_writes_nothing_to_it(tmp_path: Path) -> None:
+    """`open_for_reading` opens with SQLite's mode=ro: the file's bytes do not change."""
+    path = tmp_path / "floraq.db"
+    writer = Ledger.open(path)
+    writer.save_batch(
+        "b",
+        manifest_path=None,
+        output_dir="/out",
+        concurrency=None,
+        max_cost=None,
+        retry_failed_runs=1,
+    )
+    writer.insert_jobs([new_job(1)])
+    writer.close()
+    before = _sha(path)
+    reader = Ledger.open_for_reading(path)
+    assert [j.id for j in reader.jobs(batches=["b"], states=[JobState.QUEUED])] == [1]
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.conn.execute("DELETE FROM jobs")
+    reader.close()
+    assert _sha(path) == before
+
+
+def _one_step_behind(path: Path) -> None:
+    Ledger.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(
+        f"DELETE FROM {migrations.migrations_table} WHERE name = ?", (MIGRATION_NAMES[-1],)
+    )
+    conn.commit()
+    conn.close()
+
+
+def test_a_read_only_ledger_that_needs_a_migration_is_refused_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simulated at the open (root ignores file modes): one line, saying to open it writable."""
+    path = tmp_path / "floraq.db"
+    _one_step_behind(path)
+    before = _sha(path)
+    monkeypatch.setattr("floraq.ledger.sqlite.writable", lambda _: False)
+    with pytest.raises(LedgerError, match=r"is read-only: open it writable once"):
+        Ledger.open_for_reading(path)
+    assert _sha(path) == before
+
+
+def test_a_writer_refuses_a_read_only_ledger_before_creating_its_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every writing command takes the lock first: it names the ledger and what can read it."""
+    path = tmp_path / "floraq.db"
+    Ledger.open(path).close()
+    monkeypatch.setattr("floraq.lock.writable", lambda _: False)
+    with pytest.raises(LedgerError, match=r"floraq\.db is read-only \(.*\): `status`"):
+        LedgerLock(path).acquire()
+    assert not path.with_name("floraq.db.lock").exists()

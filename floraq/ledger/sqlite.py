@@ -14,13 +14,14 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlite_utils import Database
 
 from floraq.errors import LedgerError
 from floraq.ledger.attempts import LedgerAttempts
 from floraq.ledger.migrations import MIGRATION_NAMES, migrations
-from floraq.lock import ensure_private_dir
+from floraq.lock import ensure_private_dir, writable
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -64,17 +65,36 @@ class SqliteLedger(LedgerAttempts):
         """Open an existing, up-to-date ledger for reading only; None if there is none yet."""
         if not path.exists():
             return None
+        conn = _connect_readonly(path)
         try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             _refuse_if_not_ours(conn, path)
             ledger = cls(conn)
             if migrations.pending(ledger.db):
                 conn.close()
                 return None
         except sqlite3.DatabaseError as e:
+            conn.close()
             raise LedgerError(f"cannot read the ledger {path}: {e}") from None
         return ledger
+
+    @classmethod
+    def open_for_reading(cls, path: Path) -> SqliteLedger:
+        """An existing ledger for a command that only reads it; never written if read-only.
+
+        Up to date: opened read-only, whether the file may be written or not. An older
+        ledger is migrated first when it is writable (as any command would), and refused
+        with one line when it is not: a read must not change the file.
+        """
+        ledger = cls.open_readonly(path)
+        if ledger is not None:
+            return ledger
+        if not writable(path):
+            raise LedgerError(
+                f"the ledger {path} was written by an older floraq and needs a schema"
+                " update, but it is read-only: open it writable once (any floraq command"
+                " with write access updates it), then it can be read from here"
+            )
+        return cls.open(path)
 
     @classmethod
     def in_memory(cls, *, clock: Callable[[], float] = time.time) -> SqliteLedger:
@@ -90,6 +110,33 @@ class SqliteLedger(LedgerAttempts):
 
     def close(self) -> None:
         self.sqlite.close()
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection that writes nothing, not even beside the file.
+
+    SQLite needs a ``-shm`` file to read a WAL ledger; in a folder it cannot write (a
+    read-only mount) with no ``-wal`` left behind, the file is opened as immutable,
+    which reads it as it is on disk. A ``-wal`` with changes is read through (it
+    exists, so SQLite can use it); immutable would ignore it.
+    """
+    uri = f"file:{quote(str(path))}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return conn
+    except sqlite3.OperationalError as e:
+        conn.close()
+        wal = path.with_name(path.name + "-wal")
+        if writable(path) or (wal.exists() and wal.stat().st_size > 0):
+            raise LedgerError(f"cannot read the ledger {path}: {e}") from None
+    try:
+        conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as e:
+        raise LedgerError(f"cannot read the ledger {path}: {e}") from None
+    return conn
 
 
 def _refuse_if_not_ours(conn: sqlite3.Connection, path: Path) -> None:

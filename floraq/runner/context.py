@@ -28,6 +28,7 @@ from floraq.downloads import Downloader
 from floraq.errors import ApiError, AuthError
 from floraq.ledger import JobRecord, Ledger
 from floraq.runner.commit import GroupCommitter
+from floraq.runner.prices import Prices
 
 ROUND_PAUSE = 10.0  # seconds before the first such round; doubles each round (x time_scale)
 DURATIONS_KEPT = 50  # run durations remembered per technique for the poll schedule
@@ -79,6 +80,7 @@ class RunReport:
     posts: int = 0
     polls: int = 0
     downloads: int = 0
+    price_checks: int = 0  # GETs of a technique to re-check its run_cost mid-batch
 
 
 @dataclass(slots=True, kw_only=True)
@@ -100,6 +102,7 @@ class RunContext:
     poll_policy: PollPolicy
     # From created_at: how long runs of each technique take (seeded from the ledger).
     durations: dict[str, deque[float]]
+    prices: Prices  # when each technique's run_cost is due a check (runner.prices)
     # From started_at: how long runs take once they have a slot (learned in this process).
     run_times: dict[str, deque[float]] = field(default_factory=dict)
     report: RunReport = field(default_factory=RunReport)

@@ -40,6 +40,7 @@ from floraq.runner.context import (
 )
 from floraq.runner.fetch import download
 from floraq.runner.poll import poll_until_done
+from floraq.runner.prices import Prices, price_ttl
 from floraq.runner.submit import claim, submit
 
 PAGE_SIZE = 500
@@ -82,6 +83,7 @@ class Runner:
             sleep=sleep,
             rand=rand,
             committer=GroupCommitter(ledger),
+            prices=Prices(clock=clock, ttl=price_ttl(config.time_scale)),
             poll_policy=PollPolicy().scaled(config.time_scale),
             durations={
                 slug: deque(ledger.typical_durations(slug), maxlen=DURATIONS_KEPT)

@@ -132,6 +132,8 @@ async def _completed(ctx: RunContext, job: JobRecord, info: RunInfo, polls: int)
         polls += 1
         charged = again.charged_cost
         info = again if again.outputs else info
+    if charged is not None and charged != job.estimated_cost:
+        ctx.prices.doubt(job.technique)  # charged off-quote: the price may have moved
     if info.created_at is not None and info.completed_at is not None:
         ctx.learn(ctx.durations, job.technique, (info.completed_at - info.created_at) / 1000.0)
     if info.started_at is not None and info.completed_at is not None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import functools
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
 from floraq.api import RunInfo
 from floraq.core.lifecycle import JobState
+from floraq.core.money import ZERO
 from floraq.core.submission import (
     MOVES,
     Action,
@@ -25,6 +27,7 @@ from floraq.core.submission import (
     Tally,
     decide,
 )
+from floraq.core.technique import Technique
 from floraq.core.validation import run_inputs
 from floraq.errors import (
     ApiError,
@@ -40,6 +43,7 @@ from floraq.errors import (
 )
 from floraq.ledger import JobRecord
 from floraq.runner.context import RunContext
+from floraq.runner.prices import MAX_REQUOTES, save_price
 
 
 async def claim(ctx: RunContext, job: JobRecord) -> JobRecord | None:
@@ -47,6 +51,9 @@ async def claim(ctx: RunContext, job: JobRecord) -> JobRecord | None:
 
     None when this batch may not submit now (stopped, or the quote would pass its cap).
     """
+    if ctx.submitting_stopped(job.batch):
+        return None
+    await check_price(ctx, job.technique)
     if ctx.submitting_stopped(job.batch):
         return None
     cost = ctx.run_cost(job)
@@ -78,6 +85,62 @@ async def claim(ctx: RunContext, job: JobRecord) -> JobRecord | None:
     )
 
 
+async def check_price(ctx: RunContext, slug: str) -> None:
+    """GET the technique again when its price is due a check (``runner.prices``).
+
+    One task asks; the others wait for its answer. A technique that cannot be fetched now
+    keeps its cached price until the next period.
+    """
+    prices = ctx.prices
+    if not prices.due(slug):
+        return
+    async with prices.lock(slug):
+        if not prices.due(slug):
+            return
+        ctx.report.price_checks += 1
+        try:
+            fresh = Technique.from_api(slug, await ctx.client.get_technique(slug))
+        except (ApiError, TransportError, ValueError):
+            prices.failed(slug)
+            return
+        recent = prices.checked(slug)
+        old = ctx.techniques.get(slug)
+        if old is not None and fresh.run_cost == old.run_cost:
+            return
+        ctx.techniques[slug] = fresh  # every claim from now on quotes the new price
+        rise = old is None or fresh.run_cost > old.run_cost
+        await ctx.committer.commit(
+            functools.partial(save_price, ctx.ledger, fresh, recent, rise=rise)
+        )
+
+
+async def _requote(ctx: RunContext, job: JobRecord) -> JobRecord | None:
+    """An intent claimed at a price that may have changed: its quote at today's price.
+
+    Nothing was sent for it yet. None when the new quote would pass the cap: the batch
+    pauses, and the caller withdraws the POST (the row goes back to ``queued``).
+    """
+    await check_price(ctx, job.technique)
+    cost = ctx.run_cost(job)
+    if cost == job.estimated_cost:
+        return job
+    cap = ctx.batches[job.batch].max_cost
+    fits = await ctx.committer.commit(functools.partial(_quote_again, ctx, job, cost, cap))
+    if not fits:
+        ctx.pause(job.batch, "budget")
+        return None
+    return replace(job, estimated_cost=cost)
+
+
+def _quote_again(ctx: RunContext, job: JobRecord, quote: Decimal, cap: Decimal | None) -> bool:
+    """Swap the intent's quote for ``quote`` if the batch's cap still holds (one transaction)."""
+    old = job.estimated_cost or ZERO
+    if cap is not None and ctx.ledger.committed_cost(job.batch) - old + quote > cap:
+        return False
+    ctx.ledger.update(job.id, estimated_cost=quote)
+    return True
+
+
 def _take_back(ctx: RunContext, job_id: int) -> None:
     """Undo an intent nothing was sent for (if the claim landed): back to queued."""
     if ctx.ledger.job(job_id).state is JobState.SUBMITTING:
@@ -97,6 +160,7 @@ async def submit(
     """
     inputs, invalid = _inputs(ctx, job)
     tally = Tally(doubt=not claimed)  # an earlier process's intent may have made a run
+    requotes = 0
     while True:
         checks = Situation(
             result=PostResult.NONE_YET,
@@ -108,7 +172,16 @@ async def submit(
         )
         outcome, answer = decide(checks), _NO_ANSWER
         if outcome.action is Action.POST:
-            answer = await _post(ctx, job, inputs)
+            quote_check = claimed and not tally.sent and requotes < MAX_REQUOTES
+            answer = await _post(ctx, job, inputs, quote_check=quote_check)
+            if answer.stale_quote:
+                requotes += 1
+                requoted = await _requote(ctx, job)
+                if requoted is not None:
+                    job = requoted
+                    continue  # POST again at the current quote
+            elif answer.result is not PostResult.NOT_SENT:
+                ctx.prices.posted(job.technique, job.id)  # FLORA may charge today's price
             outcome = decide(answer.situation(checks, posting_stopped=ctx.posting_stopped()))
         done = await apply(ctx, job, outcome, answer)
         if outcome.reraise:
@@ -129,13 +202,25 @@ def _inputs(ctx: RunContext, job: JobRecord) -> tuple[list[dict[str, str]], str 
         return [], str(e)
 
 
-async def _post(ctx: RunContext, job: JobRecord, inputs: list[dict[str, str]]) -> _Answer:
-    """One create_run call (the client retries inside it), classified, never raised."""
+async def _post(
+    ctx: RunContext, job: JobRecord, inputs: list[dict[str, str]], *, quote_check: bool
+) -> _Answer:
+    """One create_run call (the client retries inside it), classified, never raised.
+
+    ``quote_check``: withdraw the POST (``stale_quote``) if, once it may leave, its price
+    is due a check or has changed since the claim; the caller quotes it again.
+    """
     left = False  # the first attempt was let go: a run may exist for this key
+    stale = False
 
     def proceed() -> bool:
-        nonlocal left
+        nonlocal left, stale
         if ctx.posting_stopped():
+            return False
+        if quote_check and (
+            ctx.prices.due(job.technique) or ctx.run_cost(job) != job.estimated_cost
+        ):
+            stale = True
             return False
         left = True
         return True
@@ -151,7 +236,7 @@ async def _post(ctx: RunContext, job: JobRecord, inputs: list[dict[str, str]]) -
     except _CLASSIFIED as e:
         if isinstance(e, NotSent):
             ctx.report.posts -= 1
-        return _Answer.of(e, left=left)
+        return replace(_Answer.of(e, left=left), stale_quote=stale)
     return _Answer(PostResult.ANSWERED, left=left, info=info)
 
 
@@ -169,6 +254,7 @@ async def apply(
         ctx.report.auth_error = ctx.report.auth_error or error
         ctx.stop_everything()  # before any await: no other POST may leave now
     if outcome.credits_ran_out:
+        ctx.prices.doubt(job.technique)  # a 402: the price may have risen
         ctx.out_of_credits = True
         ctx.report.paused.add("insufficient_credits")
     if outcome.incomplete:
@@ -231,6 +317,7 @@ class _Answer:
     unanswered: bool = False
     status: int = 0
     repeated: bool = False
+    stale_quote: bool = False  # withdrawn unsent: its price is to be checked first
 
     @staticmethod
     def of(error: BaseException, *, left: bool) -> _Answer:
