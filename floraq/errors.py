@@ -20,6 +20,7 @@ anything else that escapes is a bug in floraq.
     ├── DownloadError                an output could not be fetched or verified
     │   ├── DownloadExpired          the output URL answers 403/404/410
     │   └── DownloadRefused          the output URL is not one floraq may fetch (plain http)
+    ├── DiskError                    exit 7  a write to disk failed (full, read-only, not a folder)
     ├── LedgerError                  exit 2  the ledger cannot be opened or is inconsistent
     │   └── LedgerBusy               exit 5  another floraq holds this ledger
     └── Interrupted                  exit 130  Ctrl-C or SIGTERM; `floraq resume` continues
@@ -27,6 +28,7 @@ anything else that escapes is a bug in floraq.
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
@@ -50,6 +52,7 @@ class ExitCode(IntEnum):
     PAUSED = 4  # stopped by credits or the budget cap; rows still queued: run again later
     BUSY = 5  # another floraq process holds this ledger; try again later
     INCOMPLETE = 6  # runs still in flight (--no-wait, or gave up waiting): `floraq resume` later
+    DISK = 7  # the disk refused a write (full, read-only, not a folder): fix it, `floraq resume`
     INTERNAL = 70  # a bug in floraq (a traceback was printed)
     INTERRUPTED = 130  # Ctrl-C or SIGTERM; `floraq resume` continues
 
@@ -312,6 +315,37 @@ class DownloadExpired(DownloadError):
 
 class DownloadRefused(DownloadError):
     """The output URL (or a redirect) is not https:// to a real host: it is never fetched."""
+
+
+DISK_ERROR = "disk_error"  # the ledger's error code on a row whose file the disk refused
+
+
+class DiskError(FloraqError):
+    """The disk refused a write (output file or ledger): full, read-only, a file where a
+    folder should be. Retrying cannot help until someone fixes the disk; then `resume`.
+    """
+
+    exit_code = ExitCode.DISK
+
+    def __init__(self, path: str, why: str, *, code: str = DISK_ERROR) -> None:
+        super().__init__(f"cannot write {path}: {why}; fix the disk, then run `floraq resume`")
+        self.path = path
+        self.why = why
+        self.code = code
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, fallback: object) -> DiskError:
+        """The error an OSError means, naming the path it hit (``fallback`` if it names none)."""
+        path = exc.filename if exc.filename is not None else fallback
+        name = errno.errorcode.get(exc.errno or 0)
+        why = (exc.strerror or str(exc)) + (f" ({name})" if name else "")
+        return cls(str(path), why)
+
+
+def is_disk_trouble(exc: BaseException) -> bool:
+    """Is this SQLite error the disk (full, failing), not floraq's SQL?"""
+    text = str(exc).lower()
+    return "disk is full" in text or "disk i/o error" in text
 
 
 class LedgerError(FloraqError):

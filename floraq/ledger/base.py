@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from floraq.errors import DiskError, is_disk_trouble
 from floraq.ledger.records import from_row
 
 R = TypeVar("R")
@@ -52,11 +53,22 @@ class SqliteBase:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.conn.execute("COMMIT")
+        except BaseException as e:
+            if self.conn.in_transaction:  # a failed COMMIT may have rolled back already
+                self.conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.OperationalError) and is_disk_trouble(e):
+                raise self._disk_error(e) from e
             raise
-        self.conn.execute("COMMIT")
         self.commits += 1
+
+    def _disk_error(self, e: sqlite3.OperationalError) -> DiskError:
+        """A full or failing disk under the ledger, said plainly: earlier commits are safe."""
+        try:
+            path = str(self.conn.execute("PRAGMA database_list").fetchone()[2] or "the ledger")
+        except sqlite3.Error:
+            path = "the ledger"
+        return DiskError(f"the ledger {path}", f"{e} (every earlier commit is kept)")
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
