@@ -321,9 +321,7 @@ DISK_ERROR = "disk_error"  # the ledger's error code on a row whose file the dis
 
 
 class DiskError(FloraqError):
-    """The disk refused a write (output file or ledger): full, read-only, a file where a
-    folder should be. Retrying cannot help until someone fixes the disk; then `resume`.
-    """
+    """The disk refused a write (a file, the ledger): no retry helps until it is fixed."""
 
     exit_code = ExitCode.DISK
 
@@ -335,17 +333,11 @@ class DiskError(FloraqError):
 
     @classmethod
     def from_os_error(cls, exc: OSError, fallback: object) -> DiskError:
-        """The error an OSError means, naming the path it hit (``fallback`` if it names none)."""
+        """The OSError said plainly, with its path (``fallback`` when it names none)."""
         path = exc.filename if exc.filename is not None else fallback
         name = errno.errorcode.get(exc.errno or 0)
         why = (exc.strerror or str(exc)) + (f" ({name})" if name else "")
         return cls(str(path), why)
-
-
-def is_disk_trouble(exc: BaseException) -> bool:
-    """Is this SQLite error the disk (full, failing), not floraq's SQL?"""
-    text = str(exc).lower()
-    return "disk is full" in text or "disk i/o error" in text
 
 
 class LedgerError(FloraqError):

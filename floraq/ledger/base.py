@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from floraq.errors import DiskError, is_disk_trouble
+from floraq.errors import DiskError
 from floraq.ledger.records import from_row
 
 R = TypeVar("R")
@@ -34,6 +34,12 @@ def values(states: Iterable[Any]) -> list[str]:
     return sorted(str(s.value if hasattr(s, "value") else s) for s in states)
 
 
+def _disk_trouble(e: sqlite3.OperationalError) -> bool:
+    """The disk under the ledger (full, failing), not floraq's SQL."""
+    text = str(e).lower()
+    return "disk is full" in text or "disk i/o error" in text
+
+
 class SqliteBase:
     """The connection and the helpers the reading and writing halves both use."""
 
@@ -57,7 +63,7 @@ class SqliteBase:
         except BaseException as e:
             if self.conn.in_transaction:  # a failed COMMIT may have rolled back already
                 self.conn.execute("ROLLBACK")
-            if isinstance(e, sqlite3.OperationalError) and is_disk_trouble(e):
+            if isinstance(e, sqlite3.OperationalError) and _disk_trouble(e):
                 raise self._disk_error(e) from e
             raise
         self.commits += 1
