@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 
+from floraq import destination
 from floraq.admission import check_manifest, fetch_techniques, queue_rows, still_invalid
 from floraq.api import FloraClient, log_request
 from floraq.core.keys import idempotency_key
@@ -86,13 +87,38 @@ def _checked(
     techniques: dict[str, Technique | None],
     problems: list[Problem],
 ) -> PlanResult:
-    """Every row checked, against the ledger too if there is one (read, never written)."""
+    """Every row checked, against the ledger too if there is one (read, never written).
+
+    The output folder is checked first: a batch whose files cannot land is refused whole.
+    """
     reader = Ledger.open_readonly(settings.ledger_path)
     try:
-        return check_manifest(manifest, techniques, problems, ledger=reader)
+        folder = _folder_problems(settings, manifest, reader)
+        result = check_manifest(manifest, techniques, folder + problems, ledger=reader)
+        result.folder_problems = folder
+        return result
     finally:
         if reader is not None:
             reader.close()
+
+
+def _folder_problems(
+    settings: Settings, manifest: Manifest, reader: Ledger | None
+) -> list[Problem]:
+    """Why this batch may not write its output_dir: unwritable, another ledger's, moved."""
+    where = f"{manifest.source}: output_dir"
+    folder = Path(manifest.output_dir)
+    why = destination.unwritable(folder) or destination.owned_by_another(
+        folder, manifest.batch, settings.ledger_path
+    )
+    if why is None and reader is not None:
+        saved = reader.batch(manifest.batch)
+        if saved is not None and saved.output_dir != str(folder):
+            why = (
+                f"batch {manifest.batch!r} writes to {saved.output_dir}, not {folder}:"
+                " put output_dir back, or give the batch a new name"
+            )
+    return [] if why is None else [Problem(where, why)]
 
 
 # -- submit / resume ------------------------------------------------------------------------
@@ -121,7 +147,7 @@ def submit(
     techniques, problems = _fetch(settings, manifest, interrupted=again)
     with interrupted_as(again):
         checked = _checked(settings, manifest, techniques, problems)
-    if checked.errors and not skip_invalid:
+    if checked.errors and (checked.folder_problems or not skip_invalid):
         raise ManifestError(checked.problems)
     known = {slug: t for slug, t in techniques.items() if t is not None}
     with LedgerLock(settings.ledger_path):
@@ -203,12 +229,18 @@ def _run_batches(
             return await runner.run()
 
     settings.require_key()  # no key: say so even when there is nothing to run
+    for name in names:  # each output folder names its owner before the first download
+        saved = ledger.batch(name)
+        if saved is not None:
+            destination.claim(Path(saved.output_dir), name, settings.ledger_path)
     report = _run(go()) if names else RunReport()
     status = _status(ledger, names)
     result = RunResult(batches=names, inserted=0, report=report, status=status)
     result.exit_code = _exit_code(report, status)
     if report.auth_error is not None:
         result.notes.append(str(report.auth_error))
+    if report.disk_error is not None:
+        result.notes.append(str(report.disk_error))
     return result
 
 
@@ -232,6 +264,8 @@ async def _refresh_techniques(
 def _exit_code(report: RunReport, status: StatusResult) -> ExitCode:
     if report.auth_error is not None:
         return ExitCode.AUTH
+    if report.disk_error is not None:
+        return ExitCode.DISK
     if report.paused:
         return ExitCode.PAUSED
     if status.total(*(s.value for s in ACTIVE)):

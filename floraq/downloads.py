@@ -10,6 +10,7 @@ short is fetched again (resumed with ``Range`` when the server allows it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import time
@@ -23,7 +24,13 @@ import httpx
 from floraq.api import USER_AGENT
 from floraq.core.media_types import EXTENSIONS as EXTENSIONS  # re-exported
 from floraq.core.media_types import extension_for as extension_for  # re-exported
-from floraq.errors import DownloadError, DownloadExpired, DownloadRefused, parse_retry_after
+from floraq.errors import (
+    DiskError,
+    DownloadError,
+    DownloadExpired,
+    DownloadRefused,
+    parse_retry_after,
+)
 from floraq.partfile import PartFile, commit
 from floraq.partfile import sha256_file as sha256_file  # re-exported: verify, tests
 from floraq.retry import (
@@ -205,6 +212,10 @@ class Downloader:
         except DownloadError:
             progress.discard()
             raise
+        except DiskError:
+            with contextlib.suppress(OSError):
+                progress.discard()
+            raise
 
     async def _attempt(self, url: httpx.URL, progress: PartFile) -> Downloaded | _Retry:
         resume = progress.can_resume()
@@ -234,8 +245,8 @@ class Downloader:
             return _Retry(Rule.BACKOFF, str(stalled))
         except httpx.HTTPError as exc:
             raise DownloadError(f"could not download {redact_url(url)}: {exc}") from exc
-        except OSError as exc:
-            raise DownloadError(f"could not write {progress.part}: {exc}") from exc
+        except OSError as exc:  # the disk, not the network: no retry can help
+            raise DiskError.from_os_error(exc, progress.part or progress.dest_stem) from exc
 
     async def _receive(
         self, url: httpx.URL, response: httpx.Response, progress: PartFile, resume: bool

@@ -20,6 +20,7 @@ anything else that escapes is a bug in floraq.
     ├── DownloadError                an output could not be fetched or verified
     │   ├── DownloadExpired          the output URL answers 403/404/410
     │   └── DownloadRefused          the output URL is not one floraq may fetch (plain http)
+    ├── DiskError                    exit 7  a write to disk failed (full, read-only, not a folder)
     ├── LedgerError                  exit 2  the ledger cannot be opened or is inconsistent
     │   └── LedgerBusy               exit 5  another floraq holds this ledger
     └── Interrupted                  exit 130  Ctrl-C or SIGTERM; `floraq resume` continues
@@ -27,12 +28,14 @@ anything else that escapes is a bug in floraq.
 
 from __future__ import annotations
 
-import json
+import errno
 from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from floraq.core.text import one_line
+from floraq.error_envelope import parse_envelope
+from floraq.error_envelope import parse_retry_after as parse_retry_after  # re-exported
 
 if TYPE_CHECKING:
     import httpx
@@ -50,6 +53,7 @@ class ExitCode(IntEnum):
     PAUSED = 4  # stopped by credits or the budget cap; rows still queued: run again later
     BUSY = 5  # another floraq process holds this ledger; try again later
     INCOMPLETE = 6  # runs still in flight (--no-wait, or gave up waiting): `floraq resume` later
+    DISK = 7  # the disk refused a write (full, read-only, not a folder): fix it, `floraq resume`
     INTERNAL = 70  # a bug in floraq (a traceback was printed)
     INTERRUPTED = 130  # Ctrl-C or SIGTERM; `floraq resume` continues
 
@@ -125,7 +129,7 @@ class ApiAnswerError(FloraqError):
         status = response.status_code
         raw_id = response.headers.get("request-id")
         request_id = None if raw_id is None else scrub(one_line(raw_id, limit=200))
-        code, message, fields = _parse_envelope(response.content)
+        code, message, fields = parse_envelope(response.content)
         if code is None:
             code = _DEFAULT_CODES.get(status, "server_error" if status >= 500 else "http_error")
         if message is None:
@@ -314,6 +318,29 @@ class DownloadRefused(DownloadError):
     """The output URL (or a redirect) is not https:// to a real host: it is never fetched."""
 
 
+DISK_ERROR = "disk_error"  # the ledger's error code on a row whose file the disk refused
+
+
+class DiskError(FloraqError):
+    """The disk refused a write (a file, the ledger): no retry helps until it is fixed."""
+
+    exit_code = ExitCode.DISK
+
+    def __init__(self, path: str, why: str, *, code: str = DISK_ERROR) -> None:
+        super().__init__(f"cannot write {path}: {why}; fix the disk, then run `floraq resume`")
+        self.path = path
+        self.why = why
+        self.code = code
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, fallback: object) -> DiskError:
+        """The OSError said plainly, with its path (``fallback`` when it names none)."""
+        path = exc.filename if exc.filename is not None else fallback
+        name = errno.errorcode.get(exc.errno or 0)
+        why = (exc.strerror or str(exc)) + (f" ({name})" if name else "")
+        return cls(str(path), why)
+
+
 class LedgerError(FloraqError):
     """The ledger cannot be opened, or holds something floraq cannot read."""
 
@@ -352,42 +379,3 @@ _DEFAULT_CODES: dict[int, str] = {
     429: "rate_limited",
     503: "service_unavailable",
 }
-
-
-MAX_FIELDS = 50  # per-field problems kept from one error answer
-
-
-def _parse_envelope(
-    body: bytes,
-) -> tuple[str | None, str | None, list[dict[str, str]]]:
-    """Read `{"error": {"code", "message", "fields"?}}`, tolerating anything else."""
-    try:
-        data: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None, None, []
-    error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict):
-        return None, None, []
-    code = one_line(error["code"], limit=100) if isinstance(error.get("code"), str) else None
-    message = one_line(error["message"]) if isinstance(error.get("message"), str) else None
-    raw_fields = error.get("fields")
-    fields = [
-        {
-            "field": one_line(str(f.get("field", "")), limit=200),
-            "message": one_line(str(f.get("message", "")), limit=500),
-        }
-        for f in (raw_fields if isinstance(raw_fields, list) else [])[:MAX_FIELDS]
-        if isinstance(f, dict)
-    ]
-    return code or None, message or None, fields
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds form only); None if absent or odd."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None

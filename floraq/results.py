@@ -41,6 +41,7 @@ class PlanResult:
     problems: list[Problem]
     costs: list[TechniqueCost]
     duplicates: int = 0
+    folder_problems: list[Problem] = field(default_factory=list)  # refuse even --skip-invalid
 
     @property
     def errors(self) -> list[Problem]:

@@ -15,11 +15,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
 from floraq.downloads import sha256_file
-from floraq.errors import UsageError
+from floraq.errors import DISK_ERROR, UsageError
 from floraq.export import Columns, Format, write_rows
 from floraq.files import atomic_text
 from floraq.ledger import JobView, Ledger, QuoteGroup, StoredFile
@@ -64,8 +64,31 @@ def status_of(ledger: Ledger, names: list[str]) -> StatusResult:
         )
         for r in ledger.state_counts(names)
     ]
-    failures = ledger.problem_rows(names)
+    failures = ledger.problem_rows(names) + _disk_refused(ledger, names)
     return StatusResult(counts=counts, failures=failures, cost_changes=_cost_changes(ledger, names))
+
+
+def _disk_refused(ledger: Ledger, names: list[str]) -> list[dict[str, Any]]:
+    """Completed rows whose files the disk refused: they need a look before `resume`."""
+    found: list[dict[str, Any]] = []
+    completed = [JobState.COMPLETED]
+    for page in pages(lambda after: ledger.job_views(names, states=completed, after_id=after)):
+        found.extend(
+            {
+                "batch": v.batch,
+                "technique": v.technique,
+                "location": v.location,
+                "state": v.state.value,
+                "run_id": v.run_id,
+                "error_code": v.error_code,
+                "error_message": v.error_message,
+                "request_id": v.request_id,
+                "attempt": v.attempt,
+            }
+            for v in page
+            if v.error_code == DISK_ERROR
+        )
+    return found
 
 
 def _cost_changes(ledger: Ledger, names: list[str]) -> list[CostChange]:

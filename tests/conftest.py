@@ -126,6 +126,13 @@ def ledger_states(floraq: Floraq) -> dict[str, int]:
         return {}
 
 
+def output_files(root: Path, pattern: str = "*") -> list[Path]:
+    """The files under an output folder, without floraq's own (``.floraq/``: owner, thumbs)."""
+    return [
+        p for p in root.rglob(pattern) if p.is_file() and ".floraq" not in p.relative_to(root).parts
+    ]
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -41,7 +41,12 @@ def test_every_exit_code_is_documented(code: ExitCode) -> None:
     """Each exit code appears in `floraq --help` and in the README's table."""
     help_text = CliRunner().invoke(cli, ["--help"]).output
     assert re.search(rf"^\s+{int(code)}\s", help_text, re.M), f"{int(code)} missing from --help"
-    assert re.search(rf"^\| {int(code)} \|", README, re.M), f"{int(code)} missing from README"
+    tables = re.findall(rf"^\| {int(code)} \|", README, re.M)
+    assert len(tables) == 2, f"{int(code)} missing from a README exit-code table"
+    cron = README.split("## Running from cron", 1)[1].split("```crontab", 1)[0]
+    handled = {n for arm in re.findall(r"^  ([\d|]+)\)", cron, re.M) for n in arm.split("|")}
+    if code not in (ExitCode.USAGE, ExitCode.AUTH, ExitCode.INTERNAL):  # "*": a person
+        assert str(int(code)) in handled, f"the cron wrapper has no arm for {int(code)}"
 
 
 def test_no_api_key_flag() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -20,7 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from floraq.downloads import Downloaded, Downloader, extension_for, sha256_file
-from floraq.errors import DownloadError, DownloadExpired
+from floraq.errors import DiskError, DownloadError, DownloadExpired, ExitCode
 from floraq.retry import RetryPolicy
 
 T = TypeVar("T")
@@ -426,3 +428,42 @@ def test_real_cut_body_is_resumed(output_host: tuple[str, Seen], tmp_path: Path)
     assert [h.get("range") for h in seen.headers] == [None, "bytes=3000-"]
     assert seen.headers[1]["if-range"] == '"cut"'
     assert leftovers(tmp_path) == ["img.webp"]
+
+
+@pytest.mark.parametrize(
+    ("err", "name"),
+    [
+        (errno.ENOSPC, "ENOSPC"),
+        (errno.EROFS, "EROFS"),
+        (errno.EACCES, "EACCES"),
+        (errno.ENOTDIR, "ENOTDIR"),
+    ],
+)
+def test_a_disk_that_refuses_the_write_is_a_disk_error_naming_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int, name: str
+) -> None:
+    """No retry can fill a full disk: one DiskError (exit 7) with the path, no .part left.
+
+    Raised by the final rename, as a full or read-only disk (which root cannot bypass)
+    would raise it; EACCES and ENOTDIR take the same path.
+    """
+
+    def refuse(part: Path, final: Path) -> None:
+        raise OSError(err, os.strerror(err), str(final))
+
+    monkeypatch.setattr("floraq.downloads.commit", refuse)
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return png()
+
+    with pytest.raises(DiskError) as raised:
+        run(fetch(handler, tmp_path / "row1_out"))
+    assert raised.value.exit_code == ExitCode.DISK
+    assert str(raised.value) == (
+        f"cannot write {tmp_path / 'row1_out.png'}: {os.strerror(err)} ({name});"
+        " fix the disk, then run `floraq resume`"
+    )
+    assert len(requests) == 1  # not retried
+    assert leftovers(tmp_path) == []

@@ -58,6 +58,16 @@ BOMB = (
     "jobs: []\n"
 )
 
+
+def to_folder(output_dir: str) -> str:
+    """One valid row whose batch writes to ``output_dir`` (rows.csv is a regular file)."""
+    return (
+        f"version: 1\nbatch: bad\noutput_dir: {output_dir}\n"
+        f"jobs:\n  - technique: portrait-enhancer\n    rows:\n"
+        f"      - input_image: {IMG.format(n=1)}\n"
+    )
+
+
 CASES: dict[str, tuple[str, bytes | None, str]] = {
     # name: (manifest, rows.csv bytes, a regex the error line must match)
     "malformed-yaml": (
@@ -145,6 +155,27 @@ CASES: dict[str, tuple[str, bytes | None, str]] = {
         HEAD + 'jobs:\n  - technique: poster-maker\n    rows_from: {csv: "rows\\0.csv"}\n',
         None,
         r"jobs\.yaml: job 1 \(poster-maker\), rows_from\.csv.*must not contain control",
+    ),
+    "output-dir-is-a-file": (
+        to_folder("rows.csv"),
+        b"a,b\n",
+        r"jobs\.yaml: output_dir: /.*/rows\.csv is a file, not a folder; set output_dir",
+    ),
+    "output-dir-under-a-file": (
+        to_folder("rows.csv/out"),
+        b"a,b\n",
+        r"output_dir: /.*/rows\.csv/out cannot be created: /.*/rows\.csv is a file, not a folder",
+    ),
+    # Root ignores file modes; /proc and /sys refuse new entries even to root.
+    "output-dir-in-proc": (
+        to_folder("/proc/floraq-out"),
+        None,
+        r"output_dir: /proc/floraq-out cannot be created: /proc refuses new files \(.*ENOENT\)",
+    ),
+    "output-dir-in-sys": (
+        to_folder("/sys/floraq-out"),
+        None,
+        r"output_dir: /sys/floraq-out cannot be created: /sys refuses new files \(.*EPERM\)",
     ),
     "url-over-the-limit": (
         rows_yaml("https://storage.googleapis.com/" + "a" * 9000),

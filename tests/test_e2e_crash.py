@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Floraq, served_outputs, sha256, status_json
+from conftest import Floraq, output_files, served_outputs, sha256, status_json
 
 from floraq.crashpoints import POINTS
 from floraq.sandbox import SandboxServer
@@ -72,7 +72,8 @@ def assert_sound(floraq: Floraq, sandbox: SandboxServer, rows: int) -> dict[str,
         assert (
             sha256(path) == out["sha256"] == served[f"{out['idempotency_key']}/{out['output_id']}"]
         )
-    on_disk = sorted(p for p in (floraq.cwd / "outputs").rglob("*") if p.is_file())
+    assert (floraq.cwd / "outputs" / ".floraq" / "owner.json").is_file()
+    on_disk = sorted(output_files(floraq.cwd / "outputs"))
     assert [p for p in on_disk if p.name.endswith(".part")] == []
     assert on_disk == sorted(Path(o["path"]) for o in outputs)
     conn = sqlite3.connect(floraq.ledger_path)
@@ -99,7 +100,7 @@ def test_crash_point_then_resume_never_pays_twice(
     jobs = manifest(floraq, 12, concurrency=4)
     crashed = floraq("submit", str(jobs), FLORAQ_CRASH_AT=f"{point}:5")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
-    files = [p for p in (floraq.cwd / "outputs").rglob("*") if p.is_file()]
+    files = output_files(floraq.cwd / "outputs")
     recorded = {o["path"] for o in floraq.query("SELECT path FROM outputs WHERE path IS NOT NULL")}
     if point == "mid_download":  # it died with half a file, under its .part name only
         assert any(p.name.endswith(".part") for p in files)

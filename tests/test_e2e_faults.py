@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import Floraq, ledger_states, status_json
+from conftest import Floraq, ledger_states, output_files, status_json
 from test_e2e_crash import assert_sound, manifest
 
 from floraq.sandbox import SandboxServer
@@ -409,4 +409,4 @@ def test_urls_that_never_work_mark_the_output_expired(
     assert sandbox.stats()["runs_created"] == 3
     assert {f["error_code"] for f in status_json(floraq)["failures"]} == {"output_expired"}
     assert {o["state"] for o in floraq.query("SELECT state FROM outputs")} == {"expired"}
-    assert list((floraq.cwd / "outputs").rglob("*.*")) == []
+    assert output_files(floraq.cwd / "outputs", "*.*") == []

@@ -7,7 +7,7 @@ import signal
 import time
 
 import pytest
-from conftest import Floraq
+from conftest import Floraq, output_files
 
 from floraq.errors import ExitCode
 from floraq.sandbox import SandboxServer
@@ -114,7 +114,7 @@ def _prepared(floraq: Floraq, sandbox: SandboxServer, command: str) -> None:
     floraq("submit", "jobs.yaml")
     sandbox.configure(failure_rate=0.0)
     if command == "verify":
-        next((floraq.cwd / "outputs").rglob("*.*")).unlink()
+        output_files(floraq.cwd / "outputs", "*.*")[0].unlink()
 
 
 QUIET = {

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import Floraq, clean_env
+from conftest import Floraq, clean_env, output_files
 
 from floraq.cli import cli
 from floraq.sandbox import SandboxConfig, SandboxServer
@@ -232,8 +232,13 @@ def test_output_file_names_come_from_the_template_only(
     )
     done = floraq("submit", str(jobs))
     assert done.returncode == 0, done.stderr
-    files = sorted(p.relative_to(floraq.cwd) for p in every_file(floraq.cwd / "outputs"))
+    outputs = floraq.cwd / "outputs"
+    files = sorted(p.relative_to(floraq.cwd) for p in output_files(outputs))
     assert len(files) == 2
+    # besides them only floraq's own marker, under a fixed name
+    assert sorted(set(every_file(outputs)) - set(output_files(outputs))) == [
+        outputs / ".floraq" / "owner.json"
+    ]
     for path in files:
         assert path.parts[:2] == ("outputs", "sneaky") and len(path.parts) == 4
         assert path.name.startswith("x") and not path.name.startswith(".")

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
+from floraq.errors import DiskError
 from floraq.ledger.records import from_row
 
 R = TypeVar("R")
@@ -61,6 +62,16 @@ class Connection(Protocol):
     def close(self) -> None: ...
 
 
+_DISK_TROUBLE = ("disk is full", "disk i/o error", "no space left on device")
+
+
+def _disk_trouble(e: BaseException) -> bool:
+    """The disk under the ledger (full, failing), not floraq's SQL: SQLite's and
+    PostgreSQL's own words for it."""
+    text = str(e).lower()
+    return any(words in text for words in _DISK_TROUBLE)
+
+
 class SqliteBase:
     """The connection and the helpers the reading and writing halves both use."""
 
@@ -74,6 +85,7 @@ class SqliteBase:
         self.clock = clock
         self.commits = 0
         self._savepoints = 0
+        self.name = "in memory"  # how messages name this ledger: its path, or a masked URL
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -84,11 +96,18 @@ class SqliteBase:
         self.conn.execute(self._BEGIN)
         try:
             yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.conn.execute("COMMIT")
+        except BaseException as e:
+            if self.conn.in_transaction:  # a failed COMMIT may have rolled back already
+                self.conn.execute("ROLLBACK")
+            if isinstance(e, Exception) and _disk_trouble(e):
+                raise self._disk_error(e) from e
             raise
-        self.conn.execute("COMMIT")
         self.commits += 1
+
+    def _disk_error(self, e: Exception) -> DiskError:
+        """A full or failing disk under the ledger, said plainly: earlier commits are safe."""
+        return DiskError(f"the ledger {self.name}", f"{e} (every earlier commit is kept)")
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:

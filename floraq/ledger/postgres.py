@@ -34,6 +34,7 @@ class PostgresLedger(LedgerAttempts):
         super().__init__(conn, clock=clock)
         self.pg = conn
         self.shown = masked(url)  # the URL as messages show it (no password)
+        self.name = self.shown
         self._url = url
 
     @classmethod

@@ -53,6 +53,7 @@ class SqliteLedger(LedgerAttempts):
         if mode != "wal":
             raise LedgerError(f"the ledger {path} cannot use WAL mode (got {mode})")
         ledger = cls(conn, clock=clock)
+        ledger.name = str(path)
         ledger.migrate()
         for suffix in ("-wal", "-shm"):
             side = path.with_name(path.name + suffix)
@@ -69,6 +70,7 @@ class SqliteLedger(LedgerAttempts):
         try:
             _refuse_if_not_ours(conn, path)
             ledger = cls(conn)
+            ledger.name = str(path)
             if migrations.pending(ledger.db):
                 conn.close()
                 return None

@@ -7,6 +7,7 @@ many tasks moved in it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -37,8 +38,14 @@ class GroupCommitter:
         self._pending.append((op, future))
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self.flush)
+            loop.call_soon(self._flush_soon)
         return await asyncio.shield(future)
+
+    def _flush_soon(self) -> None:
+        """``flush`` from the event loop: a failed commit is already each waiter's exception,
+        so it is not raised again into the loop (which would print a traceback)."""
+        with contextlib.suppress(Exception):
+            self.flush()
 
     def flush(self) -> None:
         """Commit everything pending now (also called on shutdown)."""

@@ -25,7 +25,7 @@ from floraq.core.polling import PollPolicy
 from floraq.core.technique import Technique
 from floraq.crashpoints import CrashPoints
 from floraq.downloads import Downloader
-from floraq.errors import ApiError, AuthError
+from floraq.errors import ApiError, AuthError, DiskError
 from floraq.ledger import JobRecord, Ledger
 from floraq.runner.commit import GroupCommitter
 from floraq.runner.prices import Prices
@@ -76,6 +76,7 @@ class RunReport:
 
     paused: set[str] = field(default_factory=set)  # "insufficient_credits", "budget"
     auth_error: AuthError | None = None
+    disk_error: DiskError | None = None  # the first write the disk refused: downloads stopped
     incomplete: int = 0  # jobs left in flight because of network trouble
     posts: int = 0
     polls: int = 0
@@ -116,7 +117,8 @@ class RunContext:
 
     def submitting_stopped(self, batch: str) -> bool:
         """No new intent for this batch (a claim already inside the cap may still be sent)."""
-        return self.posting_stopped() or batch in self.paused_batches
+        stopped = self.posting_stopped() or batch in self.paused_batches
+        return stopped or self.report.disk_error is not None  # no paying for unwritable files
 
     def posting_stopped(self) -> bool:
         """No POST may leave at all, not even for an intent already committed."""
@@ -131,6 +133,11 @@ class RunContext:
         for task in self.tasks:
             if task is not me:
                 task.cancel()
+
+    def disk_refused(self, error: DiskError) -> None:
+        """A write to the output folder failed: stop downloading and claiming; `resume` later."""
+        if self.report.disk_error is None:
+            self.report.disk_error = error
 
     def pause(self, batch: str, reason: str) -> None:
         self.paused_batches.add(batch)

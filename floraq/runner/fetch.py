@@ -18,6 +18,7 @@ from floraq.core.validation import SAFE_NAME
 from floraq.downloads import Downloaded
 from floraq.errors import (
     ApiError,
+    DiskError,
     DownloadError,
     DownloadExpired,
     DownloadRefused,
@@ -37,6 +38,8 @@ async def download(ctx: RunContext, job: JobRecord) -> None:
     rounds = 0
     while True:
         expired, gave_up = await _fetch_pending(ctx, job, folder)
+        if ctx.report.disk_error is not None:
+            return  # the row stays completed; `resume` fetches it once the disk is fixed
         if gave_up:
             rounds += 1
             if rounds > JOB_ROUNDS:
@@ -44,8 +47,10 @@ async def download(ctx: RunContext, job: JobRecord) -> None:
                 return
             await ctx.pause_round(rounds)
             continue
-        if expired is None:
-            await ctx.move(job, JobState.COMPLETED, JobState.DOWNLOADED)
+        if expired is None:  # a disk error noted by an earlier process is cleared
+            await ctx.move(
+                job, JobState.COMPLETED, JobState.DOWNLOADED, error_code=None, error_message=None
+            )
             return
         if repolls >= EXPIRED_REPOLLS or job.run_id is None:
             await ctx.committer.commit(functools.partial(_expire, ctx, job, expired))
@@ -67,6 +72,8 @@ async def _fetch_pending(ctx: RunContext, job: JobRecord, folder: Path) -> tuple
     for output in ctx.ledger.outputs(job.id):
         if output.state == OutputState.DOWNLOADED:
             continue
+        if ctx.report.disk_error is not None:
+            break  # no point fetching more into a disk that refuses writes
         try:
             got = await ctx.downloader.download(
                 output.url,
@@ -80,6 +87,10 @@ async def _fetch_pending(ctx: RunContext, job: JobRecord, folder: Path) -> tuple
         except (DownloadError, TransportError):
             gave_up = True
             continue
+        except DiskError as e:
+            ctx.disk_refused(e)
+            await ctx.note(job, error_code=e.code, error_message=e.message)
+            break
         ctx.report.downloads += 1
         await ctx.committer.commit(
             functools.partial(_record_download, ctx, job.id, output.output_id, got)
