@@ -261,12 +261,19 @@ def queue_rows(
     rejected: list[tuple[NewJob, str]] = []
     scratch: list[Problem] = []
     stale = _rejections_by_place(ledger, manifest.batch)
-    replaced: list[int] = []
+    candidates: list[tuple[int, tuple[str, str]]] = []
+    present: set[tuple[str, str]] = set()  # (technique, inputs digest) of every row read
     for checked in check_rows(manifest, dict(techniques), scratch, ledger, Counter()):
+        job = checked.job
+        present.add((job.technique, job.inputs_digest))
         if checked.errors and not skip_invalid:
             continue
-        key = checked.job.idempotency_key
-        replaced.extend(job_id for job_id, old in stale.pop(checked.job.location, ()) if old != key)
+        if not checked.errors:  # only a valid row replaces: an invalid one is its own record
+            candidates.extend(
+                (job_id, old)
+                for job_id, old in stale.pop(job.location, ())
+                if old != (job.technique, job.inputs_digest)
+            )
         if checked.errors:
             rejected.append((checked.job, "; ".join(p.message for p in checked.errors)))
             continue
@@ -284,19 +291,27 @@ def queue_rows(
                 error_code="invalid_row",
                 error_message=message,
             )
+    # A rejected record whose inputs are still in the manifest (at another place) stays.
+    replaced = [job_id for job_id, old in candidates if old not in present]
     with ledger.transaction():
         for job_id in replaced:
             ledger.move(job_id, JobState.REJECTED, JobState.REPLACED)
     return inserted
 
 
-def _rejections_by_place(ledger: Ledger, batch: str) -> dict[str, list[tuple[int, str]]]:
-    """The batch's rejected rows by manifest location: (job id, idempotency key) each."""
-    found: dict[str, list[tuple[int, str]]] = defaultdict(list)
+def _rejections_by_place(
+    ledger: Ledger, batch: str
+) -> dict[str, list[tuple[int, tuple[str, str]]]]:
+    """The batch's rejected rows by manifest location: (job id, (technique, inputs digest)).
+
+    Compared by inputs, not by key: a rejected row retried to a later attempt has another
+    key but the same inputs, and is not "fixed" by the unchanged manifest.
+    """
+    found: dict[str, list[tuple[int, tuple[str, str]]]] = defaultdict(list)
     after = 0
     while page := ledger.jobs(batches=[batch], states=[JobState.REJECTED], after_id=after):
         for job in page:
-            found[job.location].append((job.id, job.idempotency_key))
+            found[job.location].append((job.id, (job.technique, job.inputs_digest)))
         after = page[-1].id
     return found
 

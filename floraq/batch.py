@@ -96,6 +96,7 @@ def _checked(
         folder = _folder_problems(settings, manifest, reader)
         result = check_manifest(manifest, techniques, folder + problems, ledger=reader)
         result.folder_problems = folder
+        result.read_ledger = reader is not None
         return result
     finally:
         if reader is not None:
@@ -150,9 +151,14 @@ def submit(
     if checked.errors and (checked.folder_problems or not skip_invalid):
         raise ManifestError(checked.problems)
     known = {slug: t for slug, t in techniques.items() if t is not None}
+    unread = settings.ledger_path.exists() and not checked.read_ledger
     with LedgerLock(settings.ledger_path):
         ledger = Ledger.open(settings.ledger_path)
         try:
+            if unread:  # an older ledger, migrated just now: check against it before queueing
+                checked = check_manifest(manifest, techniques, problems, ledger=ledger)
+                if checked.errors and not skip_invalid:
+                    raise ManifestError(checked.problems)
             with interrupted_as(again):
                 inserted = _queue(ledger, manifest, manifest_path, known, skip_invalid)
             result = _run_batches(settings, ledger, [manifest.batch], wait=wait, progress=progress)

@@ -42,6 +42,7 @@ class PlanResult:
     costs: list[TechniqueCost]
     duplicates: int = 0
     folder_problems: list[Problem] = field(default_factory=list)  # refuse even --skip-invalid
+    read_ledger: bool = False  # the rows were checked against an existing, current ledger
 
     @property
     def errors(self) -> list[Problem]:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from floraq.core.money import MAX_AMOUNT, amount
 from floraq.crashpoints import CrashPoints
 from floraq.errors import UsageError
 
@@ -74,7 +76,7 @@ def resolve(
     default_ledger = DEFAULT_SANDBOX_LEDGER if sandbox else DEFAULT_LEDGER
     crash_at = env.get(ENV_CRASH_AT) or None
     CrashPoints(crash_at)  # a typo fails here, before anything is written or sent
-    ledger_path = ledger or (Path(env[ENV_LEDGER]) if env.get(ENV_LEDGER) else default_ledger)
+    ledger_path = _ledger_target(ledger or env.get(ENV_LEDGER) or default_ledger)
     return Settings(
         base_url=(base_url or env.get(ENV_BASE_URL) or DEFAULT_BASE_URL).rstrip("/"),
         api_key=_api_key(env),
@@ -104,7 +106,28 @@ def _cap(max_cost: float | None) -> float | None:
     """A cost cap is a finite amount >= 0: NaN would compare false and cap nothing."""
     if max_cost is not None and (not math.isfinite(max_cost) or max_cost < 0):
         raise UsageError(f"--max-cost {max_cost}: give a finite amount of USD, 0 or more")
+    if max_cost is not None and amount(max_cost) is None:
+        raise UsageError(f"--max-cost {max_cost:g}: give at most {MAX_AMOUNT:,} USD")
     return max_cost
+
+
+_POSTGRES = re.compile(r"^postgres(?:ql)?:/", re.IGNORECASE)
+
+
+def _ledger_target(raw: str | Path) -> Path:
+    """The ledger's path; a PostgreSQL URL is refused (the CLI takes none yet), masked.
+
+    A URL read as a path would become a local SQLite file named after it, password
+    and all, and workers meant to share one ledger would each get their own.
+    """
+    text = str(raw)
+    if _POSTGRES.match(text):
+        shown = re.sub(r"^(postgres(?:ql)?:/+[^:/@]*:)[^@]*@", r"\1***@", text, flags=re.I)
+        raise UsageError(
+            f"--ledger {shown}: a PostgreSQL ledger is not supported by the command line yet;"
+            " give a SQLite file path"
+        )
+    return Path(raw)
 
 
 def _env_float(env: Mapping[str, str], name: str, default: float) -> float:

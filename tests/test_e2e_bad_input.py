@@ -214,8 +214,24 @@ def test_bad_input_is_one_located_line_and_touches_nothing(
         ((), {"FLORAQ_IDEMPOTENCY_WINDOW": "-1"}, r"FLORAQ_IDEMPOTENCY_WINDOW='-1' must be"),
         ((), {"FLORAQ_TIME_SCALE": "inf"}, r"FLORAQ_TIME_SCALE='inf' must be a finite number"),
         ((), {"FLORA_API_KEY": "   "}, r"no API key: set FLORA_API_KEY"),
+        (("--max-cost", "1e30"), {}, r"--max-cost 1e\+30: give at most 1,000,000,000 USD"),
+        (
+            (),
+            {"FLORAQ_LEDGER": "postgresql://ops:s3cret@127.0.0.1:1/floraq"},
+            r"--ledger postgresql:/+ops:\*\*\*@127\.0\.0\.1:1/floraq: a PostgreSQL ledger is"
+            r" not supported by the command line yet",
+        ),
     ],
-    ids=["nan-cap", "inf-cap", "nan-window", "negative-window", "inf-time-scale", "blank-key"],
+    ids=[
+        "nan-cap",
+        "inf-cap",
+        "nan-window",
+        "negative-window",
+        "inf-time-scale",
+        "blank-key",
+        "billion-dollar-cap",
+        "postgres-url-as-ledger",
+    ],
 )
 def test_bad_numbers_and_keys_are_one_line_and_send_nothing(
     cli: Floraq, shared: SandboxServer, args: tuple[str, ...], env: dict[str, str], pattern: str
@@ -229,6 +245,22 @@ def test_bad_numbers_and_keys_are_one_line_and_send_nothing(
     assert "Traceback" not in done.stderr
     assert shared.stats()["requests"].get(POSTS, 0) == posts
     assert not cli.ledger_path.parent.exists()
+    assert "s3cret" not in done.stderr and not any(cli.cwd.glob("postgres*"))
+
+
+@pytest.mark.parametrize("command", ["status", "export", "batches", "verify", "report"])
+def test_a_file_that_is_not_a_ledger_is_one_line_for_every_reading_command(
+    cli: Floraq, command: str
+) -> None:
+    """Pointing --ledger at the manifest by mistake: exit 2, one line, the file untouched."""
+    write(cli.cwd, rows_yaml(IMG.format(n=1)))
+    before = (cli.cwd / "jobs.yaml").read_bytes()
+    done = cli(command, "--ledger", "jobs.yaml")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip() == (
+        "floraq: error: cannot read the ledger jobs.yaml: file is not a database"
+    )
+    assert (cli.cwd / "jobs.yaml").read_bytes() == before
 
 
 def ledger_bytes(cli: Floraq) -> str:

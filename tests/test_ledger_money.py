@@ -163,3 +163,15 @@ def test_a_ledger_written_by_the_previous_schema_opens_migrates_and_resumes(
     assert not led.claim(5, at=2.0, quote=Decimal("0.05"), key_fingerprint=None, cap=Decimal("0.3"))
     assert led.claim(5, at=2.0, quote=Decimal("0.05"), key_fingerprint=None, cap=Decimal("1"))
     assert led.committed_cost("old") == Decimal("0.37")
+
+
+def test_a_deleted_row_takes_its_amount_out_of_the_counter(batch_ledger: BatchLedger) -> None:
+    """No floraq code deletes a job today; if one ever goes, the cap's figure follows it."""
+    led = batch_ledger()
+    led.insert_jobs([new_job(1), new_job(2)])
+    for job_id in (1, 2):
+        assert led.claim(job_id, at=1.0, quote=Decimal("0.05"), key_fingerprint="fp", cap=None)
+    with led.transaction():
+        led.conn.execute("DELETE FROM events WHERE job_id = 2")
+        led.conn.execute("DELETE FROM jobs WHERE id = 2")
+    assert led.committed_cost("b") == Decimal("0.05") == led.committed_cost_recomputed("b")

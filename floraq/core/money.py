@@ -16,6 +16,9 @@ from typing import TypeVar
 
 MICRO = Decimal("0.000001")  # the unit amounts are kept in: a millionth of a dollar
 ZERO = Decimal("0.000000")
+# The largest amount floraq takes (a billion dollars): beyond it a price, a charge or a cap
+# is not money but a mistake, and its micro-dollars would not fit a 64-bit column.
+MAX_AMOUNT = Decimal(10) ** 9
 
 K = TypeVar("K")
 
@@ -34,11 +37,11 @@ def amount(value: object) -> Decimal | None:
         return None
     try:
         number = Decimal(value)
+        if not number.is_finite() or number < 0 or number > MAX_AMOUNT:
+            return None
+        return number.quantize(MICRO, rounding=ROUND_HALF_EVEN)
     except (InvalidOperation, ValueError):
         return None
-    if not number.is_finite() or number < 0:
-        return None
-    return number.quantize(MICRO, rounding=ROUND_HALF_EVEN)
 
 
 def to_micros(value: Decimal) -> int:

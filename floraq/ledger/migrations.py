@@ -175,8 +175,11 @@ def m0004_money_micros(db: Database) -> None:
         f"UPDATE batches SET committed_micros = COALESCE((SELECT SUM({_committed('jobs')})"
         " FROM jobs WHERE jobs.batch = batches.name), 0)"
     )
-    for event, rows in (("INSERT", ("NEW",)), ("DELETE", ("OLD",)), ("UPDATE", ("NEW", "OLD"))):
-        delta = " - ".join(_committed(r) for r in rows)
+    for event, delta in (
+        ("INSERT", _committed("NEW")),
+        ("DELETE", f"0 - {_committed('OLD')}"),  # a row that goes takes its amount with it
+        ("UPDATE", f"{_committed('NEW')} - {_committed('OLD')}"),
+    ):
         watch = (
             " OF state, estimated_micros, charged_micros, prior_charged_micros"
             if event == "UPDATE"

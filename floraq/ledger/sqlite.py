@@ -128,10 +128,11 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
         return conn
-    except sqlite3.OperationalError as e:
+    except sqlite3.DatabaseError as e:  # not a database, or (OperationalError) no -shm
         conn.close()
         wal = path.with_name(path.name + "-wal")
-        if writable(path) or (wal.exists() and wal.stat().st_size > 0):
+        unreadable = not isinstance(e, sqlite3.OperationalError)
+        if unreadable or writable(path) or (wal.exists() and wal.stat().st_size > 0):
             raise LedgerError(f"cannot read the ledger {path}: {e}") from None
     try:
         conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)

@@ -46,7 +46,10 @@ class Thumbnailer:
 
         ``sha256`` is the ledger's hash of the file; without it the file is hashed here.
         """
-        key = sha256 or file_sha256(path)
+        try:
+            key = sha256 or file_sha256(path)
+        except OSError:
+            return None  # gone or unreadable since the ledger saw it: the page shows a link
         thumb = self.folder / f"{key}.webp"
         if thumb.is_file():
             return thumb

@@ -180,8 +180,6 @@ async def submit(
                 if requoted is not None:
                     job = requoted
                     continue  # POST again at the current quote
-            elif answer.result is not PostResult.NOT_SENT:
-                ctx.prices.posted(job.technique, job.id)  # FLORA may charge today's price
             outcome = decide(answer.situation(checks, posting_stopped=ctx.posting_stopped()))
         done = await apply(ctx, job, outcome, answer)
         if outcome.reraise:
@@ -223,6 +221,9 @@ async def _post(
             stale = True
             return False
         left = True
+        # Noted as it leaves, not when it answers: a price check made while this POST is
+        # in flight must re-quote it too (FLORA may charge it the new price).
+        ctx.prices.posted(job.technique, job.id)
         return True
 
     ctx.report.posts += 1
