@@ -28,6 +28,7 @@ from floraq.errors import (
     DiskError,
     DownloadError,
     DownloadExpired,
+    DownloadFailed,
     DownloadRefused,
     parse_retry_after,
 )
@@ -243,6 +244,11 @@ class Downloader:
             if self._log is not None:
                 self._log(f"{label()} -> stalled")
             return _Retry(Rule.BACKOFF, str(stalled))
+        except httpx.TooManyRedirects:
+            raise DownloadFailed(
+                f"could not download {redact_url(url)}: more than {MAX_REDIRECTS} redirects"
+                " (a redirect loop?)"
+            ) from None
         except httpx.HTTPError as exc:
             raise DownloadError(f"could not download {redact_url(url)}: {exc}") from exc
         except OSError as exc:  # the disk, not the network: no retry can help
@@ -334,7 +340,7 @@ def _refused(url: httpx.URL, response: httpx.Response, progress: PartFile, resum
         progress.discard()
         return _Retry(Rule.BACKOFF, "the server refused to resume (416)")
     if rule is Rule.NEVER:
-        raise DownloadError(f"could not download {redact_url(url)}: HTTP {status}")
+        raise DownloadFailed(f"could not download {redact_url(url)}: HTTP {status}")
     return _Retry(
         rule,
         f"HTTP {status}",

@@ -314,6 +314,11 @@ class DownloadExpired(DownloadError):
     """The output URL no longer works (403/404/410); re-poll the run for a fresh one."""
 
 
+class DownloadFailed(DownloadError):
+    """A download no retry can help: a redirect loop, too many redirects, an answer that
+    says the request itself is wrong. Reported as itself, never as "still in flight"."""
+
+
 class DownloadRefused(DownloadError):
     """The output URL (or a redirect) is not https:// to a real host: it is never fetched."""
 

@@ -214,10 +214,10 @@ def test_402_pauses_new_posts_but_finishes_the_runs_in_flight(
     assert states(ledger) == {"downloaded": 2, "queued": 4}
 
 
-def test_plain_http_output_url_is_never_fetched_and_ends_expired(
+def test_plain_http_output_url_is_never_fetched_and_ends_refused(
     ledger_with: LedgerWith, tmp_path: Path
 ) -> None:
-    """An http:// output URL on a real host is refused, re-polled, then reported as expired."""
+    """An http:// output URL on a real host is refused, re-polled, then reported as refused."""
     seen: list[str] = []
     insecure = {
         **DONE,
@@ -236,5 +236,33 @@ def test_plain_http_output_url_is_never_fetched_and_ends_expired(
     assert report.incomplete == 0
     assert "media.test" not in " ".join(seen)
     [row] = ledger.query("SELECT error_code, error_message FROM jobs")
-    assert row["error_code"] == "output_expired"
+    assert row["error_code"] == "output_refused"
     assert row["error_message"].startswith("refusing to fetch http://media.test/a.png")
+
+
+def test_a_redirect_loop_is_reported_as_itself_not_left_in_flight(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
+    """An output URL that redirects to itself: `download_failed` after fresh-URL re-polls.
+
+    Not "still in flight" (exit 6) on every resume, and not mistaken for an expired URL.
+    """
+    media_gets = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "media.test":
+            media_gets["n"] += 1
+            return httpx.Response(302, headers={"Location": MEDIA})
+        if request.method == "POST":
+            return httpx.Response(200, json={"run_id": "run_1", "status": "pending"})
+        return httpx.Response(200, json=DONE)
+
+    ledger = ledger_with(["a kite"])
+    report = drive(ledger, handler, tmp_path, slots=2)
+    assert states(ledger) == {"expired": 1} and report.incomplete == 0
+    [row] = ledger.query("SELECT error_code, error_message FROM jobs")
+    assert row["error_code"] == "download_failed"
+    assert row["error_message"] == (
+        "could not download https://media.test/out.png: more than 5 redirects (a redirect loop?)"
+    )
+    assert media_gets["n"] == 3 * 6  # three passes (two fresh-URL re-polls), 6 requests each

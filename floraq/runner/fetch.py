@@ -21,6 +21,7 @@ from floraq.errors import (
     DiskError,
     DownloadError,
     DownloadExpired,
+    DownloadFailed,
     DownloadRefused,
     TransportError,
 )
@@ -53,7 +54,7 @@ async def download(ctx: RunContext, job: JobRecord) -> None:
             )
             return
         if repolls >= EXPIRED_REPOLLS or job.run_id is None:
-            await ctx.committer.commit(functools.partial(_expire, ctx, job, expired))
+            await ctx.committer.commit(functools.partial(_expire, ctx, job, *expired))
             return
         repolls += 1
         if not await _fresh_urls(ctx, job):
@@ -61,13 +62,23 @@ async def download(ctx: RunContext, job: JobRecord) -> None:
             return
 
 
-async def _fetch_pending(ctx: RunContext, job: JobRecord, folder: Path) -> tuple[str | None, bool]:
+# Why an output could not be fetched for good, by what the downloader raised: each is
+# reported as itself (status shows the code), after the run was asked for fresh URLs.
+EXPIRED = "output_expired"  # the URL answered 403/404/410
+REFUSED = "output_refused"  # floraq will not fetch that URL (plain http, a bad scheme)
+FAILED = "download_failed"  # a redirect loop, or an answer no retry can change
+
+
+async def _fetch_pending(
+    ctx: RunContext, job: JobRecord, folder: Path
+) -> tuple[tuple[str, str] | None, bool]:
     """One pass over the outputs not on disk yet.
 
-    Returns the error of the last output whose URL expired (or was refused) in this pass,
-    None if none did, and whether the downloader gave up on any (network trouble).
+    Returns (error code, message) of the last output that could not be fetched as it is
+    (expired, refused or failed for good) in this pass, None if none, and whether the
+    downloader gave up on any for now (network trouble).
     """
-    expired: str | None = None
+    expired: tuple[str, str] | None = None
     gave_up = False
     for output in ctx.ledger.outputs(job.id):
         if output.state == OutputState.DOWNLOADED:
@@ -80,9 +91,10 @@ async def _fetch_pending(ctx: RunContext, job: JobRecord, folder: Path) -> tuple
                 dest_stem=folder / safe_segment(output.output_id),
                 output_type=output.type,
             )
-        except (DownloadExpired, DownloadRefused) as e:
+        except (DownloadExpired, DownloadRefused, DownloadFailed) as e:
             # Ask the run for fresh URLs; never re-run it. Plain http:// is never fetched.
-            expired = str(e)
+            code = {DownloadRefused: REFUSED, DownloadFailed: FAILED}.get(type(e), EXPIRED)
+            expired = (code, str(e))
             continue
         except (DownloadError, TransportError):
             gave_up = True
@@ -128,8 +140,9 @@ def _record_download(ctx: RunContext, job_id: int, output_id: str, got: Download
     )
 
 
-def _expire(ctx: RunContext, job: JobRecord, error: str) -> None:
-    """Every output not on disk expires, and the job with them (one transaction)."""
+def _expire(ctx: RunContext, job: JobRecord, code: str, error: str) -> None:
+    """Every output not on disk expires, and the job with them (one transaction); the
+    error code says why (expired, refused, failed for good)."""
     for output in ctx.ledger.outputs(job.id):
         if output.state != OutputState.DOWNLOADED:
             ctx.ledger.output_expired(job.id, output.output_id, error)
@@ -137,7 +150,7 @@ def _expire(ctx: RunContext, job: JobRecord, error: str) -> None:
         job.id,
         JobState.COMPLETED,
         JobState.EXPIRED,
-        error_code="output_expired",
+        error_code=code,
         error_message=error,
     )
 
