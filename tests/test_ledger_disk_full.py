@@ -7,6 +7,7 @@ No server can fill the disk on cue, so the connection is wrapped: it raises SQLi
 from __future__ import annotations
 
 import asyncio
+import errno
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -110,4 +111,22 @@ def test_the_cli_says_it_in_one_line_and_exits_7(
     assert lines[0].endswith(
         "error: cannot write the ledger /x/floraq.db: database or disk is full;"
         " fix the disk, then run `floraq resume`"
+    )
+
+
+def test_a_ledger_that_cannot_be_created_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """The disk refuses the new ledger file itself: a DiskError naming it (exit 7)."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+
+    def refuse(*args: object, **kwargs: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "floraq.db"))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("floraq.ledger.sqlite.os.open", refuse)
+        with pytest.raises(DiskError) as caught:
+            Ledger.open(folder / "floraq.db")
+    assert caught.value.exit_code == 7
+    assert str(caught.value).startswith(
+        f"cannot write {folder / 'floraq.db'}: No space left on device (ENOSPC)"
     )

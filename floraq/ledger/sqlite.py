@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from sqlite_utils import Database
 
-from floraq.errors import LedgerError
+from floraq.errors import DiskError, LedgerError
 from floraq.ledger.attempts import LedgerAttempts
 from floraq.ledger.migrations import MIGRATION_NAMES, migrations
 from floraq.lock import ensure_private_dir, writable
@@ -40,7 +40,10 @@ class SqliteLedger(LedgerAttempts):
         """Open (creating user-only if new) and migrate the ledger at ``path``."""
         ensure_private_dir(path.parent)
         if not path.exists():
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            try:
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            except OSError as e:  # a full or read-only disk, or a path under a file
+                raise DiskError.from_os_error(e, path) from None
         try:
             conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
