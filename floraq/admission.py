@@ -19,7 +19,7 @@ from floraq.core.problems import Problem
 from floraq.core.technique import Technique
 from floraq.core.validation import check_row
 from floraq.errors import NotFound
-from floraq.ledger import JobRecord, Ledger, NewJob, SeenRows
+from floraq.ledger import JobRecord, LedgerBackend, NewJob, SeenRows
 from floraq.manifest_files import iter_job_rows
 from floraq.results import PlanResult, TechniqueCost
 
@@ -69,7 +69,7 @@ def check_rows(
     manifest: Manifest,
     techniques: dict[str, Technique | None],
     problems: list[Problem],
-    ledger: Ledger | None,
+    ledger: LedgerBackend | None,
     stats: Counter[str],
 ) -> Iterator[Checked]:
     """Every row, checked on its own and against the others; problems are appended.
@@ -179,7 +179,7 @@ def _against_earlier(
 
 
 def _against_ledger(
-    pending: list[Checked], ledger: Ledger | None, output_dir: str
+    pending: list[Checked], ledger: LedgerBackend | None, output_dir: str
 ) -> list[Checked]:
     """Rows the ledger already knows, in ways that would cost money or overwrite files.
 
@@ -225,7 +225,7 @@ def check_manifest(
     techniques: dict[str, Technique | None],
     problems: list[Problem],
     *,
-    ledger: Ledger | None,
+    ledger: LedgerBackend | None,
 ) -> PlanResult:
     stats: Counter[str] = Counter()
     rows_by_slug: Counter[str] = Counter()
@@ -244,7 +244,7 @@ def check_manifest(
 
 
 def queue_rows(
-    ledger: Ledger,
+    ledger: LedgerBackend,
     manifest: Manifest,
     techniques: dict[str, Technique],
     *,
@@ -300,7 +300,7 @@ def queue_rows(
 
 
 def _rejections_by_place(
-    ledger: Ledger, batch: str
+    ledger: LedgerBackend, batch: str
 ) -> dict[str, list[tuple[int, tuple[str, str]]]]:
     """The batch's rejected rows by manifest location: (job id, (technique, inputs digest)).
 
@@ -316,7 +316,7 @@ def _rejections_by_place(
     return found
 
 
-def still_invalid(ledger: Ledger, job: JobRecord) -> str | None:
+def still_invalid(ledger: LedgerBackend, job: JobRecord) -> str | None:
     """Why a rejected row would be refused again before any POST, or None if it may go."""
     cached = ledger.technique(job.technique)
     if cached is None:

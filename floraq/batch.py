@@ -33,12 +33,12 @@ from floraq.errors import (
 )
 from floraq.interrupts import RESUME, interrupted_as
 from floraq.interrupts import run_interruptibly as _run
-from floraq.ledger import JobRecord, Ledger
-from floraq.lock import LedgerLock
+from floraq.ledger import JobRecord, LedgerBackend
+from floraq.ledger_access import locked_ledger, read_if_there, require_ledger
 from floraq.manifest_files import load_manifest
 from floraq.results import PlanResult, RetryKind, RetryResult, RunResult, StatusResult
 from floraq.retry import RetryPolicy
-from floraq.review import open_existing, pages, require_ledger, selected
+from floraq.review import pages, selected
 from floraq.review import redownload_missing as _redownload_missing
 from floraq.review import status_of as _status
 from floraq.runner import Progress, RunReport, build_runner
@@ -91,7 +91,7 @@ def _checked(
 
     The output folder is checked first: a batch whose files cannot land is refused whole.
     """
-    reader = Ledger.open_readonly(settings.ledger_path)
+    reader = read_if_there(settings)
     try:
         folder = _folder_problems(settings, manifest, reader)
         result = check_manifest(manifest, techniques, folder + problems, ledger=reader)
@@ -104,13 +104,13 @@ def _checked(
 
 
 def _folder_problems(
-    settings: Settings, manifest: Manifest, reader: Ledger | None
+    settings: Settings, manifest: Manifest, reader: LedgerBackend | None
 ) -> list[Problem]:
     """Why this batch may not write its output_dir: unwritable, another ledger's, moved."""
     where = f"{manifest.source}: output_dir"
     folder = Path(manifest.output_dir)
     why = destination.unwritable(folder) or destination.owned_by_another(
-        folder, manifest.batch, settings.ledger_path
+        folder, manifest.batch, settings.ledger_target
     )
     if why is None and reader is not None:
         saved = reader.batch(manifest.batch)
@@ -151,26 +151,31 @@ def submit(
     if checked.errors and (checked.folder_problems or not skip_invalid):
         raise ManifestError(checked.problems)
     known = {slug: t for slug, t in techniques.items() if t is not None}
-    unread = settings.ledger_path.exists() and not checked.read_ledger
-    with LedgerLock(settings.ledger_path):
-        ledger = Ledger.open(settings.ledger_path)
-        try:
-            if unread:  # an older ledger, migrated just now: check against it before queueing
-                checked = check_manifest(manifest, techniques, problems, ledger=ledger)
-                if checked.errors and not skip_invalid:
-                    raise ManifestError(checked.problems)
-            with interrupted_as(again):
-                inserted = _queue(ledger, manifest, manifest_path, known, skip_invalid)
-            result = _run_batches(settings, ledger, [manifest.batch], wait=wait, progress=progress)
-            result.inserted = inserted
-            result.plan = checked
-            return result
-        finally:
-            ledger.close()
+    unread = _unread(settings, checked)
+    with locked_ledger(settings) as ledger:
+        if unread:  # an older ledger, migrated just now: check against it before queueing
+            checked = check_manifest(manifest, techniques, problems, ledger=ledger)
+            if checked.errors and not skip_invalid:
+                raise ManifestError(checked.problems)
+        with interrupted_as(again):
+            inserted = _queue(ledger, manifest, manifest_path, known, skip_invalid)
+        result = _run_batches(settings, ledger, [manifest.batch], wait=wait, progress=progress)
+        result.inserted = inserted
+        result.plan = checked
+        return result
+
+
+def _unread(settings: Settings, checked: PlanResult) -> bool:
+    """A ledger is there that the read-only check could not read (an older schema)."""
+    if checked.read_ledger:
+        return False
+    if settings.ledger_url is None:
+        return settings.ledger_path.exists()
+    return True  # a server's schema: check again under the lock, after migrating
 
 
 def _queue(
-    ledger: Ledger,
+    ledger: LedgerBackend,
     manifest: Manifest,
     manifest_path: Path,
     techniques: dict[str, Technique],
@@ -203,24 +208,20 @@ def resume(
     missing or changed on disk, and the outputs that expired before they were fetched.
     """
     require_ledger(settings)
-    with LedgerLock(settings.ledger_path):
-        ledger = open_existing(settings)
-        try:
-            names = selected(ledger, settings, batch)
-            refetch = _redownload_missing(ledger, names) if redownload_missing else None
-            result = _run_batches(
-                settings, ledger, names, wait=True, progress=progress, refresh_techniques=True
-            )
-            if refetch is not None:
-                result.notes.append(refetch.describe())
-            return result
-        finally:
-            ledger.close()
+    with locked_ledger(settings) as ledger:
+        names = selected(ledger, settings, batch)
+        refetch = _redownload_missing(ledger, names) if redownload_missing else None
+        result = _run_batches(
+            settings, ledger, names, wait=True, progress=progress, refresh_techniques=True
+        )
+        if refetch is not None:
+            result.notes.append(refetch.describe())
+        return result
 
 
 def _run_batches(
     settings: Settings,
-    ledger: Ledger,
+    ledger: LedgerBackend,
     names: list[str],
     *,
     wait: bool,
@@ -238,7 +239,7 @@ def _run_batches(
     for name in names:  # each output folder names its owner before the first download
         saved = ledger.batch(name)
         if saved is not None:
-            destination.claim(Path(saved.output_dir), name, settings.ledger_path)
+            destination.claim(Path(saved.output_dir), name, settings.ledger_target)
     report = _run(go()) if names else RunReport()
     status = _status(ledger, names)
     result = RunResult(batches=names, inserted=0, report=report, status=status)
@@ -251,7 +252,7 @@ def _run_batches(
 
 
 async def _refresh_techniques(
-    client: FloraClient, ledger: Ledger, slugs: list[str], techniques: dict[str, Technique]
+    client: FloraClient, ledger: LedgerBackend, slugs: list[str], techniques: dict[str, Technique]
 ) -> None:
     """Today's definitions, so a resume quotes (and caps) at today's run_cost.
 
@@ -324,42 +325,48 @@ def retry(
             "say which rows to retry: --failed, --rejected, --expired and/or --unknown"
         )
     require_ledger(settings)
-    with LedgerLock(settings.ledger_path):
-        ledger = open_existing(settings)
-        try:
-            names = selected(ledger, settings, batch)
-            result = RetryResult(requeued=Counter(), skipped=[])
-            touched: set[str] = set()
-            for kind in dict.fromkeys(kinds):
-                state = RETRY_STATES[kind]
-                for page in pages(functools.partial(_jobs_in, ledger, names, state)):
-                    with ledger.transaction():
-                        for job in page:
-                            problem = still_invalid(ledger, job) if kind == "rejected" else None
-                            if problem is not None:
-                                result.skipped.append(f"{job.location}: {problem}")
-                                continue
-                            attempt = job.attempt + 1
-                            key = idempotency_key(
-                                batch=job.batch,
-                                technique=job.technique,
-                                inputs=job.inputs,
-                                attempt=attempt,
-                            )
-                            ledger.new_attempt(job.id, state, attempt=attempt, idempotency_key=key)
-                            result.requeued[kind] += 1
-                            touched.add(job.batch)
-            if touched and not queue_only:
-                ordered = [n for n in names if n in touched]
-                result.run = _run_batches(
-                    settings, ledger, ordered, wait=True, progress=progress, refresh_techniques=True
-                )
-            return result
-        finally:
-            ledger.close()
+    with locked_ledger(settings) as ledger:
+        names = selected(ledger, settings, batch)
+        result = RetryResult(requeued=Counter(), skipped=[])
+        touched = _requeue(ledger, names, kinds, result)
+        if touched and not queue_only:
+            ordered = [n for n in names if n in touched]
+            result.run = _run_batches(
+                settings, ledger, ordered, wait=True, progress=progress, refresh_techniques=True
+            )
+        return result
 
 
-def _jobs_in(ledger: Ledger, names: list[str], state: JobState, after: int) -> list[JobRecord]:
+def _requeue(
+    ledger: LedgerBackend, names: list[str], kinds: Sequence[RetryKind], result: RetryResult
+) -> set[str]:
+    """A new attempt for each row in these states (counted in ``result``); the batches hit."""
+    touched: set[str] = set()
+    for kind in dict.fromkeys(kinds):
+        state = RETRY_STATES[kind]
+        for page in pages(functools.partial(_jobs_in, ledger, names, state)):
+            with ledger.transaction():
+                for job in page:
+                    problem = still_invalid(ledger, job) if kind == "rejected" else None
+                    if problem is not None:
+                        result.skipped.append(f"{job.location}: {problem}")
+                        continue
+                    attempt = job.attempt + 1
+                    key = idempotency_key(
+                        batch=job.batch,
+                        technique=job.technique,
+                        inputs=job.inputs,
+                        attempt=attempt,
+                    )
+                    ledger.new_attempt(job.id, state, attempt=attempt, idempotency_key=key)
+                    result.requeued[kind] += 1
+                    touched.add(job.batch)
+    return touched
+
+
+def _jobs_in(
+    ledger: LedgerBackend, names: list[str], state: JobState, after: int
+) -> list[JobRecord]:
     return ledger.jobs(batches=names, states=[state], after_id=after)
 
 

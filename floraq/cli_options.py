@@ -8,6 +8,7 @@ the one after the command wins, and either wins over the environment.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import click
 from click.core import ParameterSource
 
 from floraq import console
+from floraq.ledger.pg_connection import URL_SCHEMES
 from floraq.request_log import show_requests
 from floraq.settings import ENV_BASE_URL, ENV_LEDGER, Settings, resolve
 
@@ -26,6 +28,23 @@ SESSION_OPTIONS = ("base_url", "ledger", "sandbox", "verbose", "quiet")
 F = TypeVar("F", bound=Callable[..., Any])
 
 SANDBOX_TIME_SCALE = 0.02  # --sandbox: a 5-60 s run takes 0.1-1.2 s
+
+
+class LedgerParam(click.ParamType[str | Path]):
+    """A SQLite path (checked as ``click.Path`` does), or a PostgreSQL URL kept as typed.
+
+    ``click.Path`` would collapse the URL's ``//`` and make it a local file name.
+    """
+
+    name = "path_or_url"
+    _path = click.Path(dir_okay=False, path_type=Path)
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str | Path:
+        if isinstance(value, str) and value.lower().startswith(URL_SCHEMES):
+            return value
+        return Path(os.fsdecode(self._path.convert(value, param, ctx)))
 
 
 def common_options(fn: F) -> F:
@@ -39,10 +58,11 @@ def common_options(fn: F) -> F:
         ),
         click.option(
             "--ledger",
-            type=click.Path(dir_okay=False, path_type=Path),
+            type=LedgerParam(),
             envvar=ENV_LEDGER,
             show_envvar=True,
-            help="The SQLite ledger [default: state/floraq.db; state/sandbox.db with --sandbox].",
+            help="The ledger: a SQLite file, or a postgresql:// URL (one process at a time)"
+            " [default: state/floraq.db; state/sandbox.db with --sandbox].",
         ),
         click.option(
             "--sandbox",
@@ -61,7 +81,7 @@ def common_options(fn: F) -> F:
 def session(
     *,
     base_url: str | None,
-    ledger: Path | None,
+    ledger: str | Path | None,
     sandbox: bool,
     verbose: int,
     quiet: bool,

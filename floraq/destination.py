@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from floraq.errors import DiskError, UsageError
+from floraq.ledger.pg_connection import is_postgres_url, masked
 
 MARKER = Path(".floraq") / "owner.json"
 PROBE_PREFIX = ".floraq-probe-"
@@ -29,7 +30,7 @@ PROBE_PREFIX = ".floraq-probe-"
 class Owner:
     """Who fills an output folder: the batches of one ledger (the first one made it)."""
 
-    ledger: str  # the ledger's resolved path
+    ledger: str  # the ledger's resolved path, or its PostgreSQL URL masked
     batches: tuple[str, ...]
     created_at: float
 
@@ -37,9 +38,12 @@ class Owner:
         return {"ledger": self.ledger, "batches": list(self.batches), "created_at": self.created_at}
 
 
-def ledger_identity(ledger_path: Path) -> str:
-    """The ledger as the marker names it: its absolute, resolved path."""
-    return str(ledger_path.expanduser().resolve())
+def ledger_identity(ledger: str | Path) -> str:
+    """The ledger as the marker names it: its absolute, resolved path, or its URL masked
+    (the marker is a file anyone may read: never a password in it)."""
+    if isinstance(ledger, str) and is_postgres_url(ledger):
+        return masked(ledger)
+    return str(Path(ledger).expanduser().resolve())
 
 
 def unwritable(folder: Path) -> str | None:
@@ -96,7 +100,7 @@ def read_owner(folder: Path) -> Owner | str | None:
         )
 
 
-def owned_by_another(folder: Path, batch: str, ledger_path: Path) -> str | None:
+def owned_by_another(folder: Path, batch: str, ledger: str | Path) -> str | None:
     """Why ``batch`` of this ledger may not write ``folder``: its marker names another ledger.
 
     Batches of one ledger may share a folder: that ledger refuses a row whose own folder
@@ -108,7 +112,7 @@ def owned_by_another(folder: Path, batch: str, ledger_path: Path) -> str | None:
         return None
     if isinstance(owner, str):
         return f"{folder}: {owner}"
-    if owner.ledger == ledger_identity(ledger_path):
+    if owner.ledger == ledger_identity(ledger):
         return None
     names = ", ".join(repr(b) for b in owner.batches) or "?"
     return (
@@ -117,12 +121,12 @@ def owned_by_another(folder: Path, batch: str, ledger_path: Path) -> str | None:
     )
 
 
-def claim(folder: Path, batch: str, ledger_path: Path) -> None:
+def claim(folder: Path, batch: str, ledger: str | Path) -> None:
     """Create ``folder`` with its owner marker naming this batch; before the first download.
 
     A folder another ledger owns is a UsageError; a disk that refuses the marker a DiskError.
     """
-    refused = owned_by_another(folder, batch, ledger_path)
+    refused = owned_by_another(folder, batch, ledger)
     if refused is not None:
         raise UsageError(refused)
     owner = read_owner(folder)
@@ -131,7 +135,7 @@ def claim(folder: Path, batch: str, ledger_path: Path) -> None:
     if isinstance(owner, Owner):
         owner = Owner(owner.ledger, (*owner.batches, batch), owner.created_at)
     else:
-        owner = Owner(ledger_identity(ledger_path), (batch,), time.time())
+        owner = Owner(ledger_identity(ledger), (batch,), time.time())
     marker = folder / MARKER
     part = marker.with_name(marker.name + ".part")
     try:

@@ -22,7 +22,8 @@ from floraq.downloads import sha256_file
 from floraq.errors import DISK_ERROR, UsageError
 from floraq.export import Columns, Format, write_rows
 from floraq.files import atomic_text
-from floraq.ledger import JobView, Ledger, QuoteGroup, StoredFile
+from floraq.ledger import JobView, LedgerBackend, QuoteGroup, StoredFile
+from floraq.ledger_access import open_for_reading
 from floraq.report import Summary, page_name, write_report
 from floraq.results import (
     BatchSummary,
@@ -49,7 +50,7 @@ def status(settings: Settings, *, batch: str | None = None) -> StatusResult:
         ledger.close()
 
 
-def status_of(ledger: Ledger, names: list[str]) -> StatusResult:
+def status_of(ledger: LedgerBackend, names: list[str]) -> StatusResult:
     if not names:
         return StatusResult(counts=[], failures=[])
     counts = [
@@ -68,7 +69,7 @@ def status_of(ledger: Ledger, names: list[str]) -> StatusResult:
     return StatusResult(counts=counts, failures=failures, cost_changes=_cost_changes(ledger, names))
 
 
-def _disk_refused(ledger: Ledger, names: list[str]) -> list[dict[str, Any]]:
+def _disk_refused(ledger: LedgerBackend, names: list[str]) -> list[dict[str, Any]]:
     """Completed rows whose files the disk refused: they need a look before `resume`."""
     found: list[dict[str, Any]] = []
     completed = [JobState.COMPLETED]
@@ -91,7 +92,7 @@ def _disk_refused(ledger: Ledger, names: list[str]) -> list[dict[str, Any]]:
     return found
 
 
-def _cost_changes(ledger: Ledger, names: list[str]) -> list[CostChange]:
+def _cost_changes(ledger: LedgerBackend, names: list[str]) -> list[CostChange]:
     """Techniques quoted at several prices or not at today's run_cost, or charged off-quote."""
     grouped: dict[tuple[str, str], list[QuoteGroup]] = defaultdict(list)
     for row in ledger.quotes(names):
@@ -270,7 +271,7 @@ def verify(settings: Settings, *, batch: str | None = None) -> VerifyResult:
         ledger.close()
 
 
-def redownload_missing(ledger: Ledger, names: list[str]) -> Refetch:
+def redownload_missing(ledger: LedgerBackend, names: list[str]) -> Refetch:
     """Mark bad files' outputs pending and their jobs completed, so the runner fetches them."""
     by_job: dict[int, list[str]] = defaultdict(list)
     for stored, problem in _check_files(ledger, names):
@@ -284,7 +285,7 @@ def redownload_missing(ledger: Ledger, names: list[str]) -> Refetch:
 
 
 def _check_files(
-    ledger: Ledger, names: list[str]
+    ledger: LedgerBackend, names: list[str]
 ) -> Iterator[tuple[StoredFile, FileProblem | None]]:
     for page in pages(lambda after: ledger.downloaded_files(names, after_id=after)):
         for stored in page:
@@ -305,45 +306,21 @@ def _check_file(stored: StoredFile) -> FileProblem | None:
     return None
 
 
-def open_existing(settings: Settings) -> Ledger:
-    """The ledger of a command that needs one already there; a usage error when none is.
-
-    For the commands that write (they hold the lock, which refused a read-only ledger).
-    """
-    require_ledger(settings)
-    return Ledger.open(settings.ledger_path)
-
-
-def open_for_reading(settings: Settings) -> Ledger:
-    """The ledger of a command that only reads: opened read-only, never written."""
-    require_ledger(settings)
-    return Ledger.open_for_reading(settings.ledger_path)
-
-
-def require_ledger(settings: Settings) -> None:
-    """The one "no ledger" error; called before taking the lock, so it creates no folder."""
-    if not settings.ledger_path.exists():
-        raise UsageError(
-            f"no ledger at {settings.ledger_path}: nothing has been submitted yet"
-            " (or pass --ledger / FLORAQ_LEDGER)"
-        )
-
-
-def selected(ledger: Ledger, settings: Settings, batch: str | None) -> list[str]:
+def selected(ledger: LedgerBackend, settings: Settings, batch: str | None) -> list[str]:
     """One named batch, or every batch; a usage error names the ones there are."""
     names = ledger.batch_names()
     if batch is None:
         return names
     if batch not in names:
         raise UsageError(
-            f"no batch {batch!r} in the ledger {settings.ledger_path}"
+            f"no batch {batch!r} in the ledger {settings.ledger_shown}"
             f" (known: {', '.join(names) or 'none'})"
         )
     return [batch]
 
 
 def _views_in(
-    ledger: Ledger, names: list[str], states: list[JobState], after: int
+    ledger: LedgerBackend, names: list[str], states: list[JobState], after: int
 ) -> list[JobView]:
     return ledger.job_views(names, states=states, after_id=after)
 

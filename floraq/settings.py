@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from floraq.core.money import MAX_AMOUNT, amount
 from floraq.crashpoints import CrashPoints
 from floraq.errors import UsageError
+from floraq.ledger.pg_connection import is_postgres_url, masked
 
 DEFAULT_BASE_URL = "https://app.flora.ai/api/v1"
 DEFAULT_LEDGER = Path("state/floraq.db")
@@ -39,6 +39,7 @@ class Settings:
     base_url: str = DEFAULT_BASE_URL
     api_key: str | None = field(default=None, repr=False)
     ledger_path: Path = DEFAULT_LEDGER
+    ledger_url: str | None = field(default=None, repr=False)  # a PostgreSQL ledger: wins
     concurrency: int | None = None  # None: the manifest's, else DEFAULT_CONCURRENCY
     max_cost: float | None = None  # overrides the manifest's cap
     idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW
@@ -48,6 +49,16 @@ class Settings:
     verbose: int = 0
     quiet: bool = False
     progress_bars: bool = False  # tqdm bars: only when stderr is a terminal
+
+    @property
+    def ledger_target(self) -> str | Path:
+        """What ``open_ledger`` opens: the PostgreSQL URL if one was given, else the path."""
+        return self.ledger_url if self.ledger_url is not None else self.ledger_path
+
+    @property
+    def ledger_shown(self) -> str:
+        """How messages name the ledger: its path, or its URL with the password masked."""
+        return masked(self.ledger_url) if self.ledger_url is not None else str(self.ledger_path)
 
     def require_key(self) -> str:
         """The API key, or a usage error that says where to put it."""
@@ -63,7 +74,7 @@ def resolve(
     *,
     env: Mapping[str, str] | None = None,
     base_url: str | None = None,
-    ledger: Path | None = None,
+    ledger: str | Path | None = None,
     sandbox: bool = False,
     concurrency: int | None = None,
     max_cost: float | None = None,
@@ -76,11 +87,12 @@ def resolve(
     default_ledger = DEFAULT_SANDBOX_LEDGER if sandbox else DEFAULT_LEDGER
     crash_at = env.get(ENV_CRASH_AT) or None
     CrashPoints(crash_at)  # a typo fails here, before anything is written or sent
-    ledger_path = _ledger_target(ledger or env.get(ENV_LEDGER) or default_ledger)
+    ledger_path, ledger_url = _ledger_target(ledger or env.get(ENV_LEDGER) or default_ledger)
     return Settings(
         base_url=(base_url or env.get(ENV_BASE_URL) or DEFAULT_BASE_URL).rstrip("/"),
         api_key=_api_key(env),
         ledger_path=ledger_path,
+        ledger_url=ledger_url,
         concurrency=concurrency,
         max_cost=_cap(max_cost),
         idempotency_window=_env_float(env, ENV_IDEMPOTENCY_WINDOW, DEFAULT_IDEMPOTENCY_WINDOW),
@@ -111,23 +123,20 @@ def _cap(max_cost: float | None) -> float | None:
     return max_cost
 
 
-_POSTGRES = re.compile(r"^postgres(?:ql)?:/", re.IGNORECASE)
+def _ledger_target(raw: str | Path) -> tuple[Path, str | None]:
+    """The ledger's path, and its PostgreSQL URL when it is one (kept exactly as typed).
 
-
-def _ledger_target(raw: str | Path) -> Path:
-    """The ledger's path; a PostgreSQL URL is refused (the CLI takes none yet), masked.
-
-    A URL read as a path would become a local SQLite file named after it, password
-    and all, and workers meant to share one ledger would each get their own.
+    A URL read as a path would become a local SQLite file named after it, password and
+    all; so it stays a string, and ``ledger_path`` keeps the default, never used.
     """
     text = str(raw)
-    if _POSTGRES.match(text):
-        shown = re.sub(r"^(postgres(?:ql)?:/+[^:/@]*:)[^@]*@", r"\1***@", text, flags=re.I)
+    if is_postgres_url(text):
+        return DEFAULT_LEDGER, text
+    if is_postgres_url(text.lower()):
         raise UsageError(
-            f"--ledger {shown}: a PostgreSQL ledger is not supported by the command line yet;"
-            " give a SQLite file path"
+            f"--ledger {masked(text)}: write the URL's scheme in lower case (postgresql://…)"
         )
-    return Path(raw)
+    return Path(raw), None
 
 
 def _env_float(env: Mapping[str, str], name: str, default: float) -> float:

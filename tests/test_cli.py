@@ -8,13 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 from conftest import Floraq, clean_env
 
 from floraq.cli import _register_sandbox, cli
-from floraq.errors import ExitCode
+from floraq.cli_options import common_options, session, session_options
+from floraq.errors import ExitCode, UsageError
 from floraq.sandbox import SandboxServer
+from floraq.settings import Settings, resolve
 
 README_PATH = Path(__file__).resolve().parent.parent / "README.md"
 README = README_PATH.read_text()
@@ -219,3 +222,35 @@ def test_sandbox_and_quiet_before_the_command(
     done = floraq("--sandbox", *quiet, "plan", str(one_row_manifest(floraq)))
     assert done.returncode == 0, done.stderr
     assert ("sandbox: serving a local FLORA API" in done.stderr) is announced
+
+
+@pytest.mark.parametrize("source", ["flag", "env"])
+def test_a_postgres_url_is_kept_as_typed_and_shown_masked(source: str) -> None:
+    """`--ledger URL` / FLORAQ_LEDGER: the URL itself (not a path that collapsed its `//`)."""
+    url = "postgresql://ops:s3cret@db.example:5432/floraq?sslmode=require"
+    seen: list[object] = []
+
+    @click.command()
+    @common_options
+    def probe(**kwargs: object) -> None:
+        with session(**session_options(dict(kwargs))) as settings:
+            seen.append(settings)
+
+    args, env = (["--ledger", url], {}) if source == "flag" else ([], {"FLORAQ_LEDGER": url})
+    done = CliRunner().invoke(probe, args, env=env)
+    assert done.exit_code == 0, done.output
+    [settings] = seen
+    assert isinstance(settings, Settings)
+    assert settings.ledger_url == settings.ledger_target == url
+    assert settings.ledger_shown == "postgresql://ops:***@db.example:5432/floraq?sslmode=require"
+    assert "s3cret" not in repr(settings)
+
+
+def test_an_upper_case_postgres_scheme_is_one_line_masked() -> None:
+    """Not a local file named after the URL: a usage error, the password masked."""
+    with pytest.raises(UsageError) as refused:
+        resolve(env={}, ledger="POSTGRESQL://ops:s3cret@db/floraq")
+    assert str(refused.value) == (
+        "--ledger POSTGRESQL://ops:***@db/floraq: write the URL's scheme in lower case"
+        " (postgresql://…)"
+    )

@@ -218,8 +218,8 @@ def test_bad_input_is_one_located_line_and_touches_nothing(
         (
             (),
             {"FLORAQ_LEDGER": "postgresql://ops:s3cret@127.0.0.1:1/floraq"},
-            r"--ledger postgresql:/+ops:\*\*\*@127\.0\.0\.1:1/floraq: a PostgreSQL ledger is"
-            r" not supported by the command line yet",
+            r"^floraq: error: cannot open the ledger postgresql://ops:\*\*\*@127\.0\.0\.1:1/floraq:"
+            r" connection failed: .*; check the server and the URL in --ledger / FLORAQ_LEDGER$",
         ),
     ],
     ids=[
@@ -230,7 +230,7 @@ def test_bad_input_is_one_located_line_and_touches_nothing(
         "inf-time-scale",
         "blank-key",
         "billion-dollar-cap",
-        "postgres-url-as-ledger",
+        "postgres-password-masked",
     ],
 )
 def test_bad_numbers_and_keys_are_one_line_and_send_nothing(

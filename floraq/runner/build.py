@@ -24,7 +24,7 @@ from floraq.core.money import amount
 from floraq.core.technique import Technique
 from floraq.crashpoints import CrashPoints
 from floraq.downloads import Downloader
-from floraq.ledger import Ledger
+from floraq.ledger import LedgerBackend
 from floraq.retry import RetryPolicy
 from floraq.runner.context import DEFAULT_MAX_POLLS, BatchPlan, Progress, RunnerConfig
 from floraq.runner.loop import Runner
@@ -33,7 +33,7 @@ from floraq.url_safety import is_plain_loopback
 
 # Called with the open client before the runner is built (``resume`` fetches today's
 # technique definitions into the ledger and the dict here).
-Refresh = Callable[[FloraClient, Ledger, list[str], dict[str, Technique]], Awaitable[None]]
+Refresh = Callable[[FloraClient, LedgerBackend, list[str], dict[str, Technique]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,7 @@ class Seams:
 @asynccontextmanager
 async def build_runner(
     settings: Settings,
-    ledger: Ledger,
+    ledger: LedgerBackend,
     names: Sequence[str],
     *,
     wait: bool = True,
@@ -105,7 +105,7 @@ async def build_runner(
 
 
 def batch_plans(
-    settings: Settings, ledger: Ledger, names: Sequence[str]
+    settings: Settings, ledger: LedgerBackend, names: Sequence[str]
 ) -> tuple[dict[str, BatchPlan], int]:
     """Each batch's plan from its ledger row, and the concurrency: flag, else manifest's."""
     plans: dict[str, BatchPlan] = {}
@@ -124,7 +124,7 @@ def batch_plans(
     return plans, concurrency or DEFAULT_CONCURRENCY
 
 
-def cached_techniques(ledger: Ledger, slugs: Sequence[str]) -> dict[str, Technique]:
+def cached_techniques(ledger: LedgerBackend, slugs: Sequence[str]) -> dict[str, Technique]:
     """The technique definitions the ledger cached when the rows were queued."""
     techniques: dict[str, Technique] = {}
     for slug in slugs:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from floraq.ledger import Ledger
+from floraq.ledger import LedgerBackend
 
 T = TypeVar("T")
 _Pending = list[tuple[Callable[[], Any], asyncio.Future[Any]]]
@@ -26,7 +26,7 @@ class GroupCommitter:
     cannot undo its neighbours. Ops are ledger calls only, so running one again is safe.
     """
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: LedgerBackend) -> None:
         self.ledger = ledger
         self._pending: _Pending = []
         self._scheduled = False

@@ -26,7 +26,7 @@ from floraq.core.technique import Technique
 from floraq.crashpoints import CrashPoints
 from floraq.downloads import Downloader
 from floraq.errors import ApiError, AuthError, DiskError
-from floraq.ledger import JobRecord, Ledger
+from floraq.ledger import JobRecord, LedgerBackend
 from floraq.runner.commit import GroupCommitter
 from floraq.runner.prices import Prices
 
@@ -88,7 +88,7 @@ class RunReport:
 class RunContext:
     """One run of the loop: its collaborators, what it has learned, and whether to stop."""
 
-    ledger: Ledger
+    ledger: LedgerBackend
     client: FloraClient
     downloader: Downloader
     techniques: dict[str, Technique]

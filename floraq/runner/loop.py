@@ -27,7 +27,7 @@ from floraq.core.technique import Technique
 from floraq.crashpoints import CrashPoints
 from floraq.downloads import Downloader
 from floraq.errors import AuthError
-from floraq.ledger import JobRecord, Ledger
+from floraq.ledger import JobRecord, LedgerBackend
 from floraq.runner.commit import GroupCommitter
 from floraq.runner.context import (
     DURATIONS_KEPT,
@@ -58,7 +58,7 @@ class Runner:
     def __init__(
         self,
         *,
-        ledger: Ledger,
+        ledger: LedgerBackend,
         client: FloraClient,
         downloader: Downloader,
         techniques: dict[str, Technique],

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from floraq.core.lifecycle import QUOTE_COMMITTED
 from floraq.core.technique import Technique
-from floraq.ledger import Ledger
+from floraq.ledger import LedgerBackend
 
 PRICE_TTL = 30.0  # seconds (x time_scale) a fetched run_cost is trusted before a POST
 PRICE_TTL_FLOOR = 0.1  # seconds: a time scale of 0 (no waits) must not mean a GET per POST
@@ -95,7 +95,7 @@ def price_ttl(time_scale: float) -> float:
     return max(PRICE_TTL * time_scale, PRICE_TTL_FLOOR)
 
 
-def save_price(ledger: Ledger, fresh: Technique, recent: list[int], *, rise: bool) -> None:
+def save_price(ledger: LedgerBackend, fresh: Technique, recent: list[int], *, rise: bool) -> None:
     """Today's definition; after a rise, the new price on rows that may have been charged it."""
     ledger.save_technique(fresh.slug, fresh.to_api(), fresh.run_cost)
     if not rise:
