@@ -9,6 +9,8 @@ from __future__ import annotations
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from floraq.errors import LedgerError
+
 migrations = Migrations("floraq")
 
 
@@ -196,3 +198,29 @@ def m0004_money_micros(db: Database) -> None:
 # Every step this floraq knows, in order: a ledger that has applied one not listed here was
 # written by a newer floraq, and is refused rather than half-understood.
 MIGRATION_NAMES: tuple[str, ...] = tuple(m.name for m in migrations.pending(Database(memory=True)))
+
+
+def refuse_if_foreign(
+    tables: list[str], applied: list[str], *, bookkeeping: str, shown: str, kind: str
+) -> None:
+    """A LedgerError unless these tables and applied steps are a floraq ledger we can read.
+
+    Shared by both backends. Not ours: tables but no floraq steps (another program's
+    database, pointed at by mistake; the migrations table ``bookkeeping`` alone is a first
+    start cut short), or a step this floraq does not know (a newer floraq wrote it).
+    ``kind`` names the database ("SQLite database", "PostgreSQL database").
+    """
+    others = sorted(set(tables) - {bookkeeping})
+    if others and not applied:
+        listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        where = "file" if kind.startswith("SQLite") else "database"
+        raise LedgerError(
+            f"{shown} is a {kind} but not a floraq ledger (its tables: {listed});"
+            f" it was left untouched: point --ledger / FLORAQ_LEDGER at another {where}"
+        )
+    unknown = [name for name in applied if name not in MIGRATION_NAMES]
+    if unknown:
+        raise LedgerError(
+            f"the ledger {shown} was written by a newer floraq (schema step {unknown[0]} is"
+            " unknown to this one); it was left untouched: upgrade floraq to use it"
+        )

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import time
 
-from floraq.errors import LedgerError
-from floraq.ledger.migrations import MIGRATION_NAMES, _committed
+from floraq.ledger.migrations import _committed, refuse_if_foreign
 from floraq.ledger.pg_connection import PgConnection
 
 MIGRATIONS_TABLE = "floraq_migrations"
@@ -168,19 +167,9 @@ def refuse_if_not_ours(conn: PgConnection, shown: str) -> list[str]:
     """
     tables = _tables(conn)
     applied = applied_steps(conn) or []
-    others = sorted(set(tables) - {MIGRATIONS_TABLE})
-    if others and not applied:
-        listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-        raise LedgerError(
-            f"{shown} is a PostgreSQL database but not a floraq ledger (its tables: {listed});"
-            " it was left untouched: point --ledger / FLORAQ_LEDGER at another database"
-        )
-    unknown = [name for name in applied if name not in MIGRATION_NAMES]
-    if unknown:
-        raise LedgerError(
-            f"the ledger {shown} was written by a newer floraq (schema step {unknown[0]} is"
-            " unknown to this one); it was left untouched: upgrade floraq to use it"
-        )
+    refuse_if_foreign(
+        tables, applied, bookkeeping=MIGRATIONS_TABLE, shown=shown, kind="PostgreSQL database"
+    )
     return applied
 
 

@@ -20,7 +20,7 @@ from sqlite_utils import Database
 
 from floraq.errors import DiskError, LedgerError
 from floraq.ledger.attempts import LedgerAttempts
-from floraq.ledger.migrations import MIGRATION_NAMES, migrations
+from floraq.ledger.migrations import migrations, refuse_if_foreign
 from floraq.lock import ensure_private_dir, writable
 
 BUSY_TIMEOUT_MS = 10_000
@@ -163,18 +163,13 @@ def _refuse_if_not_ours(conn: sqlite3.Connection, path: Path) -> None:
         if migrations.migrations_table in tables
         else []
     )
-    if set(tables) - {migrations.migrations_table} and not applied:
-        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
-        raise LedgerError(
-            f"{path} is a SQLite database but not a floraq ledger (its tables: {shown});"
-            " it was left untouched: point --ledger / FLORAQ_LEDGER at another file"
-        )
-    unknown = [name for name in applied if name not in MIGRATION_NAMES]
-    if unknown:
-        raise LedgerError(
-            f"the ledger {path} was written by a newer floraq (schema step {unknown[0]} is"
-            " unknown to this one); it was left untouched: upgrade floraq to use it"
-        )
+    refuse_if_foreign(
+        tables,
+        applied,
+        bookkeeping=migrations.migrations_table,
+        shown=str(path),
+        kind="SQLite database",
+    )
 
 
 _APPLIED = f"SELECT name FROM {migrations.migrations_table} WHERE migration_set = ?"
