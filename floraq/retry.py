@@ -153,6 +153,8 @@ class Throttle:
     ``async with throttle:`` waits until any shared pause is over, then for one of
     ``limit`` slots. A 429 halves ``limit`` (once per pause, not once per request that
     was already in flight); ``increase_after`` successes in a row add one slot back.
+    Several processes share one through the ledger (``floraq.runner.limits``): their
+    pauses (``honour_pause``) and their learned limit (``set_limit``).
     """
 
     def __init__(
@@ -173,7 +175,9 @@ class Throttle:
         self._in_flight = 0
         self._successes = 0
         self._paused_until = float("-inf")
+        self._unshared = False  # a pause of ours that the other workers have not heard of
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self.on_change: Callable[[], None] | None = None  # told of each 429's pause
 
     @property
     def limit(self) -> int:
@@ -189,8 +193,32 @@ class Throttle:
         return max(0.0, self._paused_until - self._clock())
 
     def pause_all(self, seconds: float) -> None:
-        """Nobody sends before now + seconds; a longer pause already set is kept."""
+        """Nobody sends before now + seconds (a 429 here); a longer pause already set is kept.
+
+        The pause is also kept for ``take_unshared``, and ``on_change`` is told, so other
+        workers of the workspace hear of it (``floraq.runner.limits``).
+        """
         self._paused_until = max(self._paused_until, self._clock() + seconds)
+        self._unshared = True
+        if self.on_change is not None:
+            self.on_change()
+
+    def honour_pause(self, seconds: float) -> None:
+        """Another worker's pause, read from the ledger: kept like ours, never shared back."""
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    def take_unshared(self) -> float | None:
+        """Seconds left of a pause of ours not yet shared (then forgotten), or None."""
+        if not self._unshared:
+            return None
+        self._unshared = False
+        return self.paused_for()
+
+    def set_limit(self, limit: int) -> None:
+        """Take up the concurrency learned elsewhere (the ledger), within 1..max."""
+        self._limit = max(1, min(limit, self.max_concurrency))
+        self._successes = 0
+        self._wake()
 
     def on_rate_limited(self) -> None:
         """Multiplicative decrease: halve the allowed concurrency (min 1)."""

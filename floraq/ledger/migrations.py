@@ -195,6 +195,28 @@ def m0004_money_micros(db: Database) -> None:
         )
 
 
+@migrations(name="0007_api_limits")
+def m0007_api_limits(db: Database) -> None:
+    # FLORA's rate limits are per workspace: one row per API host and workspace, shared by
+    # every worker, holds the pause after a 429 and the concurrency learned (floraq.core.
+    # limits). `workspace` is "key:<fingerprint>" until a manifest names a workspace id;
+    # never the key. Times are epoch seconds of the ledger's clock (on PostgreSQL, the
+    # server's).
+    db.execute(
+        """
+        CREATE TABLE api_limits (
+            api_host TEXT NOT NULL,
+            workspace TEXT NOT NULL,
+            paused_until REAL,
+            concurrency INTEGER,
+            recent_429s INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (api_host, workspace)
+        )
+        """
+    )
+
+
 # Every step this floraq knows, in order: a ledger that has applied one not listed here was
 # written by a newer floraq, and is refused rather than half-understood.
 MIGRATION_NAMES: tuple[str, ...] = tuple(m.name for m in migrations.pending(Database(memory=True)))

@@ -2,8 +2,9 @@
 
 The steps carry SQLite's names (``migrations.MIGRATION_NAMES``): a PostgreSQL ledger says
 which schema it has in the same words. The first step builds today's schema at once (no
-PostgreSQL ledger predates it); the later ones are recorded as included. A new SQLite step
-gets its PostgreSQL twin here (a test compares the names and the columns).
+PostgreSQL ledger predates it); the steps it already includes are recorded as such (None),
+later ones run their own SQL. A new SQLite step gets its PostgreSQL twin here (a test
+compares the names and the columns).
 
 Several workers may start together: the steps run in one transaction under a
 transaction-level advisory lock, so exactly one of them applies them and the others then
@@ -136,12 +137,26 @@ CREATE TRIGGER jobs_committed
     ON jobs FOR EACH ROW EXECUTE FUNCTION jobs_committed();
 """
 
+# SQLite's step 0007: the limits every worker of a workspace shares (floraq.core.limits).
+_API_LIMITS = """
+CREATE TABLE api_limits (
+    api_host TEXT NOT NULL,
+    workspace TEXT NOT NULL,
+    paused_until DOUBLE PRECISION,
+    concurrency INTEGER,
+    recent_429s INTEGER NOT NULL DEFAULT 0,
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (api_host, workspace)
+);
+"""
+
 # (SQLite's step name, what it runs here; None: already part of 0001 on PostgreSQL)
 STEPS: tuple[tuple[str, str | None], ...] = (
     ("0001_initial", _TABLES + _COUNTER),
     ("0002_attempt_costs", None),
     ("0003_key_fingerprint", None),
     ("0004_money_micros", None),
+    ("0007_api_limits", _API_LIMITS),
 )
 
 

@@ -18,15 +18,18 @@ import psycopg
 from floraq.errors import LedgerBusy, LedgerError
 from floraq.ledger import pg_schema
 from floraq.ledger.attempts import LedgerAttempts
+from floraq.ledger.limits import LedgerLimits
 from floraq.ledger.pg_connection import PgConnection, masked, scrubbed
 
 
-class PostgresLedger(LedgerAttempts):
+class PostgresLedger(LedgerAttempts, LedgerLimits):
     """Owns one connection to a PostgreSQL ledger: migrates on open, every move atomic."""
 
     _BEGIN = "BEGIN"
     _LOCK_BATCH = " FOR UPDATE OF b"
     _INPUTS_JSON = "j.inputs::json"
+    _DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"  # one clock for every machine
+    _LOCK_ROW = " FOR UPDATE"
 
     def __init__(
         self, conn: PgConnection, *, url: str, clock: Callable[[], float] = time.time

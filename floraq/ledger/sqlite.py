@@ -20,13 +20,14 @@ from sqlite_utils import Database
 
 from floraq.errors import DiskError, LedgerError
 from floraq.ledger.attempts import LedgerAttempts
+from floraq.ledger.limits import LedgerLimits
 from floraq.ledger.migrations import migrations, refuse_if_foreign
 from floraq.lock import ensure_private_dir, writable
 
 BUSY_TIMEOUT_MS = 10_000
 
 
-class SqliteLedger(LedgerAttempts):
+class SqliteLedger(LedgerAttempts, LedgerLimits):
     """Owns the SQLite file: migrates on open, every transition atomic."""
 
     def __init__(self, conn: sqlite3.Connection, *, clock: Callable[[], float] = time.time) -> None:

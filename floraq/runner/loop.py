@@ -39,6 +39,7 @@ from floraq.runner.context import (
     no_progress,
 )
 from floraq.runner.fetch import download
+from floraq.runner.limits import SharedRate, limit_key
 from floraq.runner.poll import poll_until_done
 from floraq.runner.prices import Prices, price_ttl
 from floraq.runner.submit import claim, submit
@@ -91,6 +92,18 @@ class Runner:
             },
         )
 
+        fingerprint = config.key_fingerprint
+        self.shared = (
+            None
+            if fingerprint is None
+            else SharedRate(
+                ledger,
+                client.throttle,
+                limit_key(client.base_url, fingerprint),
+                time_scale=config.time_scale,
+            )
+        )
+
     @property
     def report(self) -> RunReport:
         return self.ctx.report
@@ -101,6 +114,7 @@ class Runner:
         names = list(ctx.batches)
         _expire_stale_intents(ctx, names)
         slots = asyncio.Semaphore(ctx.config.max_outstanding)
+        sharing = self._share()
         try:
             for states in _PASSES:
                 await _start_tasks(ctx, names, states, slots)
@@ -112,9 +126,33 @@ class Runner:
             if ctx.tasks:
                 await asyncio.gather(*ctx.tasks, return_exceptions=True)
             ctx.committer.flush()
+            await self._stop_sharing(sharing)
         if ctx.bug is not None:
             raise ctx.bug  # every transition so far is committed; `resume` continues
         return ctx.report
+
+    def _share(self) -> asyncio.Task[None] | None:
+        """Read the shared limits before the first request, then keep them in step."""
+        if self.shared is None:
+            return None
+        self.shared.start()
+        return asyncio.create_task(_guarded(self.ctx, self.shared.run))
+
+    async def _stop_sharing(self, sharing: asyncio.Task[None] | None) -> None:
+        if sharing is None or self.shared is None:
+            return
+        sharing.cancel()
+        await asyncio.gather(sharing, return_exceptions=True)
+        self.shared.finish()
+
+
+async def _guarded(ctx: RunContext, work: Callable[[], Awaitable[None]]) -> None:
+    """A bug in the sharing stops the loop as a bug in a task does."""
+    try:
+        await work()
+    except Exception as e:
+        ctx.bug = ctx.bug or e
+        ctx.stop_everything()
 
 
 async def _start_tasks(
