@@ -180,3 +180,26 @@ def test_cancelled_waiter_gives_its_slot_back() -> None:
             return throttle.in_flight
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_our_pause_is_kept_for_sharing_once_and_another_workers_is_not() -> None:
+    """``take_unshared`` hands a 429's pause to the ledger once; an honoured one never."""
+    fake = FakeTime()
+    told: list[bool] = []
+    throttle = Throttle(max_concurrency=4, clock=fake.clock, sleep=fake.sleep)
+    throttle.on_change = lambda: told.append(True)
+    throttle.honour_pause(7.0)
+    assert (throttle.paused_for(), throttle.take_unshared(), told) == (7.0, None, [])
+    throttle.pause_all(3.0)  # shorter than the honoured pause: the longer one stands
+    assert (throttle.take_unshared(), told) == (7.0, [True])
+    assert throttle.take_unshared() is None
+
+
+def test_set_limit_takes_up_a_learned_limit_within_bounds() -> None:
+    throttle = Throttle(max_concurrency=4)
+    throttle.set_limit(2)
+    assert throttle.limit == 2
+    throttle.set_limit(9)
+    assert throttle.limit == 4
+    throttle.set_limit(0)
+    assert throttle.limit == 1
