@@ -31,6 +31,8 @@ from floraq.results import (
     RunResult,
     StatusResult,
     VerifyResult,
+    limit_json,
+    limit_line,
 )
 
 PLAIN_PROGRESS_EVERY = 5.0  # seconds between progress lines when not on a terminal
@@ -137,6 +139,12 @@ def run_summary(result: RunResult, *, quiet: bool = False) -> None:
 
 
 def status(result: StatusResult) -> None:
+    _status_rows(result)
+    for limit in result.api_limits:  # what the next start under each workspace will use
+        out(limit_line(limit))
+
+
+def _status_rows(result: StatusResult) -> None:
     per_batch: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
     for count in result.counts:
         per_batch[count.batch][count.technique][count.state] = count.count
@@ -199,7 +207,12 @@ def status_json(result: StatusResult) -> None:
         }
         for c in result.cost_changes
     ]
-    data = {"batches": batches, "failures": result.failures, "cost_changes": changes}
+    data = {
+        "batches": batches,
+        "failures": result.failures,
+        "cost_changes": changes,
+        "api_limits": [limit_json(row) for row in result.api_limits],
+    }
     out(json.dumps(data, indent=2, sort_keys=True))
 
 

@@ -6,6 +6,7 @@ produced them.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from floraq.core.lifecycle import JobState
+from floraq.core.limits import ApiLimit
 from floraq.core.manifest import Manifest
 from floraq.core.money import ZERO, CostTotals, amount, total, totals_by
 from floraq.core.problems import Problem
@@ -107,11 +109,43 @@ class CostChange:
         )
 
 
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def limit_line(row: ApiLimit) -> str:
+    """One line of `status` for an API host and workspace: what the next start will use."""
+    learned = (
+        f"learned concurrency {row.concurrency}"
+        if row.concurrency is not None
+        else "no concurrency learned yet"
+    )
+    pause = ""
+    if row.pause_left > 0 and row.paused_until is not None:
+        pause = f"; paused after a 429 until {_utc(row.paused_until)} ({row.pause_left:.0f} s left)"
+    return f"API {row.api_host}, workspace {row.workspace}: {learned}{pause}"
+
+
+def limit_json(row: ApiLimit) -> dict[str, Any]:
+    """The same for `status --json`: a pause only while it is in force."""
+    in_force = row.pause_left > 0 and row.paused_until is not None
+    return {
+        "api_host": row.api_host,
+        "workspace": row.workspace,
+        "learned_concurrency": row.concurrency,
+        "paused_until": _utc(row.paused_until) if in_force and row.paused_until else None,
+        "pause_seconds_left": round(row.pause_left, 3) if in_force else 0,
+        "recent_429s": row.recent_429s,
+        "updated_at": _utc(row.updated_at),
+    }
+
+
 @dataclass(slots=True)
 class StatusResult:
     counts: list[StateCount]
     failures: list[dict[str, Any]]
     cost_changes: list[CostChange] = field(default_factory=list)
+    api_limits: list[ApiLimit] = field(default_factory=list)  # per API host and workspace
 
     def total(self, *states: str) -> int:
         return sum(c.count for c in self.counts if not states or c.state in states)

@@ -52,7 +52,7 @@ def status(settings: Settings, *, batch: str | None = None) -> StatusResult:
 
 def status_of(ledger: LedgerBackend, names: list[str]) -> StatusResult:
     if not names:
-        return StatusResult(counts=[], failures=[])
+        return StatusResult(counts=[], failures=[], api_limits=ledger.api_limits())
     counts = [
         StateCount(
             batch=r.batch,
@@ -66,7 +66,12 @@ def status_of(ledger: LedgerBackend, names: list[str]) -> StatusResult:
         for r in ledger.state_counts(names)
     ]
     failures = ledger.problem_rows(names) + _disk_refused(ledger, names)
-    return StatusResult(counts=counts, failures=failures, cost_changes=_cost_changes(ledger, names))
+    return StatusResult(
+        counts=counts,
+        failures=failures,
+        cost_changes=_cost_changes(ledger, names),
+        api_limits=ledger.api_limits(),
+    )
 
 
 def _disk_refused(ledger: LedgerBackend, names: list[str]) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -27,6 +28,34 @@ def test_rate_limited_without_retry_after(shared_sandbox: SandboxServer, api: ht
     shared_sandbox.configure(rate_429=1.0, retry_after=None)
     response = api.get("/techniques")
     assert response.status_code == 429 and "retry-after" not in response.headers
+
+
+def test_the_next_n_run_posts_are_rate_limited_then_served(
+    shared_sandbox: SandboxServer, api: httpx.Client
+) -> None:
+    """rate_limit_next_creates=2: exactly the next two create-run POSTs get 429; reads never."""
+    shared_sandbox.configure(rate_limit_next_creates=2, retry_after=4)
+    assert api.get("/techniques").status_code == 200
+    answers = [api.post("/techniques/portrait-enhancer/runs", json=portrait()) for _ in range(3)]
+    assert [r.status_code for r in answers] == [429, 429, 200]
+    assert answers[0].headers["retry-after"] == "4"
+    stats = shared_sandbox.stats()
+    assert (stats["faults"]["429"], stats["runs_created"]) == (2, 1)
+
+
+def test_the_most_requests_answered_at_once_is_counted(shared_sandbox: SandboxServer) -> None:
+    """With latency, four parallel requests are all being answered at the same time."""
+    shared_sandbox.configure(latency=0.3)
+    headers = {"Authorization": f"Bearer {shared_sandbox.api_key}"}
+
+    async def four() -> None:
+        async with httpx.AsyncClient(base_url=shared_sandbox.base_url, headers=headers) as c:
+            await asyncio.gather(*(c.get("/workspaces") for _ in range(4)))
+
+    asyncio.run(four())
+    assert shared_sandbox.stats()["max_in_flight"] == 4
+    shared_sandbox.reset()
+    assert shared_sandbox.stats()["max_in_flight"] == 0
 
 
 def test_server_errors_are_500_and_503_envelopes(

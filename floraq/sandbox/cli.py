@@ -77,6 +77,9 @@ _SECONDS = click.FloatRange(min=0)
 @click.option("--retry-after", type=_SECONDS, help="Retry-After seconds on a 429.")
 @click.option("--no-retry-after", is_flag=True, help="Send 429s without a Retry-After header.")
 @click.option(
+    "--rate-limit-next-creates", type=click.IntRange(min=0), help="Answer the next N run POSTs 429."
+)
+@click.option(
     "--drop-rate", type=_RATE, help="Fraction of API connections dropped without an answer."
 )
 @click.option("--truncate-rate", type=_RATE, help="Fraction of media downloads cut short.")

@@ -69,6 +69,9 @@ class SandboxConfig:
     html_5xx: bool = False  # 5xx bodies as a load balancer's HTML page
     rate_429: float = 0.0
     retry_after: float | None = 1.0  # the Retry-After of a 429; None sends no header
+    # The next N create-run POSTs are answered 429 (with retry_after), whatever the rates:
+    # a test makes one process meet a rate limit exactly when it wants to.
+    rate_limit_next_creates: int = 0
     drop_rate: float = 0.0  # connections dropped without an answer
     truncate_rate: float = 0.0  # media bodies cut short under a full Content-Length
 
@@ -116,6 +119,8 @@ def _problems(config: SandboxConfig) -> list[str]:
         problems.append("time_scale: must be > 0")
     if not config.url_ttl > 0:
         problems.append("url_ttl: must be > 0")
+    if config.rate_limit_next_creates < 0:
+        problems.append("rate_limit_next_creates: must be >= 0")
     if config.capacity < 1:
         problems.append("capacity: must be >= 1")
     if not config.api_keys or not all(config.api_keys):

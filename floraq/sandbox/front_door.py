@@ -72,6 +72,13 @@ class ApiFrontDoor(GuardedApp):
         if scope["path"].startswith(SANDBOX_PREFIX):
             await self.router(scope, receive, send)
             return
+        self.state.request_started()
+        try:
+            await self._answer(scope, receive, send, raw_send)
+        finally:
+            self.state.request_ended()
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, raw_send: Send) -> None:
         template = self._template(scope)
         self.state.counters.requests[template] += 1
         fault = self.state.draw_api_fault(creates_run=template == CREATE_RUN)

@@ -26,6 +26,7 @@ class Counters:
     media_requests: int = 0
     media_auth_rejections: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    max_in_flight: int = 0  # the most API requests being answered at once
 
 
 def stats_json(
@@ -47,6 +48,7 @@ def stats_json(
         "media_requests": c.media_requests,
         "media_auth_rejections": c.media_auth_rejections,
         "faults": {name: c.faults[name] for name in FAULT_NAMES},
+        "max_in_flight": c.max_in_flight,
         "schedule": {
             "capacity": capacity,
             "ideal_makespan": ideal_makespan(durations, capacity) if runs else 0.0,

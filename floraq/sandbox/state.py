@@ -65,6 +65,7 @@ class SandboxState:
         self.media_base_url = media_base_url
         self.clock = SandboxClock(clock, wall)
         self.clock.set_frozen(config.frozen_clock)
+        self.in_flight = 0  # API requests being answered now (not reset: they are real)
         self._epoch = 0
         self._secret = hashlib.sha256(f"floraq-sandbox-media|{config.seed}".encode()).digest()
         self.reset()
@@ -82,6 +83,7 @@ class SandboxState:
         self.billing = Billing(self.config.balance)
         self.counters = Counters()
         self.faults = FaultDraws(self.config.seed)
+        self._limited_creates = self.config.rate_limit_next_creates
 
     def configure(self, changes: Mapping[str, object]) -> SandboxConfig:
         """Apply knob changes at once; ValueError (with every problem) leaves all unchanged."""
@@ -99,6 +101,8 @@ class SandboxState:
             self._slots.resize(config.capacity)
         if "seed" in changes:
             self.faults = FaultDraws(config.seed)
+        if "rate_limit_next_creates" in changes:
+            self._limited_creates = config.rate_limit_next_creates
         self.clock.set_frozen(config.frozen_clock)
         return config
 
@@ -220,9 +224,20 @@ class SandboxState:
     def draw_api_fault(self, *, creates_run: bool) -> Fault:
         """Decide one API request's fault from the seeded stream, and count it."""
         fault = self.faults.api_fault(self.config, creates_run=creates_run)
+        if creates_run and self._limited_creates > 0:  # drawn first: the streams never shift
+            self._limited_creates -= 1
+            fault = Fault.RATE_LIMITED
         if fault is not Fault.NONE:
             self.counters.faults[COUNTED_AS[fault]] += 1
         return fault
+
+    def request_started(self) -> None:
+        """One more API request being answered; the most at once is kept in the counters."""
+        self.in_flight += 1
+        self.counters.max_in_flight = max(self.counters.max_in_flight, self.in_flight)
+
+    def request_ended(self) -> None:
+        self.in_flight -= 1
 
     def draw_truncation(self) -> float | None:
         """The fraction of a media body to send before hanging up, or None to send it all."""
