@@ -27,6 +27,7 @@ from floraq.downloads import Downloader
 from floraq.ledger import LedgerBackend
 from floraq.retry import RetryPolicy
 from floraq.runner.context import DEFAULT_MAX_POLLS, BatchPlan, Progress, RunnerConfig
+from floraq.runner.limits import SharedRate, limit_key
 from floraq.runner.loop import Runner
 from floraq.settings import DEFAULT_CONCURRENCY, Settings
 from floraq.url_safety import is_plain_loopback
@@ -87,6 +88,13 @@ async def build_runner(
             plain_http=is_plain_loopback(settings.base_url),
         ) as downloader,
     ):
+        shared = SharedRate(
+            ledger,
+            client.throttle,
+            limit_key(settings.base_url, api_key_fingerprint(settings.require_key())),
+            time_scale=settings.time_scale,
+        )
+        shared.start()  # a pause another worker recorded holds from the first request on
         if refresh is not None:
             await refresh(client, ledger, slugs, techniques)
         yield Runner(
@@ -101,6 +109,7 @@ async def build_runner(
             clock=seams.clock,
             sleep=seams.sleep,
             rand=seams.rand,
+            shared=shared,
         )
 
 

@@ -39,7 +39,7 @@ from floraq.runner.context import (
     no_progress,
 )
 from floraq.runner.fetch import download
-from floraq.runner.limits import SharedRate, limit_key
+from floraq.runner.limits import SharedRate
 from floraq.runner.poll import poll_until_done
 from floraq.runner.prices import Prices, price_ttl
 from floraq.runner.submit import claim, submit
@@ -70,6 +70,7 @@ class Runner:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        shared: SharedRate | None = None,
     ) -> None:
         self.ctx = RunContext(
             ledger=ledger,
@@ -92,17 +93,7 @@ class Runner:
             },
         )
 
-        fingerprint = config.key_fingerprint
-        self.shared = (
-            None
-            if fingerprint is None
-            else SharedRate(
-                ledger,
-                client.throttle,
-                limit_key(client.base_url, fingerprint),
-                time_scale=config.time_scale,
-            )
-        )
+        self.shared = shared
 
     @property
     def report(self) -> RunReport:
@@ -132,10 +123,9 @@ class Runner:
         return ctx.report
 
     def _share(self) -> asyncio.Task[None] | None:
-        """Read the shared limits before the first request, then keep them in step."""
+        """Keep the shared limits in step (``build_runner`` read them before any request)."""
         if self.shared is None:
             return None
-        self.shared.start()
         return asyncio.create_task(_guarded(self.ctx, self.shared.run))
 
     async def _stop_sharing(self, sharing: asyncio.Task[None] | None) -> None:
