@@ -45,14 +45,16 @@ def status(settings: Settings, *, batch: str | None = None) -> StatusResult:
     """Counts per batch, technique and state, costs, and every failure with its request id."""
     ledger = open_for_reading(settings)
     try:
-        return status_of(ledger, selected(ledger, settings, batch))
+        result = status_of(ledger, selected(ledger, settings, batch))
+        result.api_limits = ledger.api_limits()  # what the next start under each will use
+        return result
     finally:
         ledger.close()
 
 
 def status_of(ledger: LedgerBackend, names: list[str]) -> StatusResult:
     if not names:
-        return StatusResult(counts=[], failures=[], api_limits=ledger.api_limits())
+        return StatusResult(counts=[], failures=[])
     counts = [
         StateCount(
             batch=r.batch,
@@ -66,12 +68,7 @@ def status_of(ledger: LedgerBackend, names: list[str]) -> StatusResult:
         for r in ledger.state_counts(names)
     ]
     failures = ledger.problem_rows(names) + _disk_refused(ledger, names)
-    return StatusResult(
-        counts=counts,
-        failures=failures,
-        cost_changes=_cost_changes(ledger, names),
-        api_limits=ledger.api_limits(),
-    )
+    return StatusResult(counts=counts, failures=failures, cost_changes=_cost_changes(ledger, names))
 
 
 def _disk_refused(ledger: LedgerBackend, names: list[str]) -> list[dict[str, Any]]:

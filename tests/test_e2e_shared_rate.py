@@ -8,11 +8,17 @@ cannot create a run before it ends, however fast or slow the machine is.
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import pytest
 from conftest import Floraq, status_json
+from ledgers import BACKENDS, fresh_schema
+from test_e2e_postgres_cli import pg_query
 
 from floraq.core.keys import api_key_fingerprint
 from floraq.errors import ExitCode
@@ -35,10 +41,25 @@ def portraits(floraq: Floraq, name: str, rows: int, concurrency: int) -> Path:
 
 
 def limits(floraq: Floraq) -> list[dict[str, Any]]:
+    """The ledger's api_limits rows, as an operator would read them ([] until they exist)."""
+    target = floraq.env["FLORAQ_LEDGER"]
     try:
+        if target.startswith("postgresql://"):
+            return pg_query(target, "SELECT * FROM api_limits")
         return floraq.query("SELECT * FROM api_limits")
-    except Exception:  # the ledger or its table not made yet
+    except (sqlite3.Error, psycopg.Error):  # the ledger or its table is not made yet
         return []
+
+
+@pytest.fixture(params=BACKENDS)
+def cli(request: pytest.FixtureRequest, floraq: Floraq) -> Iterator[Floraq]:
+    """The CLI on a SQLite ledger, or on a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield floraq
+        return
+    with fresh_schema() as url:
+        floraq.env["FLORAQ_LEDGER"] = url
+        yield floraq
 
 
 def wait_for(check: Any, timeout: float = 60.0) -> Any:
@@ -52,10 +73,12 @@ def wait_for(check: Any, timeout: float = 60.0) -> Any:
 
 
 def test_a_pause_one_process_met_holds_the_next_process_back(
-    floraq: Floraq, sandbox: SandboxServer
+    cli: Floraq, sandbox: SandboxServer
 ) -> None:
     """The first POST gets a 429 with a 6 s Retry-After; the process is stopped during the
-    pause; the next one, started while it is in force, creates no run before it ends."""
+    pause; the next one, started while it is in force, creates no run before it ends.
+    (On PostgreSQL the pause is on the server's clock: one machine here, so the same one.)"""
+    floraq = cli
     sandbox.configure(rate_limit_next_creates=1, retry_after=PAUSE)
     jobs = str(portraits(floraq, "paused", 3, concurrency=1))
     first = floraq.start("submit", jobs, FLORAQ_TIME_SCALE="1")
@@ -80,13 +103,14 @@ def test_a_pause_one_process_met_holds_the_next_process_back(
     created = sorted(run["created_at"] for run in sandbox.runs())
     assert len(created) == 3
     assert created[0] >= row["paused_until"] * 1000 - CLOCK_SLACK_MS
-    assert floraq.states() == {"downloaded": 3}
+    assert status_json(floraq)["batches"]["paused"]["states"] == {"downloaded": 3}
 
 
 def test_the_next_night_starts_at_the_concurrency_this_night_learned(
-    floraq: Floraq, sandbox: SandboxServer
+    cli: Floraq, sandbox: SandboxServer
 ) -> None:
     """Night 1 meets a 429 (2 -> 1); status shows 1; night 2, allowed 8, sends one at a time."""
+    floraq = cli
     sandbox.configure(rate_limit_next_creates=1, retry_after=1)
     done = floraq("submit", "--no-wait", str(portraits(floraq, "night1", 2, concurrency=2)))
     assert done.returncode == ExitCode.INCOMPLETE, done.stderr  # sent; `resume` fetches

@@ -148,3 +148,26 @@ def test_the_shared_row_is_named_by_host_and_port_and_the_keys_fingerprint() -> 
     key = limit_key("http://127.0.0.1:8123/api/v1", "0123456789abcdef")
     assert key == LimitKey("127.0.0.1:8123", "key:0123456789abcdef")
     assert limit_key("https://app.flora.ai/api/v1", "ab").api_host == "app.flora.ai"
+
+
+def test_a_429_is_shared_at_once_not_at_the_next_read(new_ledger: NewLedger) -> None:
+    """While ``run`` waits out its read interval (1 s here), our 429 reaches the ledger."""
+    fake = FakeTime()
+    ledger = new_ledger()
+    worker = _worker(ledger, fake)
+    worker.start()
+
+    async def scenario() -> float | None:
+        sharing = asyncio.create_task(worker.run())
+        await asyncio.sleep(0)  # run is now asleep until its next read
+        worker._throttle.pause_all(30.0)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        row = ledger.api_limit(KEY)
+        sharing.cancel()
+        await asyncio.gather(sharing, return_exceptions=True)
+        return None if row is None else row.pause_left
+
+    left = asyncio.run(scenario())
+    assert left is not None and 29.0 < left <= 30.0
+    assert worker._throttle.on_change is None  # let go of once run stops

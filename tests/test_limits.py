@@ -18,6 +18,7 @@ from floraq.core.limits import (
     starting,
     sync_interval,
 )
+from floraq.results import limit_json, limit_line
 
 
 def test_two_pauses_merge_to_the_later_one() -> None:
@@ -62,6 +63,7 @@ def test_the_workspace_stand_in_is_the_keys_fingerprint_never_the_key() -> None:
 def test_reads_are_scaled_but_never_spin() -> None:
     assert sync_interval(1.0, 1.0) == 1.0
     assert sync_interval(1.0, 0.0001) == MIN_SYNC_INTERVAL
+    assert sync_interval(5.0, 0.01) == MIN_SYNC_INTERVAL
 
 
 def test_nothing_changed_nothing_written() -> None:
@@ -115,3 +117,26 @@ def test_our_rise_gives_way_to_another_workers_value() -> None:
     state = Learned(seen=4, set_to=4, written_at=10.0)
     step = reconcile(state, local=5, shared=3, cap=8, now=20.0, write_every=5.0)
     assert (step.limit, step.write) == (3, None)
+
+
+def test_status_shows_the_learned_concurrency_and_a_pause_only_while_in_force() -> None:
+    paused = ApiLimit("app.flora.ai", "key:ab12", 1_796_000_012.0, 2, 3, 1_796_000_000.0,
+                      now=1_796_000_000.0)  # fmt: skip
+    assert limit_line(paused) == (
+        "API app.flora.ai, workspace key:ab12: learned concurrency 2;"
+        " paused after a 429 until 2026-11-30T00:53:32Z (12 s left)"
+    )
+    assert limit_json(paused) == {
+        "api_host": "app.flora.ai",
+        "workspace": "key:ab12",
+        "learned_concurrency": 2,
+        "paused_until": "2026-11-30T00:53:32Z",
+        "pause_seconds_left": 12.0,
+        "recent_429s": 3,
+        "updated_at": "2026-11-30T00:53:20Z",
+    }
+    over = ApiLimit(
+        "h:1", "key:ab12", 1_796_000_012.0, None, 1, 1_796_000_000.0, now=1_796_000_100.0
+    )
+    assert limit_line(over) == "API h:1, workspace key:ab12: no concurrency learned yet"
+    assert (limit_json(over)["paused_until"], limit_json(over)["pause_seconds_left"]) == (None, 0)

@@ -57,7 +57,7 @@ class SharedRate:
         self._read_every = sync_interval(READ_EVERY, time_scale)
         self._write_every = sync_interval(WRITE_EVERY, time_scale)
         self._learned = starting(None, throttle.max_concurrency)
-        self._wake: asyncio.Event | None = None
+        self._failure: Exception | None = None  # what stopped a sync started by a 429
 
     def start(self) -> None:
         """Before the first request: a pause in force is honoured, the learned limit taken."""
@@ -95,18 +95,31 @@ class SharedRate:
 
     async def run(self) -> None:
         """Sync until cancelled: every ``READ_EVERY`` (scaled), and at once after our 429."""
-        wake = self._wake = asyncio.Event()
-        self._throttle.on_change = wake.set
+        loop = asyncio.get_running_loop()
+
+        def soon() -> None:
+            loop.call_soon(self._sync_now)
+
+        self._throttle.on_change = soon
         try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self._read_every)
-                wake.clear()
+            while self._failure is None:
+                await asyncio.sleep(self._read_every)
                 self.sync()
         except (LedgerError, DiskError):
             return  # the rows' own commits meet the same trouble and report it
         finally:
             self._throttle.on_change = None
+        if not isinstance(self._failure, LedgerError | DiskError):
+            raise self._failure
+
+    def _sync_now(self) -> None:
+        """A 429 of ours, shared without waiting for the next turn; a failure stops ``run``."""
+        if self._failure is not None:
+            return
+        try:
+            self.sync()
+        except Exception as e:
+            self._failure = e
 
     def finish(self) -> None:
         """The last sync: the limit this process ended at is what the next one starts at."""
