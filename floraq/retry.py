@@ -175,7 +175,7 @@ class Throttle:
         self._in_flight = 0
         self._successes = 0
         self._paused_until = float("-inf")
-        self._unshared = False  # a pause of ours that the other workers have not heard of
+        self._unshared = 0  # 429s of ours whose pause the other workers have not heard of
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.on_change: Callable[[], None] | None = None  # told of each 429's pause
 
@@ -199,7 +199,7 @@ class Throttle:
         workers of the workspace hear of it (``floraq.runner.limits``).
         """
         self._paused_until = max(self._paused_until, self._clock() + seconds)
-        self._unshared = True
+        self._unshared += 1
         if self.on_change is not None:
             self.on_change()
 
@@ -207,12 +207,13 @@ class Throttle:
         """Another worker's pause, read from the ledger: kept like ours, never shared back."""
         self._paused_until = max(self._paused_until, self._clock() + seconds)
 
-    def take_unshared(self) -> float | None:
-        """Seconds left of a pause of ours not yet shared (then forgotten), or None."""
+    def take_unshared(self) -> tuple[float, int] | None:
+        """Seconds left of a pause of ours not yet shared, and how many 429s set it (then
+        forgotten); None when there is none."""
         if not self._unshared:
             return None
-        self._unshared = False
-        return self.paused_for()
+        count, self._unshared = self._unshared, 0
+        return self.paused_for(), count
 
     def set_limit(self, limit: int) -> None:
         """Take up the concurrency learned elsewhere (the ledger), within 1..max."""

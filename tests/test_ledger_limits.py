@@ -103,6 +103,7 @@ def test_a_429_one_worker_sees_pauses_the_other(new_ledger: NewLedger) -> None:
     b.sync()
     assert 11.0 < b._throttle.paused_for() <= 12.0
     assert b._throttle.take_unshared() is None  # b does not write a's pause back
+    assert [r.recent_429s for r in b._ledger.api_limits()] == [1]
     # a halved its limit (8 -> 4) and wrote it at once; b takes it up
     assert (a._throttle.limit, b._throttle.limit) == (4, 4)
 

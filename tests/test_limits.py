@@ -31,6 +31,7 @@ def test_two_pauses_merge_to_the_later_one() -> None:
 def test_recent_429s_count_up_and_restart_after_a_quiet_spell() -> None:
     assert recent_429s(0, None, 1000.0) == 1
     assert recent_429s(3, 995.0, 1000.0) == 4  # within the window of the last pause
+    assert recent_429s(3, 995.0, 1000.0, new=2) == 5  # two met between two syncs
     assert recent_429s(3, 1000.0 - RECENT_429_WINDOW - 1, 1000.0) == 1
 
 

@@ -191,7 +191,8 @@ def test_our_pause_is_kept_for_sharing_once_and_another_workers_is_not() -> None
     throttle.honour_pause(7.0)
     assert (throttle.paused_for(), throttle.take_unshared(), told) == (7.0, None, [])
     throttle.pause_all(3.0)  # shorter than the honoured pause: the longer one stands
-    assert (throttle.take_unshared(), told) == (7.0, [True])
+    throttle.pause_all(2.0)
+    assert (throttle.take_unshared(), told) == ((7.0, 2), [True, True])
     assert throttle.take_unshared() is None
 
 

@@ -70,11 +70,11 @@ def later_pause(existing: float | None, new: float) -> float:
     return new if existing is None else max(existing, new)
 
 
-def recent_429s(count: int, paused_until: float | None, now: float) -> int:
-    """The count of recent 429s after one more at ``now``: restarted after a quiet spell."""
+def recent_429s(count: int, paused_until: float | None, now: float, new: int = 1) -> int:
+    """The count of recent 429s after ``new`` more at ``now``: restarted after a quiet spell."""
     if paused_until is None or now - paused_until > RECENT_429_WINDOW:
-        return 1
-    return count + 1
+        return new
+    return count + new
 
 
 def start_limit(learned: int | None, cap: int) -> int:

@@ -33,8 +33,8 @@ class LedgerLimits(SqliteBase):
         sql, params = self._now_sql()
         return float(self.conn.execute(f"SELECT {sql}", params).fetchone()[0])
 
-    def rate_limited(self, key: LimitKey, *, pause: float) -> ApiLimit:
-        """Record a 429: nobody sends before now + ``pause``, or a later pause already set.
+    def rate_limited(self, key: LimitKey, *, pause: float, count: int = 1) -> ApiLimit:
+        """Record ``count`` 429s: nobody sends before now + ``pause``, or a later pause set.
 
         Returns the row as it now stands.
         """
@@ -56,7 +56,7 @@ class LedgerLimits(SqliteBase):
                 " WHERE api_host = ? AND workspace = ?",
                 (
                     later_pause(row["paused_until"], now + max(0.0, pause)),
-                    recent_429s(row["recent_429s"], row["paused_until"], now),
+                    recent_429s(row["recent_429s"], row["paused_until"], now, count),
                     now,
                     *where,
                 ),

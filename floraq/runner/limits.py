@@ -72,8 +72,8 @@ class SharedRate:
         throttle = self._throttle
         ours = throttle.take_unshared()
         row: ApiLimit | None
-        if ours is not None and ours > 0:
-            row = self._ledger.rate_limited(self.key, pause=ours)
+        if ours is not None:
+            row = self._ledger.rate_limited(self.key, pause=ours[0], count=ours[1])
         else:
             row = self._ledger.api_limit(self.key)
         if row is not None and row.pause_left > 0:

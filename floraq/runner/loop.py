@@ -92,7 +92,6 @@ class Runner:
                 for slug in techniques
             },
         )
-
         self.shared = shared
 
     @property
