@@ -207,12 +207,8 @@ def status_json(result: StatusResult) -> None:
         }
         for c in result.cost_changes
     ]
-    data = {
-        "batches": batches,
-        "failures": result.failures,
-        "cost_changes": changes,
-        "api_limits": [limit_json(row) for row in result.api_limits],
-    }
+    data = {"batches": batches, "failures": result.failures, "cost_changes": changes}
+    data["api_limits"] = [limit_json(row) for row in result.api_limits]
     out(json.dumps(data, indent=2, sort_keys=True))
 
 
