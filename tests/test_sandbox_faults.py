@@ -49,7 +49,9 @@ def test_the_most_requests_answered_at_once_is_counted(shared_sandbox: SandboxSe
     headers = {"Authorization": f"Bearer {shared_sandbox.api_key}"}
 
     async def four() -> None:
-        async with httpx.AsyncClient(base_url=shared_sandbox.base_url, headers=headers) as c:
+        async with httpx.AsyncClient(
+            base_url=shared_sandbox.base_url, headers=headers, trust_env=False
+        ) as c:
             await asyncio.gather(*(c.get("/workspaces") for _ in range(4)))
 
     asyncio.run(four())
