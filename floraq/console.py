@@ -322,15 +322,17 @@ def retry_summary(result: RetryResult, *, quiet: bool = False) -> None:
         err(f"skipped: {line}")
     parts = [f"{kind} {n}" for kind, n in result.requeued.items()]
     total = sum(result.requeued.values())
-    if not total:
+    if not total and not result.refetched:
         why = f"{len(result.skipped)} row(s) skipped" if result.skipped else "no such row"
         out(f"nothing to retry: {why}")
         return
-    if result.run is None or not quiet:
+    if total and (result.run is None or not quiet):
         out(f"{total} row(s) given a new attempt: {', '.join(parts)}")
+    if result.refetched and (result.run is None or not quiet):
+        out(f"{result.refetched} download_failed row(s) to fetch again (same run, no new charge)")
     if result.run is None:
         if not quiet:
-            err("queued only: run `floraq resume` to send them")
+            err("queued only: run `floraq resume` to send or fetch them")
         return
     run_summary(result.run, quiet=quiet)
 

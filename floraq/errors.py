@@ -47,7 +47,7 @@ class ExitCode(IntEnum):
     """The documented exit codes; a cron wrapper branches on these."""
 
     OK = 0  # every row is in a final, good state: nothing more to do
-    FAILURES = 1  # finished; some rows failed, were rejected or have an unknown outcome
+    FAILURES = 1  # finished; some rows failed, were rejected, expired, not downloadable, ...
     USAGE = 2  # invalid manifest, CSV, flags or settings; nothing was sent
     AUTH = 3  # the API refused the credentials; nothing more was sent
     PAUSED = 4  # stopped by credits or the budget cap; rows still queued: run again later

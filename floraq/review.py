@@ -280,7 +280,7 @@ def redownload_missing(ledger: LedgerBackend, names: list[str]) -> Refetch:
     with ledger.transaction():
         for job_id, output_ids in by_job.items():
             ledger.refetch(job_id, output_ids)
-        expired = ledger.refetch_expired(names)
+        expired = ledger.refetch_unfetched(names, [JobState.EXPIRED, JobState.DOWNLOAD_FAILED])
     return Refetch(files=sum(len(v) for v in by_job.values()), expired_jobs=expired)
 
 
