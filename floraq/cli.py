@@ -12,6 +12,7 @@ Exit codes (also in the README):
   5  another floraq process holds this ledger: try again later
   6  runs still in flight (--no-wait, or the network gave up): `floraq resume` later
   7  the disk refused a write (full, read-only, not a folder): fix it, `floraq resume`
+  8  the PostgreSQL ledger's connection broke: check the server, `floraq resume`
   70 a bug in floraq (a traceback was printed); the ledger is safe: report it
   130 interrupted (Ctrl-C / SIGTERM): `floraq resume` continues
 """
