@@ -160,7 +160,7 @@ def status(result: StatusResult) -> None:
             out(
                 f"  {slug:<26}"
                 + "".join(f" {counts.get(s, 0):>15}" for s in shown)
-                + f" {_money(t.charged, t.unsettled):>12} {t.estimated:>12.4f}"
+                + f" {_money(t.charged, t.unsettled):>12} {_cost(t.estimated):>12}"
             )
     for change in result.cost_changes:
         out(f"warning: {change.describe()}")
@@ -199,7 +199,11 @@ def status_json(result: StatusResult) -> None:
         }
         for c in result.cost_changes
     ]
-    data = {"batches": batches, "failures": result.failures, "cost_changes": changes}
+    failures = [
+        {k: as_json(v) if isinstance(v, Decimal) else v for k, v in f.items()}
+        for f in result.failures
+    ]
+    data = {"batches": batches, "failures": failures, "cost_changes": changes}
     out(json.dumps(data, indent=2, sort_keys=True))
 
 
@@ -282,7 +286,7 @@ def _by_state(status: StatusResult) -> dict[str, int]:
 
 def _cost_text(status: StatusResult) -> str:
     floor = f" (at least: {status.unsettled} charge(s) not settled yet)" if status.unsettled else ""
-    return f"charged {status.charged:.4f} USD{floor}, estimated {status.estimated:.4f} USD"
+    return f"charged {_cost(status.charged)} USD{floor}, estimated {_cost(status.estimated)} USD"
 
 
 # -- costs per technique ------------------------------------------------------------------
@@ -293,14 +297,21 @@ def _technique_cost_lines(status: StatusResult) -> list[str]:
     if len(costs) < 2:
         return []
     return [
-        f"  {slug}: charged {_money(t.charged, t.unsettled)} USD, estimated {t.estimated:.4f} USD"
+        f"  {slug}: charged {_money(t.charged, t.unsettled)} USD,"
+        f" estimated {_cost(t.estimated)} USD"
         for (_, slug), t in costs.items()
     ]
 
 
 def _money(amount: Decimal, unsettled: int) -> str:
     """A charged total; ">=" marks a floor (some charges are not settled yet)."""
-    return f"{'>=' if unsettled else ''}{amount:.4f}"
+    return f"{'>=' if unsettled else ''}{_cost(amount)}"
+
+
+def _cost(amount: Decimal) -> str:
+    """A cost or total as status shows it: 4 decimals, more when the micro-dollars are not
+    zero (a failed run charged 0.026667 reads so, as in the report and status --json)."""
+    return usd(amount, places=4)
 
 
 # -- export, retry, report, batches, verify -------------------------------------------------
@@ -362,7 +373,7 @@ def batches(items: list[BatchSummary]) -> None:
         out(
             f"{b.name:<30} {b.rows:>7} {b.states.get('downloaded', 0):>7}"
             f" {b.count(PROBLEM_STATES):>9} {b.count(ACTIVE):>7}"
-            f" {_money(b.charged, b.unsettled):>12} {b.estimated:>12.4f}  {when}"
+            f" {_money(b.charged, b.unsettled):>12} {_cost(b.estimated):>12}  {when}"
         )
 
 
