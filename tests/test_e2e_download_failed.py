@@ -83,7 +83,8 @@ def test_a_redirect_loop_is_download_failed_everywhere_and_retry_fetches_it(
 def test_retry_without_the_fix_leaves_the_row_download_failed_and_pays_nothing(
     floraq: Floraq, sandbox: SandboxServer
 ) -> None:
-    """`retry --download-failed` while the loop goes on: exit 1 again, no new run."""
+    """`retry --download-failed` while the loop goes on: exit 1 again, no new run; once
+    fixed, `resume --redownload-missing` fetches the rows as well."""
     _submit_into_a_loop(floraq, sandbox)
     runs = sandbox.stats()["runs_created"]
     done = floraq("retry", "--download-failed", "--queue-only")
@@ -96,3 +97,9 @@ def test_retry_without_the_fix_leaves_the_row_download_failed_and_pays_nothing(
     assert sandbox.stats()["runs_created"] == runs
     done = floraq("retry", "--expired")
     assert "nothing to retry: no such row" in done.stdout
+    sandbox.configure(redirect_loop=False)  # fixed: `resume --redownload-missing` fetches too
+    done = floraq("resume", "--redownload-missing")
+    assert done.returncode == ExitCode.OK, done.stdout + done.stderr
+    assert "2 expired or download_failed row(s) fetched again" in done.stdout + done.stderr
+    assert floraq.states() == {"downloaded": 2}
+    assert sandbox.stats()["runs_created"] == runs
