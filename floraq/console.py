@@ -160,7 +160,7 @@ def status(result: StatusResult) -> None:
             out(
                 f"  {slug:<26}"
                 + "".join(f" {counts.get(s, 0):>15}" for s in shown)
-                + f" {_money(t.charged, t.unsettled):>12} {_cost(t.estimated):>12}"
+                + f" {_money(t.charged, t.unsettled):>12} {_money(t.estimated):>12}"
             )
     for change in result.cost_changes:
         out(f"warning: {change.describe()}")
@@ -199,12 +199,8 @@ def status_json(result: StatusResult) -> None:
         }
         for c in result.cost_changes
     ]
-    failures = [
-        {k: as_json(v) if isinstance(v, Decimal) else v for k, v in f.items()}
-        for f in result.failures
-    ]
-    data = {"batches": batches, "failures": failures, "cost_changes": changes}
-    out(json.dumps(data, indent=2, sort_keys=True))
+    data = {"batches": batches, "failures": result.failures, "cost_changes": changes}
+    out(json.dumps(data, indent=2, sort_keys=True, default=as_json))  # a row's Decimal cost
 
 
 def _totals_json(totals: CostTotals) -> dict[str, Any]:
@@ -286,7 +282,7 @@ def _by_state(status: StatusResult) -> dict[str, int]:
 
 def _cost_text(status: StatusResult) -> str:
     floor = f" (at least: {status.unsettled} charge(s) not settled yet)" if status.unsettled else ""
-    return f"charged {_cost(status.charged)} USD{floor}, estimated {_cost(status.estimated)} USD"
+    return f"charged {_money(status.charged)} USD{floor}, estimated {_money(status.estimated)} USD"
 
 
 # -- costs per technique ------------------------------------------------------------------
@@ -297,21 +293,15 @@ def _technique_cost_lines(status: StatusResult) -> list[str]:
     if len(costs) < 2:
         return []
     return [
-        f"  {slug}: charged {_money(t.charged, t.unsettled)} USD,"
-        f" estimated {_cost(t.estimated)} USD"
-        for (_, slug), t in costs.items()
+        f"  {s}: charged {_money(t.charged, t.unsettled)} USD, estimated {_money(t.estimated)} USD"
+        for (_, s), t in costs.items()
     ]
 
 
-def _money(amount: Decimal, unsettled: int) -> str:
-    """A charged total; ">=" marks a floor (some charges are not settled yet)."""
-    return f"{'>=' if unsettled else ''}{_cost(amount)}"
-
-
-def _cost(amount: Decimal) -> str:
-    """A cost or total as status shows it: 4 decimals, more when the micro-dollars are not
-    zero (a failed run charged 0.026667 reads so, as in the report and status --json)."""
-    return usd(amount, places=4)
+def _money(amount: Decimal, unsettled: int = 0) -> str:
+    """A cost as status shows it: 4 decimals, more when its micro-dollars are not zero (as the
+    report and status --json have it); ">=" marks a floor (charges not settled yet)."""
+    return f"{'>=' if unsettled else ''}{usd(amount, places=4)}"
 
 
 # -- export, retry, report, batches, verify -------------------------------------------------
@@ -339,7 +329,7 @@ def retry_summary(result: RetryResult, *, quiet: bool = False) -> None:
         return
     if total and (result.run is None or not quiet):
         out(f"{total} row(s) given a new attempt: {', '.join(parts)}")
-    if result.refetched and (result.run is None or not quiet):
+    if result.refetched and (result.run is None or not quiet):  # no new run: the same files
         out(f"{result.refetched} download_failed row(s) to fetch again (same run, no new charge)")
     if result.run is None:
         if not quiet:
@@ -373,7 +363,7 @@ def batches(items: list[BatchSummary]) -> None:
         out(
             f"{b.name:<30} {b.rows:>7} {b.states.get('downloaded', 0):>7}"
             f" {b.count(PROBLEM_STATES):>9} {b.count(ACTIVE):>7}"
-            f" {_money(b.charged, b.unsettled):>12} {_cost(b.estimated):>12}  {when}"
+            f" {_money(b.charged, b.unsettled):>12} {_money(b.estimated):>12}  {when}"
         )
 
 
