@@ -48,6 +48,7 @@ RETRY_STATES: dict[RetryKind, JobState] = {
     "failed": JobState.FAILED,
     "rejected": JobState.REJECTED,
     "expired": JobState.EXPIRED,
+    "download_failed": JobState.DOWNLOAD_FAILED,
     "unknown": JobState.UNKNOWN_OUTCOME,
 }
 
@@ -318,11 +319,14 @@ def retry(
 
     Each re-queued row keeps its earlier attempts in ``events``; nothing else changes. Then
     the batches with re-queued rows run as `resume --batch` would (the cap still applies),
-    unless ``queue_only``. A rejected row that is still invalid locally is skipped.
+    unless ``queue_only``. A rejected row that is still invalid locally is skipped. A
+    download_failed row is not re-run (its run completed and was paid for): its files are
+    fetched again from the same run.
     """
     if not kinds:
         raise UsageError(
-            "say which rows to retry: --failed, --rejected, --expired and/or --unknown"
+            "say which rows to retry: --failed, --rejected, --expired, --download-failed"
+            " and/or --unknown"
         )
     require_ledger(settings)
     with locked_ledger(settings) as ledger:
@@ -344,6 +348,13 @@ def _requeue(
     touched: set[str] = set()
     for kind in dict.fromkeys(kinds):
         state = RETRY_STATES[kind]
+        if state is JobState.DOWNLOAD_FAILED:
+            for name in names:  # the same run, fetched again: back to completed
+                again = ledger.refetch_unfetched([name], [state])
+                result.refetched += again
+                if again:
+                    touched.add(name)
+            continue
         for page in pages(functools.partial(_jobs_in, ledger, names, state)):
             with ledger.transaction():
                 for job in page:

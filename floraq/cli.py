@@ -4,13 +4,15 @@ Exit codes (also in the README):
 
 \b
   0  every row is done: nothing more to do
-  1  finished; some rows failed, were rejected, expired or have an unknown outcome
+  1  finished; some rows failed, were rejected, expired, could not be downloaded
+     (download_failed) or have an unknown outcome
   2  invalid manifest, CSV, flags or settings, or an unreadable ledger; nothing sent
   3  the API refused the key; nothing more was sent
   4  paused by credits or the budget cap; rows stay queued: run again later
   5  another floraq process holds this ledger: try again later
   6  runs still in flight (--no-wait, or the network gave up): `floraq resume` later
   7  the disk refused a write (full, read-only, not a folder): fix it, `floraq resume`
+  8  the PostgreSQL ledger's connection broke: check the server, `floraq resume`
   70 a bug in floraq (a traceback was printed); the ledger is safe: report it
   130 interrupted (Ctrl-C / SIGTERM): `floraq resume` continues
 """
@@ -227,6 +229,12 @@ def export(
     "--expired", is_flag=True, help="Rows whose outputs expired (try resume --redownload-missing)."
 )
 @click.option(
+    "--download-failed",
+    is_flag=True,
+    help="Rows whose files could not be fetched (a redirect loop, a refused URL): fetch"
+    " them again from the same run, once the cause is fixed (no new run, no new charge).",
+)
+@click.option(
     "--unknown",
     is_flag=True,
     help="Rows of unknown outcome, once you checked FLORA (may pay twice).",
@@ -250,7 +258,7 @@ def retry(
 
     Example: floraq retry --batch product-photos-2026-11 --failed
     """
-    flags: tuple[RetryKind, ...] = ("failed", "rejected", "expired", "unknown")
+    flags: tuple[RetryKind, ...] = ("failed", "rejected", "expired", "download_failed", "unknown")
     kinds = [k for k in flags if kwargs.pop(k)]
     options = session_options(kwargs)
     with (

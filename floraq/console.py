@@ -168,7 +168,7 @@ def _status_rows(result: StatusResult) -> None:
             out(
                 f"  {slug:<26}"
                 + "".join(f" {counts.get(s, 0):>15}" for s in shown)
-                + f" {_money(t.charged, t.unsettled):>12} {t.estimated:>12.4f}"
+                + f" {_money(t.charged, t.unsettled):>12} {_money(t.estimated):>12}"
             )
     for change in result.cost_changes:
         out(f"warning: {change.describe()}")
@@ -209,7 +209,7 @@ def status_json(result: StatusResult) -> None:
     ]
     data = {"batches": batches, "failures": result.failures, "cost_changes": changes}
     data["api_limits"] = [limit_json(row) for row in result.api_limits]
-    out(json.dumps(data, indent=2, sort_keys=True))
+    out(json.dumps(data, indent=2, sort_keys=True, default=as_json))  # a row's Decimal cost
 
 
 def _totals_json(totals: CostTotals) -> dict[str, Any]:
@@ -291,7 +291,7 @@ def _by_state(status: StatusResult) -> dict[str, int]:
 
 def _cost_text(status: StatusResult) -> str:
     floor = f" (at least: {status.unsettled} charge(s) not settled yet)" if status.unsettled else ""
-    return f"charged {status.charged:.4f} USD{floor}, estimated {status.estimated:.4f} USD"
+    return f"charged {_money(status.charged)} USD{floor}, estimated {_money(status.estimated)} USD"
 
 
 # -- costs per technique ------------------------------------------------------------------
@@ -302,14 +302,15 @@ def _technique_cost_lines(status: StatusResult) -> list[str]:
     if len(costs) < 2:
         return []
     return [
-        f"  {slug}: charged {_money(t.charged, t.unsettled)} USD, estimated {t.estimated:.4f} USD"
-        for (_, slug), t in costs.items()
+        f"  {s}: charged {_money(t.charged, t.unsettled)} USD, estimated {_money(t.estimated)} USD"
+        for (_, s), t in costs.items()
     ]
 
 
-def _money(amount: Decimal, unsettled: int) -> str:
-    """A charged total; ">=" marks a floor (some charges are not settled yet)."""
-    return f"{'>=' if unsettled else ''}{amount:.4f}"
+def _money(amount: Decimal, unsettled: int = 0) -> str:
+    """A cost as status shows it: 4 decimals, more when its micro-dollars are not zero (as the
+    report and status --json have it); ">=" marks a floor (charges not settled yet)."""
+    return f"{'>=' if unsettled else ''}{usd(amount, places=4)}"
 
 
 # -- export, retry, report, batches, verify -------------------------------------------------
@@ -331,15 +332,17 @@ def retry_summary(result: RetryResult, *, quiet: bool = False) -> None:
         err(f"skipped: {line}")
     parts = [f"{kind} {n}" for kind, n in result.requeued.items()]
     total = sum(result.requeued.values())
-    if not total:
+    if not total and not result.refetched:
         why = f"{len(result.skipped)} row(s) skipped" if result.skipped else "no such row"
         out(f"nothing to retry: {why}")
         return
-    if result.run is None or not quiet:
+    if total and (result.run is None or not quiet):
         out(f"{total} row(s) given a new attempt: {', '.join(parts)}")
+    if result.refetched and (result.run is None or not quiet):  # no new run: the same files
+        out(f"{result.refetched} download_failed row(s) to fetch again (same run, no new charge)")
     if result.run is None:
         if not quiet:
-            err("queued only: run `floraq resume` to send them")
+            err("queued only: run `floraq resume` to send or fetch them")
         return
     run_summary(result.run, quiet=quiet)
 
@@ -369,7 +372,7 @@ def batches(items: list[BatchSummary]) -> None:
         out(
             f"{b.name:<30} {b.rows:>7} {b.states.get('downloaded', 0):>7}"
             f" {b.count(PROBLEM_STATES):>9} {b.count(ACTIVE):>7}"
-            f" {_money(b.charged, b.unsettled):>12} {b.estimated:>12.4f}  {when}"
+            f" {_money(b.charged, b.unsettled):>12} {_money(b.estimated):>12}  {when}"
         )
 
 

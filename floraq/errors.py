@@ -47,13 +47,14 @@ class ExitCode(IntEnum):
     """The documented exit codes; a cron wrapper branches on these."""
 
     OK = 0  # every row is in a final, good state: nothing more to do
-    FAILURES = 1  # finished; some rows failed, were rejected or have an unknown outcome
+    FAILURES = 1  # finished; some rows failed, were rejected, expired, not downloadable, ...
     USAGE = 2  # invalid manifest, CSV, flags or settings; nothing was sent
     AUTH = 3  # the API refused the credentials; nothing more was sent
     PAUSED = 4  # stopped by credits or the budget cap; rows still queued: run again later
     BUSY = 5  # another floraq process holds this ledger; try again later
     INCOMPLETE = 6  # runs still in flight (--no-wait, or gave up waiting): `floraq resume` later
     DISK = 7  # the disk refused a write (full, read-only, not a folder): fix it, `floraq resume`
+    LEDGER_LOST = 8  # the ledger's server dropped the connection: check it, `floraq resume`
     INTERNAL = 70  # a bug in floraq (a traceback was printed)
     INTERRUPTED = 130  # Ctrl-C or SIGTERM; `floraq resume` continues
 
@@ -350,6 +351,19 @@ class LedgerError(FloraqError):
     """The ledger cannot be opened, or holds something floraq cannot read."""
 
     exit_code = ExitCode.USAGE
+
+
+class LedgerConnectionLost(LedgerError):
+    """The connection to a PostgreSQL ledger broke mid-command (the server restarted, an
+    admin ended the session, the network dropped): every committed write is kept."""
+
+    exit_code = ExitCode.LEDGER_LOST
+
+    def __init__(self, shown: str, reason: str) -> None:
+        super().__init__(
+            f"lost the connection to the PostgreSQL ledger {shown} ({reason}): nothing"
+            " committed is lost; check the server, then `floraq resume`"
+        )
 
 
 class LedgerBusy(LedgerError):

@@ -23,7 +23,7 @@ from floraq.errors import ExitCode
 from floraq.ledger import StoredFile
 from floraq.runner import RunReport
 
-RetryKind = Literal["failed", "rejected", "expired", "unknown"]
+RetryKind = Literal["failed", "rejected", "expired", "download_failed", "unknown"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +196,7 @@ class RetryResult:
     requeued: Counter[str]  # kind (failed, rejected, ...) -> rows given a new attempt
     skipped: list[str]  # rows left alone, with why
     run: RunResult | None = None  # the run that followed, unless queue_only
+    refetched: int = 0  # download_failed rows to fetch again: the same run, no new attempt
 
     @property
     def exit_code(self) -> ExitCode:
@@ -252,10 +253,10 @@ class Refetch:
     """What `resume --redownload-missing` queued again before running."""
 
     files: int  # missing or changed on disk
-    expired_jobs: int  # jobs whose output URLs had expired: re-polled for fresh ones
+    expired_jobs: int  # expired or download_failed jobs: fetched again, fresh URLs if need be
 
     def describe(self) -> str:
         return (
             f"redownload: {self.files} file(s) missing or changed on disk and"
-            f" {self.expired_jobs} expired row(s) fetched again"
+            f" {self.expired_jobs} expired or download_failed row(s) fetched again"
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
+from floraq.core.money import from_micros
 from floraq.downloads import sha256_file
 from floraq.errors import DISK_ERROR, UsageError
 from floraq.export import Columns, Format, write_rows
@@ -67,8 +68,17 @@ def status_of(ledger: LedgerBackend, names: list[str]) -> StatusResult:
         )
         for r in ledger.state_counts(names)
     ]
-    failures = ledger.problem_rows(names) + _disk_refused(ledger, names)
+    failures = [_charged(f) for f in ledger.problem_rows(names)] + _disk_refused(ledger, names)
     return StatusResult(counts=counts, failures=failures, cost_changes=_cost_changes(ledger, names))
+
+
+def _charged(row: dict[str, Any]) -> dict[str, Any]:
+    """A problem row with what it cost over every attempt (``charged_cost``, exact; None
+    while nothing is known), as the report and export show it, instead of the raw columns."""
+    charged, prior = row.pop("charged_micros"), int(row.pop("prior_charged_micros") or 0)
+    known = charged is not None or prior
+    total = from_micros(int(charged or 0) + prior) if known else None
+    return {**row, "charged_cost": total}
 
 
 def _disk_refused(ledger: LedgerBackend, names: list[str]) -> list[dict[str, Any]]:
@@ -87,6 +97,8 @@ def _disk_refused(ledger: LedgerBackend, names: list[str]) -> list[dict[str, Any
                 "error_message": v.error_message,
                 "request_id": v.request_id,
                 "attempt": v.attempt,
+                "row_key": v.row_key,
+                "charged_cost": v.total_charged,
             }
             for v in page
             if v.error_code == DISK_ERROR
@@ -282,7 +294,7 @@ def redownload_missing(ledger: LedgerBackend, names: list[str]) -> Refetch:
     with ledger.transaction():
         for job_id, output_ids in by_job.items():
             ledger.refetch(job_id, output_ids)
-        expired = ledger.refetch_expired(names)
+        expired = ledger.refetch_unfetched(names, [JobState.EXPIRED, JobState.DOWNLOAD_FAILED])
     return Refetch(files=sum(len(v) for v in by_job.values()), expired_jobs=expired)
 
 

@@ -178,7 +178,7 @@ def test_retry_needs_to_be_told_which_rows(floraq: Floraq, sandbox: SandboxServe
     assert floraq("submit", str(portraits(floraq, 1))).returncode == 0
     done = floraq("retry")
     assert done.returncode == 2
-    assert "--failed, --rejected, --expired and/or --unknown" in done.stderr
+    assert "--failed, --rejected, --expired, --download-failed and/or --unknown" in done.stderr
 
 
 def test_retry_queue_only_leaves_the_rows_for_resume(

@@ -18,7 +18,7 @@ from floraq import console
 from floraq.core.lifecycle import QUOTE_COMMITTED, JobState
 from floraq.core.money import amount
 from floraq.ledger import Ledger
-from floraq.ledger.migrations import _COMMITTED_0004, migrations
+from floraq.ledger.migrations import _COMMITTED_0004, _COMMITTED_0005, migrations
 from floraq.review import status_of
 
 BatchLedger = Callable[..., AnyLedger]
@@ -114,9 +114,12 @@ def test_the_counter_equals_the_full_sum_after_random_operations(
 
 
 def test_the_frozen_state_list_of_the_counter_matches_the_lifecycle() -> None:
-    """The trigger's states (frozen in migration 0004) are today's QUOTE_COMMITTED."""
-    frozen = {s.strip(" '") for s in _COMMITTED_0004.split(",")}
+    """The triggers' states (frozen in migration 0005, the latest to set them) are today's
+    QUOTE_COMMITTED; 0004's list, as it shipped, lacked only `download_failed`."""
+    frozen = {s.strip(" '") for s in _COMMITTED_0005.split(",")}
     assert frozen == {s.value for s in QUOTE_COMMITTED}
+    shipped = {s.strip(" '") for s in _COMMITTED_0004.split(",")}
+    assert shipped == frozen - {JobState.DOWNLOAD_FAILED.value}
 
 
 def test_a_ledger_written_by_the_previous_schema_opens_migrates_and_resumes(

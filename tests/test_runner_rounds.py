@@ -217,7 +217,8 @@ def test_402_pauses_new_posts_but_finishes_the_runs_in_flight(
 def test_plain_http_output_url_is_never_fetched_and_ends_refused(
     ledger_with: LedgerWith, tmp_path: Path
 ) -> None:
-    """An http:// output URL on a real host is refused, re-polled, then reported as refused."""
+    """An http:// output URL on a real host is refused, re-polled, then reported as refused
+    (state download_failed: the run completed and was paid for; not expired)."""
     seen: list[str] = []
     insecure = {
         **DONE,
@@ -232,7 +233,7 @@ def test_plain_http_output_url_is_never_fetched_and_ends_refused(
 
     ledger = ledger_with(["a kite"])
     report = drive(ledger, handler, tmp_path, slots=2)
-    assert states(ledger) == {"expired": 1}
+    assert states(ledger) == {"download_failed": 1}
     assert report.incomplete == 0
     assert "media.test" not in " ".join(seen)
     [row] = ledger.query("SELECT error_code, error_message FROM jobs")
@@ -243,7 +244,8 @@ def test_plain_http_output_url_is_never_fetched_and_ends_refused(
 def test_a_redirect_loop_is_reported_as_itself_not_left_in_flight(
     ledger_with: LedgerWith, tmp_path: Path
 ) -> None:
-    """An output URL that redirects to itself: `download_failed` after fresh-URL re-polls.
+    """An output URL that redirects to itself: state and code `download_failed` after
+    fresh-URL re-polls.
 
     Not "still in flight" (exit 6) on every resume, and not mistaken for an expired URL.
     """
@@ -259,7 +261,7 @@ def test_a_redirect_loop_is_reported_as_itself_not_left_in_flight(
 
     ledger = ledger_with(["a kite"])
     report = drive(ledger, handler, tmp_path, slots=2)
-    assert states(ledger) == {"expired": 1} and report.incomplete == 0
+    assert states(ledger) == {"download_failed": 1} and report.incomplete == 0
     [row] = ledger.query("SELECT error_code, error_message FROM jobs")
     assert row["error_code"] == "download_failed"
     assert row["error_message"] == (

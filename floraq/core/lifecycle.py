@@ -20,6 +20,9 @@ class JobState(StrEnum):
     REJECTED = "rejected"  # invalid row, or FLORA refused its inputs: change the input
     UNKNOWN_OUTCOME = "unknown_outcome"  # a run may exist that we cannot see: never re-sent alone
     EXPIRED = "expired"  # the run completed but an output URL died before we fetched it
+    # The run completed (and was charged) but an output cannot be fetched as served: a
+    # redirect loop, a URL floraq refuses. Not expired: the URL lives, the host is wrong.
+    DOWNLOAD_FAILED = "download_failed"
     REPLACED = "replaced"  # a rejected row since fixed in the manifest: the fixed row took over
 
 
@@ -30,6 +33,7 @@ TERMINAL: frozenset[JobState] = frozenset(
         JobState.REJECTED,
         JobState.UNKNOWN_OUTCOME,
         JobState.EXPIRED,
+        JobState.DOWNLOAD_FAILED,
         JobState.REPLACED,
     }
 )
@@ -49,13 +53,14 @@ QUOTE_COMMITTED: frozenset[JobState] = frozenset(
         JobState.COMPLETED,
         JobState.DOWNLOADED,
         JobState.EXPIRED,
+        JobState.DOWNLOAD_FAILED,
         JobState.UNKNOWN_OUTCOME,
     }
 )
 
 # A run that has finished on FLORA's side: its charge is settled, or owed and not yet seen.
 RUN_FINISHED: frozenset[JobState] = frozenset(
-    {JobState.COMPLETED, JobState.DOWNLOADED, JobState.EXPIRED}
+    {JobState.COMPLETED, JobState.DOWNLOADED, JobState.EXPIRED, JobState.DOWNLOAD_FAILED}
 )
 
 # Between the intent and the outputs on disk: a resume picks these up first.
@@ -90,9 +95,13 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
             JobState.UNKNOWN_OUTCOME,  # FLORA's answers about the run made no sense for too long
         }
     ),
-    JobState.COMPLETED: frozenset({JobState.DOWNLOADED, JobState.EXPIRED}),
+    JobState.COMPLETED: frozenset(
+        {JobState.DOWNLOADED, JobState.EXPIRED, JobState.DOWNLOAD_FAILED}
+    ),
     JobState.DOWNLOADED: frozenset({JobState.COMPLETED}),  # a file went missing: fetch again
     JobState.EXPIRED: frozenset({JobState.COMPLETED, JobState.QUEUED}),
+    # Fetch again, the same run (the cause fixed): a new run would be paid for twice.
+    JobState.DOWNLOAD_FAILED: frozenset({JobState.COMPLETED}),
     JobState.FAILED: frozenset({JobState.QUEUED}),  # a new attempt, with a new key
     JobState.REJECTED: frozenset(
         {

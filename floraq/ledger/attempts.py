@@ -108,9 +108,17 @@ class LedgerAttempts(SqliteWrites):
 
     def refetch_expired(self, batches: Sequence[str]) -> int:
         """Give every expired job with a run id another download (fresh URLs by re-polling)."""
+        return self.refetch_unfetched(batches, [JobState.EXPIRED])
+
+    def refetch_unfetched(self, batches: Sequence[str], states: Sequence[JobState]) -> int:
+        """Give every job in ``states`` (expired, download_failed) with a run id another
+        download of the same run: back to completed, its unfetched outputs pending.
+
+        Never a new run: the old one completed and was charged. Returns how many jobs.
+        """
         count = 0
         with self.transaction():
-            for job in self.jobs(batches=batches, states=[JobState.EXPIRED], limit=10**9):
+            for job in self.jobs(batches=batches, states=states, limit=10**9):
                 if job.run_id is None:
                     continue
                 self.conn.execute(
@@ -119,7 +127,7 @@ class LedgerAttempts(SqliteWrites):
                 )
                 self.move(
                     job.id,
-                    JobState.EXPIRED,
+                    job.state,
                     JobState.COMPLETED,
                     error_code=None,
                     error_message=None,

@@ -140,11 +140,12 @@ _COMMITTED_0004 = (
 )
 
 
-def _committed(row: str) -> str:
-    """What one job adds to its batch's committed cost, in micro-dollars (SQL)."""
+def _committed(row: str, states: str = _COMMITTED_0004) -> str:
+    """What one job adds to its batch's committed cost, in micro-dollars (SQL), counting
+    the quote of a row in one of ``states`` (a frozen list: each step keeps its own)."""
     return (
         f"({row}.prior_charged_micros + CASE WHEN {row}.charged_micros IS NOT NULL"
-        f" THEN {row}.charged_micros WHEN {row}.state IN ({_COMMITTED_0004})"
+        f" THEN {row}.charged_micros WHEN {row}.state IN ({states})"
         f" THEN COALESCE({row}.estimated_micros, 0) ELSE 0 END)"
     )
 
@@ -177,10 +178,15 @@ def m0004_money_micros(db: Database) -> None:
         f"UPDATE batches SET committed_micros = COALESCE((SELECT SUM({_committed('jobs')})"
         " FROM jobs WHERE jobs.batch = batches.name), 0)"
     )
+    _create_counter_triggers(db, _COMMITTED_0004)
+
+
+def _create_counter_triggers(db: Database, states: str) -> None:
+    """The three triggers that keep ``batches.committed_micros``, for this state list."""
     for event, delta in (
-        ("INSERT", _committed("NEW")),
-        ("DELETE", f"0 - {_committed('OLD')}"),  # a row that goes takes its amount with it
-        ("UPDATE", f"{_committed('NEW')} - {_committed('OLD')}"),
+        ("INSERT", _committed("NEW", states)),
+        ("DELETE", f"0 - {_committed('OLD', states)}"),  # a row that goes takes its amount
+        ("UPDATE", f"{_committed('NEW', states)} - {_committed('OLD', states)}"),
     ):
         watch = (
             " OF state, estimated_micros, charged_micros, prior_charged_micros"
@@ -193,6 +199,20 @@ def m0004_money_micros(db: Database) -> None:
             f" WHEN {delta} != 0 BEGIN UPDATE batches SET committed_micros ="
             f" committed_micros + {delta} WHERE name = {batch}.batch; END"
         )
+
+
+# Step 0004's list and the state a failed download leaves (its run completed, was charged
+# or still owes its charge: it counts at its quote until then, as an expired row does).
+_COMMITTED_0005 = _COMMITTED_0004 + ", 'download_failed'"
+
+
+@migrations(name="0005_download_failed")
+def m0005_download_failed(db: Database) -> None:
+    # No row is in the new state yet, so the counter's figure stands; only the triggers
+    # change, in the same transaction, so no write sees them half-replaced.
+    for event in ("insert", "delete", "update"):
+        db.execute(f"DROP TRIGGER IF EXISTS jobs_committed_{event}")
+    _create_counter_triggers(db, _COMMITTED_0005)
 
 
 @migrations(name="0007_api_limits")

@@ -18,10 +18,13 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import RowMaker
 
 from floraq.core.text import one_line
-from floraq.errors import LedgerError
+from floraq.errors import LedgerConnectionLost, LedgerError
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT_S = 10  # an unreachable server is a one-line error, not a long hang
+# SQLSTATE classes of a session that is gone: connection exceptions, and the server
+# ending it (admin shutdown, crash shutdown, cannot connect now).
+_LOST_SQLSTATES = ("08", "57P01", "57P02", "57P03")
 
 _USERINFO_PASSWORD = re.compile(r"(://[^:/@?#]*):[^@/?#]*@")
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
@@ -93,10 +96,16 @@ def _placeholders(sql: str) -> str:
 
 
 class PgConnection:
-    """A psycopg connection in autocommit mode; the ledger sends BEGIN/COMMIT itself."""
+    """A psycopg connection in autocommit mode; the ledger sends BEGIN/COMMIT itself.
 
-    def __init__(self, raw: psycopg.Connection[Row]) -> None:
+    A connection that breaks under a statement (the server restarted, an admin ended the
+    session, the network went) is a ``LedgerConnectionLost``: one line, never a traceback;
+    the server rolled back the open transaction, so nothing committed is lost.
+    """
+
+    def __init__(self, raw: psycopg.Connection[Row], url: str = "") -> None:
         self.raw = raw
+        self._url = url
 
     @classmethod
     def connect(cls, url: str) -> PgConnection:
@@ -111,20 +120,43 @@ class PgConnection:
                 f"cannot open the ledger {masked(url)}: {scrubbed(str(e), url)};"
                 " check the server and the URL in --ledger / FLORAQ_LEDGER"
             ) from None
-        return cls(raw)
+        return cls(raw, url)
 
     @property
     def in_transaction(self) -> bool:
-        return self.raw.info.transaction_status != TransactionStatus.IDLE
+        """Inside BEGIN … COMMIT; False on a broken connection (nothing there to roll back)."""
+        status = self.raw.info.transaction_status
+        return status not in (TransactionStatus.IDLE, TransactionStatus.UNKNOWN)
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Row]:
-        if not parameters:
-            return self.raw.execute(sql)
-        return self.raw.execute(_placeholders(sql), parameters)
+        try:
+            if not parameters:
+                return self.raw.execute(sql)
+            return self.raw.execute(_placeholders(sql), parameters)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            if self._is_lost(e):
+                raise self._lost(e) from None
+            raise
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
-        with self.raw.cursor() as cur:
-            cur.executemany(_placeholders(sql), list(parameters))
+        try:
+            with self.raw.cursor() as cur:
+                cur.executemany(_placeholders(sql), list(parameters))
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            if self._is_lost(e):
+                raise self._lost(e) from None
+            raise
+
+    def _is_lost(self, e: psycopg.Error) -> bool:
+        """Whether ``e`` means the session is gone (not a lock timeout or a conflict)."""
+        if self.raw.closed or self.raw.broken:
+            return True
+        return (e.sqlstate or "").startswith(_LOST_SQLSTATES)
+
+    def _lost(self, e: psycopg.Error) -> LedgerConnectionLost:
+        """The break said in one line: the server's first line, the URL's password cut out."""
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        return LedgerConnectionLost(masked(self._url), scrubbed(first, self._url))
 
     def close(self) -> None:
         self.raw.close()

@@ -2,9 +2,9 @@
 
 The steps carry SQLite's names (``migrations.MIGRATION_NAMES``): a PostgreSQL ledger says
 which schema it has in the same words. The first step builds today's schema at once (no
-PostgreSQL ledger predates it); the steps it already includes are recorded as such (None),
-later ones run their own SQL. A new SQLite step gets its PostgreSQL twin here (a test
-compares the names and the columns).
+PostgreSQL ledger predates it), so 0002-0004 are recorded as included; each later SQLite
+step gets its PostgreSQL twin here, run as SQLite runs it (a test compares the names and
+the columns).
 
 Several workers may start together: the steps run in one transaction under a
 transaction-level advisory lock, so exactly one of them applies them and the others then
@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import time
 
-from floraq.ledger.migrations import _committed, refuse_if_foreign
+from floraq.ledger.migrations import (
+    _COMMITTED_0004,
+    _COMMITTED_0005,
+    _committed,
+    refuse_if_foreign,
+)
 from floraq.ledger.pg_connection import PgConnection
 
 MIGRATIONS_TABLE = "floraq_migrations"
@@ -106,22 +111,24 @@ CREATE TABLE events (
 CREATE INDEX events_job ON events (job_id);
 """
 
-# The cap's figure per batch, kept in the same transaction as every job write that changes
-# it (SQLite's triggers of step 0004, with the same frozen state list).
-_COUNTER = f"""
-CREATE FUNCTION jobs_committed() RETURNS trigger LANGUAGE plpgsql AS $$
+
+def _counter_function(states: str, *, replace: bool = False) -> str:
+    """The trigger function that keeps ``batches.committed_micros``, for this state list."""
+    return f"""
+CREATE {"OR REPLACE " if replace else ""}FUNCTION jobs_committed() RETURNS trigger
+LANGUAGE plpgsql AS $$
 DECLARE
     delta BIGINT := 0;
     batch_name TEXT;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        delta := {_committed("NEW")};
+        delta := {_committed("NEW", states)};
         batch_name := NEW.batch;
     ELSIF TG_OP = 'DELETE' THEN
-        delta := -{_committed("OLD")};
+        delta := -{_committed("OLD", states)};
         batch_name := OLD.batch;
     ELSE
-        delta := {_committed("NEW")} - {_committed("OLD")};
+        delta := {_committed("NEW", states)} - {_committed("OLD", states)};
         batch_name := NEW.batch;
     END IF;
     IF delta <> 0 THEN
@@ -131,11 +138,20 @@ BEGIN
     RETURN NULL;
 END
 $$;
+"""
+
+
+# The cap's figure per batch, kept in the same transaction as every job write that changes
+# it (SQLite's triggers of step 0004, with the same frozen state list).
+_COUNTER = (
+    _counter_function(_COMMITTED_0004)
+    + """
 CREATE TRIGGER jobs_committed
     AFTER INSERT OR DELETE
         OR UPDATE OF state, estimated_micros, charged_micros, prior_charged_micros
     ON jobs FOR EACH ROW EXECUTE FUNCTION jobs_committed();
 """
+)
 
 # SQLite's step 0007: the limits every worker of a workspace shares (floraq.core.limits).
 _API_LIMITS = """
@@ -156,6 +172,8 @@ STEPS: tuple[tuple[str, str | None], ...] = (
     ("0002_attempt_costs", None),
     ("0003_key_fingerprint", None),
     ("0004_money_micros", None),
+    # SQLite's step recreates its three triggers; here the one function they share.
+    ("0005_download_failed", _counter_function(_COMMITTED_0005, replace=True)),
     ("0007_api_limits", _API_LIMITS),
 )
 

@@ -111,6 +111,6 @@ class PostgresLedger(LedgerAttempts, LedgerLimits):
     def close(self) -> None:
         """Let go of the ledger lock first (at once, not when the server notices the
         closed connection), so the next process is never turned away by a race."""
-        with contextlib.suppress(psycopg.Error):
+        with contextlib.suppress(psycopg.Error, LedgerError):  # a lost session has no locks
             self.pg.execute("SELECT pg_advisory_unlock_all()")
         self.pg.close()

@@ -204,8 +204,9 @@ class SqliteReads(SqliteBase):
         problems = values(PROBLEM_STATES)
         return self.query(
             f"""
-            SELECT batch, technique, location, state, run_id, error_code, error_message,
-                error_fields, failure_tier, request_id, attempt
+            SELECT batch, technique, location, row_key, state, run_id, error_code,
+                error_message, error_fields, failure_tier, request_id, attempt,
+                charged_micros, prior_charged_micros
             FROM jobs WHERE batch IN ({marks(batches)}) AND state IN ({marks(problems)})
             ORDER BY id
             """,

@@ -12,6 +12,8 @@ import unicodedata
 from decimal import Decimal
 from html import escape
 
+from floraq.core.money import usd
+
 # Bidi overrides and isolates can make a file name read backwards; they go with the rest.
 _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -33,8 +35,10 @@ def clean(text: str) -> str:
 
 
 def money(value: float | Decimal) -> str:
-    """Every cost the report shows goes through here (the one place to change its format)."""
-    return f"{value:.4f}"
+    """Every cost the report shows goes through here (the one place to change its format):
+    4 decimals, more when the micro-dollars are not zero, so a figure reads exactly as in
+    ``status`` and ``status --json`` (a failed run charged 0.026667 is not "0.0267")."""
+    return usd(value if isinstance(value, Decimal) else Decimal(str(value)), places=4)
 
 
 def shorten(text: str, limit: int) -> str:

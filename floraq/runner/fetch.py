@@ -3,7 +3,8 @@
 Files land atomically and verified (``floraq.downloads``) under
 ``<output_dir>/<technique>/<row_key>/<output_id>.<ext>``, each segment made safe by
 ``safe_segment``. An expired or refused URL is never fetched again as is: the run is
-asked for fresh ones (never re-run) up to ``EXPIRED_REPOLLS`` times, then the job expires.
+asked for fresh ones (never re-run) up to ``EXPIRED_REPOLLS`` times, then the job expires
+(the URL died) or its download failed for good (a redirect loop, a URL floraq refuses).
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ async def download(ctx: RunContext, job: JobRecord) -> None:
 EXPIRED = "output_expired"  # the URL answered 403/404/410
 REFUSED = "output_refused"  # floraq will not fetch that URL (plain http, a bad scheme)
 FAILED = "download_failed"  # a redirect loop, or an answer no retry can change
+
+# The job's state for each: a dead URL expires; a live one that cannot be fetched as
+# served is a failed download (`retry --download-failed` fetches it again, same run).
+_STATE_BY_CODE = {
+    EXPIRED: JobState.EXPIRED,
+    REFUSED: JobState.DOWNLOAD_FAILED,
+    FAILED: JobState.DOWNLOAD_FAILED,
+}
 
 
 async def _fetch_pending(
@@ -141,15 +150,15 @@ def _record_download(ctx: RunContext, job_id: int, output_id: str, got: Download
 
 
 def _expire(ctx: RunContext, job: JobRecord, code: str, error: str) -> None:
-    """Every output not on disk expires, and the job with them (one transaction); the
-    error code says why (expired, refused, failed for good)."""
+    """Every output not on disk expires, and the job becomes expired or download_failed
+    with them (one transaction); the error code says why (expired, refused, failed)."""
     for output in ctx.ledger.outputs(job.id):
         if output.state != OutputState.DOWNLOADED:
             ctx.ledger.output_expired(job.id, output.output_id, error)
     ctx.ledger.move(
         job.id,
         JobState.COMPLETED,
-        JobState.EXPIRED,
+        _STATE_BY_CODE[code],
         error_code=code,
         error_message=error,
     )

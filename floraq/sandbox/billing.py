@@ -33,12 +33,21 @@ class Billing:
     def can_afford(self, cost_micros: int) -> bool:
         return self.balance_micros >= cost_micros
 
-    def charge(self, run_id: str, cost_micros: int, *, refund_at: float | None) -> None:
-        """Reserve a run's cost; ``refund_at`` is when it fails (FLORA bills completed runs)."""
+    def charge(
+        self,
+        run_id: str,
+        cost_micros: int,
+        *,
+        refund_at: float | None,
+        refund_micros: int | None = None,
+    ) -> None:
+        """Reserve a run's cost; ``refund_at`` is when it fails (FLORA bills completed runs),
+        and ``refund_micros`` what comes back then (all of it unless a failure is charged)."""
         self.balance_micros -= cost_micros
         self.charged_micros += cost_micros
-        if refund_at is not None:
-            heapq.heappush(self._refunds, (refund_at, run_id, cost_micros))
+        refund = cost_micros if refund_micros is None else refund_micros
+        if refund_at is not None and refund:
+            heapq.heappush(self._refunds, (refund_at, run_id, refund))
 
     def settle(self, now: float) -> None:
         """Refund every run that has failed by ``now``."""

@@ -84,6 +84,17 @@ _SECONDS = click.FloatRange(min=0)
 )
 @click.option("--truncate-rate", type=_RATE, help="Fraction of media downloads cut short.")
 @click.option(
+    "--redirect-loop",
+    is_flag=True,
+    default=None,
+    help="Every output URL answers 302 to itself (a broken CDN).",
+)
+@click.option(
+    "--failure-charge",
+    type=_RATE,
+    help="Fraction of run_cost a failed run is charged [default: 0, refunded].",
+)
+@click.option(
     "--url-ttl",
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds an output URL stays valid.",

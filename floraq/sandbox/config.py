@@ -28,7 +28,14 @@ RUN_INPUT_TYPES = ("text", "imageUrl", "videoUrl")
 IdempotencyMode = Literal["replay", "suppress"]
 RunIdStyle = Literal["prefixed", "opaque"]
 
-_RATES = ("failure_rate", "error_5xx_rate", "rate_429", "drop_rate", "truncate_rate")
+_RATES = (
+    "failure_rate",
+    "failure_charge",
+    "error_5xx_rate",
+    "rate_429",
+    "drop_rate",
+    "truncate_rate",
+)
 _NON_NEGATIVE = ("balance", "idempotency_window", "charged_cost_delay", "latency")
 
 
@@ -55,6 +62,7 @@ class SandboxConfig:
     capacity: int = 8  # runs running at once; the rest wait FIFO in `pending`
     frozen_clock: bool = False  # the clock stands still; it moves only when advanced
     failure_rate: float = 0.0
+    failure_charge: float = 0.0  # fraction of run_cost a failed run keeps (0: refunded)
     create_status: int = 200  # 200 (page) or 201 (spec)
     omit_poll_url: bool = False
     run_id_style: RunIdStyle = "prefixed"  # run_… (spec) or j57… (page example)
@@ -74,6 +82,7 @@ class SandboxConfig:
     rate_limit_next_creates: int = 0
     drop_rate: float = 0.0  # connections dropped without an answer
     truncate_rate: float = 0.0  # media bodies cut short under a full Content-Length
+    redirect_loop: bool = False  # every output URL answers 302 to itself
 
     def __post_init__(self) -> None:
         problems = _problems(self)

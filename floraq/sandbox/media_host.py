@@ -37,6 +37,11 @@ class MediaHost(GuardedApp):
         if refusal is not None:
             await refusal(scope, receive, send)
             return
+        if state.config.redirect_loop:  # a broken CDN: the URL sends the client to itself
+            query = scope["query_string"].decode("latin-1")
+            itself = f"{state.media_base_url}{scope['path']}" + (f"?{query}" if query else "")
+            await Response(b"", status_code=302, headers={"location": itself})(scope, receive, send)
+            return
         match = _MEDIA_PATH.match(scope["path"])
         file = state.media_file(match.group(1), match.group(2)) if match else None
         if file is None:

@@ -63,7 +63,7 @@ def run_report(run: Run, now: float) -> dict[str, Any]:
     done = status in (RunStatus.COMPLETED, RunStatus.FAILED)
     charged = None
     if done:
-        charged = 0.0 if run.failure else usd(run.cost_micros)
+        charged = usd(run.charged_micros)
     return {
         "run_id": run.run_id,
         "slug": run.technique.slug,

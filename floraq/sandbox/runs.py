@@ -65,6 +65,12 @@ class Run:
     failure: tuple[str, str] | None  # (error_code, error_message) if the run fails
     cost_micros: int
     token: str
+    failure_charge_micros: int = 0  # what a failed run keeps of its cost (FLORA: nothing)
+
+    @property
+    def charged_micros(self) -> int:
+        """What the run costs once it has ended: its cost, or a failure's charge."""
+        return self.failure_charge_micros if self.failure else self.cost_micros
 
     def status(self, now: float) -> RunStatus:
         if now < self.started:

@@ -158,12 +158,18 @@ class SandboxState:
             failure=plan.failure,
             cost_micros=micros(technique.run_cost),
             token=hashlib.sha256(self._secret + run_id.encode()).hexdigest()[:24],
+            failure_charge_micros=round(micros(technique.run_cost) * self.config.failure_charge),
         )
         self.runs[run_id] = run
         self._by_token[run.token] = run_id
         if key:
             self._keys.remember(api_key, key, run_id, now=now)
-        self.billing.charge(run_id, run.cost_micros, refund_at=ended if plan.failure else None)
+        self.billing.charge(
+            run_id,
+            run.cost_micros,
+            refund_at=ended if plan.failure else None,
+            refund_micros=run.cost_micros - run.charged_micros,
+        )
         self.counters.runs_created += 1
         return run
 
@@ -193,7 +199,7 @@ class SandboxState:
             ]
         elif status is RunStatus.FAILED and run.failure:
             out["completed_at"] = run.epoch_ms(run.ended)
-            out["charged_cost"] = 0
+            out["charged_cost"] = usd(run.charged_micros) if run.charged_micros else 0
             out["error_code"], out["error_message"] = run.failure
         if poll_url and not self.config.omit_poll_url:
             out["poll_url"] = poll_url
