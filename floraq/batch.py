@@ -248,6 +248,12 @@ def _run_batches(
         result.notes.append(str(report.auth_error))
     if report.disk_error is not None:
         result.notes.append(str(report.disk_error))
+    if report.lease_lost:
+        result.notes.append(
+            f"this worker's lease on {settings.ledger_shown} lapsed (no heartbeat for"
+            f" {settings.lease_seconds:g} s): it stopped sending and its rows pass to the"
+            " other workers; run `floraq resume` to work again"
+        )
     return result
 
 
@@ -273,6 +279,8 @@ def _exit_code(report: RunReport, status: StatusResult) -> ExitCode:
         return ExitCode.AUTH
     if report.disk_error is not None:
         return ExitCode.DISK
+    if report.lease_lost:
+        return ExitCode.INCOMPLETE  # its rows pass to the other workers (or a `resume`)
     if report.paused:
         return ExitCode.PAUSED
     if status.total(*(s.value for s in ACTIVE)):

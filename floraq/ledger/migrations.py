@@ -195,6 +195,19 @@ def m0004_money_micros(db: Database) -> None:
         )
 
 
+@migrations(name="0006_leases")
+def m0006_leases(db: Database) -> None:
+    # Workers sharing one PostgreSQL ledger lease rows (``floraq.ledger.leases``). SQLite
+    # keeps one process per ledger and never fills these; they exist so both backends
+    # have the same schema. Times are the database server's clock, epoch seconds.
+    db.execute(
+        "CREATE TABLE workers (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,"
+        " started_at REAL NOT NULL, heartbeat_at REAL NOT NULL, lease_until REAL NOT NULL)"
+    )
+    db.execute("ALTER TABLE jobs ADD COLUMN lease_owner TEXT")
+    db.execute("CREATE INDEX jobs_lease_owner ON jobs (lease_owner)")
+
+
 # Every step this floraq knows, in order: a ledger that has applied one not listed here was
 # written by a newer floraq, and is refused rather than half-understood.
 MIGRATION_NAMES: tuple[str, ...] = tuple(m.name for m in migrations.pending(Database(memory=True)))

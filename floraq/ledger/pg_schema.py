@@ -136,12 +136,27 @@ CREATE TRIGGER jobs_committed
     ON jobs FOR EACH ROW EXECUTE FUNCTION jobs_committed();
 """
 
+# Workers and the rows they lease (``floraq.ledger.leases``); times are the server's clock.
+_LEASES = """
+CREATE TABLE workers (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    heartbeat_at DOUBLE PRECISION NOT NULL,
+    lease_until DOUBLE PRECISION NOT NULL
+);
+ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+CREATE INDEX jobs_lease_owner ON jobs (lease_owner);
+"""
+
 # (SQLite's step name, what it runs here; None: already part of 0001 on PostgreSQL)
 STEPS: tuple[tuple[str, str | None], ...] = (
     ("0001_initial", _TABLES + _COUNTER),
     ("0002_attempt_costs", None),
     ("0003_key_fingerprint", None),
     ("0004_money_micros", None),
+    ("0006_leases", _LEASES),
 )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from asyncio import FIRST_COMPLETED
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -26,7 +27,7 @@ from floraq.core.polling import PollPolicy
 from floraq.core.technique import Technique
 from floraq.crashpoints import CrashPoints
 from floraq.downloads import Downloader
-from floraq.errors import AuthError
+from floraq.errors import AuthError, LeaseLost
 from floraq.ledger import JobRecord, LedgerBackend
 from floraq.runner.commit import GroupCommitter
 from floraq.runner.context import (
@@ -39,11 +40,13 @@ from floraq.runner.context import (
     no_progress,
 )
 from floraq.runner.fetch import download
+from floraq.runner.lease import LeaseKeeper
 from floraq.runner.poll import poll_until_done
 from floraq.runner.prices import Prices, price_ttl
 from floraq.runner.submit import claim, submit
 
 PAGE_SIZE = 500
+LEASE_LOOKS = 0.25  # a worker waiting for rows others hold looks again every quarter lease
 # In-flight jobs first (their runs may exist), in the order the ledger pages them.
 _PASSES: tuple[tuple[JobState, ...], ...] = (
     tuple(s for s in JobState if s in IN_FLIGHT),
@@ -69,6 +72,7 @@ class Runner:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        lease: LeaseKeeper | None = None,
     ) -> None:
         self.ctx = RunContext(
             ledger=ledger,
@@ -89,6 +93,7 @@ class Runner:
                 slug: deque(ledger.typical_durations(slug), maxlen=DURATIONS_KEPT)
                 for slug in techniques
             },
+            lease=lease,
         )
 
     @property
@@ -99,11 +104,19 @@ class Runner:
         """Drive every active job; the report once every task has stopped and all is saved."""
         ctx = self.ctx
         names = list(ctx.batches)
-        _expire_stale_intents(ctx, names)
         slots = asyncio.Semaphore(ctx.config.max_outstanding)
+        beat: asyncio.Task[None] | None = None
+        if ctx.lease is None:
+            _expire_stale_intents(ctx, names)  # a worker checks each intent it leases
+        else:
+            ctx.lease.start()
+            beat = asyncio.create_task(ctx.lease.beat(ctx.lease_lost))
         try:
-            for states in _PASSES:
-                await _start_tasks(ctx, names, states, slots)
+            if ctx.lease is None:
+                for states in _PASSES:
+                    await _start_tasks(ctx, names, states, slots)
+            else:
+                await _lease_tasks(ctx, ctx.lease, names, slots)
             while ctx.tasks:
                 await asyncio.wait(set(ctx.tasks))
         finally:
@@ -112,6 +125,10 @@ class Runner:
             if ctx.tasks:
                 await asyncio.gather(*ctx.tasks, return_exceptions=True)
             ctx.committer.flush()
+            if beat is not None and ctx.lease is not None:
+                beat.cancel()
+                await asyncio.gather(beat, return_exceptions=True)
+                ctx.lease.release()
         if ctx.bug is not None:
             raise ctx.bug  # every transition so far is committed; `resume` continues
         return ctx.report
@@ -141,9 +158,66 @@ async def _start_tasks(
             task.add_done_callback(ctx.tasks.discard)
 
 
+async def _lease_tasks(
+    ctx: RunContext, lease: LeaseKeeper, names: list[str], slots: asyncio.Semaphore
+) -> None:
+    """A worker on a shared ledger: lease as many rows as it has room for, start them, and
+    look again as tasks end, until no row is left that any worker might still hand on.
+
+    Rows another worker holds are waited for (its lease may pass: then they are taken
+    over), looking again every ``LEASE_LOOKS`` of a lease.
+    """
+    while not ctx.stop_all:
+        free = min(ctx.config.max_outstanding - len(ctx.tasks), PAGE_SIZE)
+        page = _lease_page(ctx, lease, names, free) if free > 0 else []
+        for job in page:
+            await slots.acquire()
+            if ctx.stop_all:
+                slots.release()
+                return
+            task = asyncio.create_task(_drive_guarded(ctx, job, slots))
+            ctx.tasks.add(task)
+            task.add_done_callback(ctx.tasks.discard)
+        if page:
+            continue
+        wanted = _wanted(ctx, names)
+        if not ctx.tasks and not lease.ledger.leased_elsewhere(batches=names, states=wanted):
+            return
+        look_again = lease.seconds * LEASE_LOOKS
+        if ctx.tasks:
+            await asyncio.wait(set(ctx.tasks), timeout=look_again, return_when=FIRST_COMPLETED)
+        else:
+            await asyncio.sleep(look_again)
+
+
+def _wanted(ctx: RunContext, names: list[str]) -> tuple[JobState, ...]:
+    """The states this worker drives now: in flight (only sending with --no-wait), queued."""
+    states = _PASSES[0] if ctx.config.wait else (JobState.SUBMITTING,)
+    if any(not ctx.submitting_stopped(name) for name in names):
+        states = (*states, JobState.QUEUED)
+    return states
+
+
+def _lease_page(
+    ctx: RunContext, lease: LeaseKeeper, names: list[str], limit: int
+) -> list[JobRecord]:
+    """Up to ``limit`` rows leased: in-flight ones first (their runs may exist), then queued."""
+    ledger = lease.ledger
+    states = _PASSES[0] if ctx.config.wait else (JobState.SUBMITTING,)
+    page = ledger.lease_jobs(batches=names, states=states, limit=limit)
+    open_batches = [name for name in names if not ctx.submitting_stopped(name)]
+    if len(page) < limit and open_batches:
+        page += ledger.lease_jobs(
+            batches=open_batches, states=(JobState.QUEUED,), limit=limit - len(page)
+        )
+    return page
+
+
 async def _drive_guarded(ctx: RunContext, job: JobRecord, slots: asyncio.Semaphore) -> None:
     try:
         await _drive(ctx, job)
+    except LeaseLost:
+        ctx.report.rows_lost += 1  # another worker holds it now: its task ends here
     except AuthError as e:
         ctx.report.auth_error = ctx.report.auth_error or e
         ctx.stop_everything()
