@@ -241,7 +241,8 @@ def _run_batches(
         if saved is not None:
             destination.claim(Path(saved.output_dir), name, settings.ledger_target)
     report = _run(go()) if names else RunReport()
-    status = _status(ledger, names)
+    # A worker whose lease lapsed may have lost its connection too: it reports no counts.
+    status = StatusResult(counts=[], failures=[]) if report.lease_lost else _status(ledger, names)
     result = RunResult(batches=names, inserted=0, report=report, status=status)
     result.exit_code = _exit_code(report, status)
     if report.auth_error is not None:

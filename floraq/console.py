@@ -164,6 +164,8 @@ def status(result: StatusResult) -> None:
             )
     for change in result.cost_changes:
         out(f"warning: {change.describe()}")
+    for line in result.workers.lines() if result.workers is not None else []:
+        out(line)
     if result.failures:
         out("")
         out("rows that need a look:")
@@ -200,6 +202,8 @@ def status_json(result: StatusResult) -> None:
         for c in result.cost_changes
     ]
     data = {"batches": batches, "failures": result.failures, "cost_changes": changes}
+    if result.workers is not None:
+        data.update(result.workers.as_json())
     out(json.dumps(data, indent=2, sort_keys=True))
 
 

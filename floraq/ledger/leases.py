@@ -15,11 +15,15 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+
 from floraq.core.lifecycle import ACTIVE, JobState
+from floraq.errors import LeaseLost
 from floraq.ledger.attempts import LedgerAttempts
 from floraq.ledger.base import marks, values
 from floraq.ledger.records import JobRecord
@@ -38,6 +42,7 @@ class WorkerView:
     pid: int
     rows: int  # active rows it leases
     heartbeat_at: float  # server clock, epoch seconds
+    heartbeat_age: float  # seconds since then (server clock)
     lease_left: float  # seconds (server clock); negative once its lease has passed
 
     @property
@@ -84,8 +89,26 @@ class PgLeases(LedgerAttempts):
                 f" VALUES (?, ?, ?, {NOW}, {NOW}, {NOW} + ?)",
                 (worker, socket.gethostname(), os.getpid(), lease_seconds),
             )
+        # A worker stopped inside a transaction (SIGSTOP, a stalled VM) would hold its row
+        # locks and block every other worker: the server ends such a session after half a
+        # lease, and with it the locks. This worker then finds its lease gone.
+        idle_ms = max(int(lease_seconds * 500), 500)
+        self.conn.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
         self.worker = worker
         return worker, lease_seconds
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """As every ledger's; for a worker, a lost connection is a lost lease (LeaseLost)."""
+        if self.worker is None:
+            with super().transaction():
+                yield
+            return
+        try:
+            with super().transaction():
+                yield
+        except psycopg.OperationalError as e:
+            raise LeaseLost(f"this worker lost its connection to the ledger ({e})") from None
 
     def renew_lease(self, lease_seconds: float) -> float | None:
         """Push the lease ``lease_seconds`` past the server's now; None if it had passed.
@@ -157,7 +180,8 @@ class PgLeases(LedgerAttempts):
         active = values(ACTIVE)
         where = f"j.batch IN ({marks(batches)})" if batches else "FALSE"
         rows = self.conn.execute(
-            f"SELECT w.id, w.host, w.pid, w.heartbeat_at, w.lease_until - {NOW} AS lease_left,"
+            f"SELECT w.id, w.host, w.pid, w.heartbeat_at, {NOW} - w.heartbeat_at AS age,"
+            f" w.lease_until - {NOW} AS lease_left,"
             f" COUNT(j.id) AS n FROM workers w LEFT JOIN jobs j ON j.lease_owner = w.id"
             f" AND j.state IN ({marks(active)}) AND {where}"
             " GROUP BY w.id, w.host, w.pid, w.heartbeat_at, w.lease_until ORDER BY w.started_at",
@@ -170,6 +194,7 @@ class PgLeases(LedgerAttempts):
                 pid=int(r["pid"]),
                 rows=int(r["n"]),
                 heartbeat_at=float(r["heartbeat_at"]),
+                heartbeat_age=float(r["age"]),
                 lease_left=float(r["lease_left"]),
             )
             for r in rows

@@ -60,6 +60,10 @@ class LeaseKeeper:
     def left(self) -> float:
         return self.until - self.clock()
 
+    def held(self) -> bool:
+        """Whether this worker still holds its lease (renewing it if it may have passed)."""
+        return not self.lost and (self.left() > 0 or self.renew())
+
     def may_send(self) -> bool:
         """Whether one more POST attempt may leave now (renewing first if it is too close)."""
         if self.lost:

@@ -124,11 +124,12 @@ class Runner:
                 task.cancel()
             if ctx.tasks:
                 await asyncio.gather(*ctx.tasks, return_exceptions=True)
-            ctx.committer.flush()
             if beat is not None and ctx.lease is not None:
                 beat.cancel()
                 await asyncio.gather(beat, return_exceptions=True)
-                ctx.lease.release()
+                _let_go(ctx, ctx.lease)
+            else:
+                ctx.committer.flush()
         if ctx.bug is not None:
             raise ctx.bug  # every transition so far is committed; `resume` continues
         return ctx.report
@@ -168,6 +169,9 @@ async def _lease_tasks(
     over), looking again every ``LEASE_LOOKS`` of a lease.
     """
     while not ctx.stop_all:
+        if not lease.held():  # stalled past its lease (stopped, starved): others have it
+            ctx.lease_lost()
+            return
         free = min(ctx.config.max_outstanding - len(ctx.tasks), PAGE_SIZE)
         page = _lease_page(ctx, lease, names, free) if free > 0 else []
         for job in page:
@@ -188,6 +192,17 @@ async def _lease_tasks(
             await asyncio.wait(set(ctx.tasks), timeout=look_again, return_when=FIRST_COMPLETED)
         else:
             await asyncio.sleep(look_again)
+
+
+def _let_go(ctx: RunContext, lease: LeaseKeeper) -> None:
+    """Commit what is decided and hand the rows back; a worker whose lease is gone has
+    nothing left to commit (its writes are refused) and its rows pass with the lease."""
+    try:
+        ctx.committer.flush()
+    except Exception:
+        if lease.held():
+            raise
+    lease.release()
 
 
 def _wanted(ctx: RunContext, names: list[str]) -> tuple[JobState, ...]:
@@ -222,6 +237,10 @@ async def _drive_guarded(ctx: RunContext, job: JobRecord, slots: asyncio.Semapho
         ctx.report.auth_error = ctx.report.auth_error or e
         ctx.stop_everything()
     except Exception as e:  # a bug in floraq: stop safely, then let it be seen
+        if ctx.lease is not None and not ctx.lease.held():
+            ctx.report.rows_lost += 1  # the ledger is out of reach: the lease is lost
+            ctx.lease_lost()
+            return
         ctx.bug = ctx.bug or e
         ctx.stop_everything()
     finally:
