@@ -10,10 +10,12 @@ sha256 and no ``.part`` file is left. Instants are counted in the batch's own pr
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +145,91 @@ def test_a_worker_stopped_past_its_lease_is_taken_over_and_never_sends_again(
     states = assert_batch_sound(cli, sandbox, pg_url, 24)
     assert states == {"downloaded": 24}
     assert sandbox.stats()["runs_created"] == 24
+
+
+def queued(url: str) -> int:
+    try:
+        return int(pg_query(url, "SELECT COUNT(*) AS n FROM jobs")[0]["n"])
+    except Exception:  # the schema is still being made
+        return 0
+
+
+def kill_workers(
+    cli: Floraq, sandbox: SandboxServer, url: str, *, rows: int, kills: int, seed: int
+) -> list[int]:
+    """3 workers on one batch; `kills` times, a seeded one of them is SIGKILLed a seeded
+    1-30 steps of progress (and 0-30 ms) on, and started again. The exit codes of the
+    workers still running at the end."""
+    jobs = manifest(cli, rows, batch=f"w-{seed}", concurrency=8)
+    rng = random.Random(seed)
+    procs = [cli.start("submit", str(jobs))]
+    wait_until("the rows to be queued", lambda: queued(url) == rows, *procs)
+    procs += [cli.start("resume") for _ in range(2)]
+    mid_batch = 0
+    for _ in range(kills):
+        target = progress(url) + rng.randint(1, 30)
+        wait_until("progress", lambda: progress(url) >= target, *procs)  # noqa: B023
+        time.sleep(rng.uniform(0, 0.03))
+        victim = rng.randrange(len(procs))
+        mid_batch += procs[victim].poll() is None and progress(url) < 2 * rows
+        procs[victim].kill()
+        procs[victim].communicate()
+        procs[victim] = cli.start("resume")
+    assert mid_batch == kills, "every kill must land on a worker in the middle of the batch"
+    codes = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=WAIT)
+        assert "Traceback" not in err, err
+        codes.append(proc.returncode)
+    return codes
+
+
+@pytest.mark.parametrize("mode", ["replay", "suppress"])
+def test_three_workers_with_random_kills_run_every_key_once(
+    workers: Floraq, sandbox: SandboxServer, pg_url: str, mode: str
+) -> None:
+    """300 rows, 3 workers, 6 seeded SIGKILLs (each restarted): replay: 300 runs, every
+    file right; 409: no key ran twice, a row whose reply was lost waits as unknown_outcome."""
+    sandbox.configure(idempotency=mode, duration=[1, 4])
+    codes = kill_workers(workers, sandbox, pg_url, rows=300, kills=6, seed=7)
+    final = workers("resume")
+    states = assert_batch_sound(workers, sandbox, pg_url, 300)
+    if mode == "replay":
+        assert codes == [0, 0, 0] and final.returncode == 0, final.stderr
+        assert states == {"downloaded": 300}
+        assert sandbox.stats()["runs_created"] == 300
+    else:
+        unknown = states.get("unknown_outcome", 0)
+        assert set(codes) <= {0, 1} and final.returncode == (1 if unknown else 0)
+        assert states["downloaded"] + unknown == 300
+        assert sandbox.stats()["idempotency_rejections"] == unknown
+        assert sandbox.stats()["runs_created"] == states["downloaded"] + unknown
+
+
+def test_three_workers_never_pass_the_cap_together(
+    workers: Floraq, sandbox: SandboxServer, pg_url: str
+) -> None:
+    """60 rows at 0.05 under a 1.00 cap, 3 workers at once: 20 runs, each worker exits 4,
+    and the sandbox's charged total, sampled all along, never passes 1.00."""
+    rows = [
+        {"input_image": f"https://storage.googleapis.com/floraq-cap/{n}.jpg"} for n in range(60)
+    ]
+    jobs = workers.write_manifest(
+        batch="cap", concurrency=8, max_cost=1.0,
+        jobs=[{"technique": "portrait-enhancer", "rows": rows}],
+    )  # fmt: skip
+    first = workers("submit", str(jobs), "--no-wait", "--max-cost", "0")
+    assert first.returncode == ExitCode.PAUSED, first.stderr  # queued, nothing sent
+    procs = [workers.start("resume") for _ in range(3)]
+    highest = Decimal(0)
+    while any(p.poll() is None for p in procs):
+        highest = max(highest, Decimal(str(sandbox.stats()["charged_total"])))
+        time.sleep(0.005)
+    for proc in procs:
+        out, err = proc.communicate()
+        assert proc.returncode == ExitCode.PAUSED, out + err
+    highest = max(highest, Decimal(str(sandbox.stats()["charged_total"])))
+    assert highest <= Decimal("1.00") and sandbox.stats()["runs_created"] == 20
+    [batch] = pg_query(pg_url, "SELECT committed_micros FROM batches")
+    assert batch["committed_micros"] == 1_000_000
+    assert_batch_sound(workers, sandbox, pg_url, 60)
