@@ -104,7 +104,8 @@ def test_workers_view_and_release(postgres_schema: str) -> None:
     assert (views[worker_a].rows, views[worker_a].expired) == (3, False)
     assert 0 < views[worker_a].lease_left <= 60
     assert (views[worker_b].rows, views[worker_b].expired) == (2, True)
-    assert b.leased_elsewhere(batches=["b"], states=QUEUED) == 3
+    assert b.stale_elsewhere(batches=["b"], states=QUEUED, after=30) == 0  # A beats
+    assert b.stale_elsewhere(batches=["b"], states=QUEUED, after=-1) == 3
 
     a.release_worker()
     assert a.worker is None

@@ -153,18 +153,37 @@ class PgLeases(LedgerAttempts):
                 [self.worker, *batches, *state_list, self.worker, self.worker, limit],
             )
 
-    def leased_elsewhere(self, *, batches: Sequence[str], states: Iterable[JobState]) -> int:
-        """Rows in ``states`` that another worker leases and may still hand back (or lose)."""
+    def stale_elsewhere(
+        self, *, batches: Sequence[str], states: Iterable[JobState], after: float
+    ) -> int:
+        """Rows in ``states`` held by another worker that has not beaten for ``after``
+        seconds (it may be dead: once its lease passes they are this worker's to take)."""
         state_list = values(states)
         if not batches or not state_list:
             return 0
         row = self.conn.execute(
             f"SELECT COUNT(*) FROM jobs j JOIN workers w ON w.id = j.lease_owner"
             f" WHERE j.batch IN ({marks(batches)}) AND j.state IN ({marks(state_list)})"
-            " AND w.id IS DISTINCT FROM ?",
-            [*batches, *state_list, self.worker],
+            f" AND w.id IS DISTINCT FROM ? AND w.heartbeat_at < {NOW} - ?",
+            [*batches, *state_list, self.worker, after],
         ).fetchone()
         return int(row[0])
+
+    def active_rows(self, batches: Sequence[str]) -> tuple[int, int]:
+        """Active rows of ``batches``: (held by a worker whose lease is live, held by none).
+
+        One read, so a row that moves meanwhile is counted once, in one or the other.
+        """
+        active = values(ACTIVE)
+        if not batches:
+            return 0, 0
+        row = self.conn.execute(
+            f"SELECT COUNT(w.id), COUNT(*) - COUNT(w.id) FROM jobs j LEFT JOIN workers w"
+            f" ON w.id = j.lease_owner AND w.lease_until > {NOW}"
+            f" WHERE j.batch IN ({marks(batches)}) AND j.state IN ({marks(active)})",
+            [*batches, *active],
+        ).fetchone()
+        return int(row[0]), int(row[1])
 
     def release_worker(self) -> None:
         """Hand back every row this worker leases and remove it (a clean exit)."""

@@ -116,6 +116,8 @@ class RunContext:
     bug: Exception | None = None  # a bug stopped the loop: raised once all is saved
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     lease: LeaseKeeper | None = None  # a worker on a shared (PostgreSQL) ledger
+    unclaimed: set[int] = field(default_factory=set)  # leased queued rows not yet claimed
+    claims_moved: asyncio.Event | None = None  # set when one of them is claimed (or not)
 
     # -- stopping -----------------------------------------------------------------------
 
@@ -127,6 +129,13 @@ class RunContext:
     def posting_stopped(self) -> bool:
         """No POST may leave at all, not even for an intent already committed."""
         return self.stop_all or self.out_of_credits or self.report.lease_lost
+
+    def claim_settled(self, job_id: int) -> None:
+        """A leased queued row's claim is decided: the worker may lease another."""
+        if self.unclaimed:
+            self.unclaimed.discard(job_id)
+            if self.claims_moved is not None:
+                self.claims_moved.set()
 
     def lease_lost(self) -> None:
         """The heartbeat failed: other workers may take this worker's rows; stop them all."""

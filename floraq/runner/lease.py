@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from floraq.core.lifecycle import IN_FLIGHT, JobState
+from floraq.ledger import JobRecord
 from floraq.ledger.leases import PgLeases
 
+if TYPE_CHECKING:
+    from floraq.runner.context import RunContext
+
 HEARTBEATS_PER_LEASE = 3  # renewals per lease period: two may be missed before it passes
+LOOK_AGAIN = 0.25  # of a lease: how often a worker looks for rows a dead worker left
+CLAIM_WINDOW = 2  # x concurrency: leased queued rows waiting for their claim, at most
+_IN_FLIGHT = tuple(s for s in JobState if s in IN_FLIGHT)
 
 
 def post_deadline(lease_seconds: float, deadline: float) -> float:
@@ -88,3 +97,77 @@ class LeaseKeeper:
             if not self.lost:
                 raise
             self.ledger.worker = None  # unreachable: its rows pass to others with its lease
+
+
+async def lease_tasks(
+    ctx: RunContext,
+    lease: LeaseKeeper,
+    names: list[str],
+    start: Callable[[JobRecord], Awaitable[bool]],
+) -> None:
+    """A worker on a shared ledger: lease rows as it has room for them, start a task each.
+
+    In-flight rows (a dead worker's: their runs may exist) fill every free slot; queued
+    rows are leased a few at a time (``CLAIM_WINDOW``), as this worker claims them, so
+    the workers share a batch instead of the first one leasing all of it. The worker ends
+    when it has no task left and no row is held by a worker that stopped beating (those
+    it waits for: their lease passes, then it takes them over).
+    """
+    ctx.claims_moved = asyncio.Event()
+    window = CLAIM_WINDOW * ctx.config.concurrency
+    while not ctx.stop_all:
+        if not lease.held():  # stalled past its lease (stopped, starved): others have it
+            ctx.lease_lost()
+            return
+        ctx.claims_moved.clear()
+        started = 0
+        for job in _lease_page(ctx, lease, names, window):
+            if not await start(job):
+                return
+            started += 1
+        if started:
+            continue
+        if not ctx.tasks and not lease.ledger.stale_elsewhere(
+            batches=names,
+            states=_wanted(ctx, names),
+            after=lease.seconds / HEARTBEATS_PER_LEASE * 1.5,
+        ):
+            return
+        await _until_something_moves(ctx, lease.seconds * LOOK_AGAIN)
+
+
+def _lease_page(
+    ctx: RunContext, lease: LeaseKeeper, names: list[str], window: int
+) -> list[JobRecord]:
+    """In-flight rows for every free slot, then queued rows up to the claim window."""
+    free = ctx.config.max_outstanding - len(ctx.tasks)
+    if free <= 0:
+        return []
+    ledger = lease.ledger
+    states = _IN_FLIGHT if ctx.config.wait else (JobState.SUBMITTING,)
+    page = ledger.lease_jobs(batches=names, states=states, limit=free)
+    room = min(free - len(page), window - len(ctx.unclaimed))
+    open_batches = [name for name in names if not ctx.submitting_stopped(name)]
+    if room > 0 and open_batches:
+        queued = ledger.lease_jobs(batches=open_batches, states=(JobState.QUEUED,), limit=room)
+        ctx.unclaimed.update(job.id for job in queued)
+        page += queued
+    return page
+
+
+def _wanted(ctx: RunContext, names: list[str]) -> tuple[JobState, ...]:
+    """The states this worker drives now: in flight (only sending with --no-wait), queued."""
+    states = _IN_FLIGHT if ctx.config.wait else (JobState.SUBMITTING,)
+    if any(not ctx.submitting_stopped(name) for name in names):
+        states = (*states, JobState.QUEUED)
+    return states
+
+
+async def _until_something_moves(ctx: RunContext, timeout: float) -> None:
+    """Wait for a task to end, a claim to be decided, or ``timeout`` seconds."""
+    assert ctx.claims_moved is not None
+    moved = asyncio.ensure_future(ctx.claims_moved.wait())
+    try:
+        await asyncio.wait({*ctx.tasks, moved}, timeout=timeout, return_when="FIRST_COMPLETED")
+    finally:
+        moved.cancel()

@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from asyncio import FIRST_COMPLETED
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 
 from floraq.api import FloraClient, RunInfo
 from floraq.core.lifecycle import IN_FLIGHT, JobState
@@ -40,13 +40,12 @@ from floraq.runner.context import (
     no_progress,
 )
 from floraq.runner.fetch import download
-from floraq.runner.lease import LeaseKeeper
+from floraq.runner.lease import LeaseKeeper, lease_tasks
 from floraq.runner.poll import poll_until_done
 from floraq.runner.prices import Prices, price_ttl
 from floraq.runner.submit import claim, submit
 
 PAGE_SIZE = 500
-LEASE_LOOKS = 0.25  # a worker waiting for rows others hold looks again every quarter lease
 # In-flight jobs first (their runs may exist), in the order the ledger pages them.
 _PASSES: tuple[tuple[JobState, ...], ...] = (
     tuple(s for s in JobState if s in IN_FLIGHT),
@@ -116,7 +115,7 @@ class Runner:
                 for states in _PASSES:
                     await _start_tasks(ctx, names, states, slots)
             else:
-                await _lease_tasks(ctx, ctx.lease, names, slots)
+                await lease_tasks(ctx, ctx.lease, names, partial(_start, ctx, slots))
             while ctx.tasks:
                 await asyncio.wait(set(ctx.tasks))
         finally:
@@ -159,41 +158,6 @@ async def _start_tasks(
             task.add_done_callback(ctx.tasks.discard)
 
 
-async def _lease_tasks(
-    ctx: RunContext, lease: LeaseKeeper, names: list[str], slots: asyncio.Semaphore
-) -> None:
-    """A worker on a shared ledger: lease as many rows as it has room for, start them, and
-    look again as tasks end, until no row is left that any worker might still hand on.
-
-    Rows another worker holds are waited for (its lease may pass: then they are taken
-    over), looking again every ``LEASE_LOOKS`` of a lease.
-    """
-    while not ctx.stop_all:
-        if not lease.held():  # stalled past its lease (stopped, starved): others have it
-            ctx.lease_lost()
-            return
-        free = min(ctx.config.max_outstanding - len(ctx.tasks), PAGE_SIZE)
-        page = _lease_page(ctx, lease, names, free) if free > 0 else []
-        for job in page:
-            await slots.acquire()
-            if ctx.stop_all:
-                slots.release()
-                return
-            task = asyncio.create_task(_drive_guarded(ctx, job, slots))
-            ctx.tasks.add(task)
-            task.add_done_callback(ctx.tasks.discard)
-        if page:
-            continue
-        wanted = _wanted(ctx, names)
-        if not ctx.tasks and not lease.ledger.leased_elsewhere(batches=names, states=wanted):
-            return
-        look_again = lease.seconds * LEASE_LOOKS
-        if ctx.tasks:
-            await asyncio.wait(set(ctx.tasks), timeout=look_again, return_when=FIRST_COMPLETED)
-        else:
-            await asyncio.sleep(look_again)
-
-
 def _let_go(ctx: RunContext, lease: LeaseKeeper) -> None:
     """Commit what is decided and hand the rows back; a worker whose lease is gone has
     nothing left to commit (its writes are refused) and its rows pass with the lease."""
@@ -205,27 +169,16 @@ def _let_go(ctx: RunContext, lease: LeaseKeeper) -> None:
     lease.release()
 
 
-def _wanted(ctx: RunContext, names: list[str]) -> tuple[JobState, ...]:
-    """The states this worker drives now: in flight (only sending with --no-wait), queued."""
-    states = _PASSES[0] if ctx.config.wait else (JobState.SUBMITTING,)
-    if any(not ctx.submitting_stopped(name) for name in names):
-        states = (*states, JobState.QUEUED)
-    return states
-
-
-def _lease_page(
-    ctx: RunContext, lease: LeaseKeeper, names: list[str], limit: int
-) -> list[JobRecord]:
-    """Up to ``limit`` rows leased: in-flight ones first (their runs may exist), then queued."""
-    ledger = lease.ledger
-    states = _PASSES[0] if ctx.config.wait else (JobState.SUBMITTING,)
-    page = ledger.lease_jobs(batches=names, states=states, limit=limit)
-    open_batches = [name for name in names if not ctx.submitting_stopped(name)]
-    if len(page) < limit and open_batches:
-        page += ledger.lease_jobs(
-            batches=open_batches, states=(JobState.QUEUED,), limit=limit - len(page)
-        )
-    return page
+async def _start(ctx: RunContext, slots: asyncio.Semaphore, job: JobRecord) -> bool:
+    """One task for ``job`` once a slot is free; False (none started) if everything stopped."""
+    await slots.acquire()
+    if ctx.stop_all:
+        slots.release()
+        return False
+    task = asyncio.create_task(_drive_guarded(ctx, job, slots))
+    ctx.tasks.add(task)
+    task.add_done_callback(ctx.tasks.discard)
+    return True
 
 
 async def _drive_guarded(ctx: RunContext, job: JobRecord, slots: asyncio.Semaphore) -> None:
@@ -244,6 +197,7 @@ async def _drive_guarded(ctx: RunContext, job: JobRecord, slots: asyncio.Semapho
         ctx.bug = ctx.bug or e
         ctx.stop_everything()
     finally:
+        ctx.claim_settled(job.id)
         slots.release()
 
 
@@ -256,6 +210,7 @@ async def _drive(ctx: RunContext, job: JobRecord) -> None:
         claimed = False
         if job.state is JobState.QUEUED:
             intent = await claim(ctx, job)
+            ctx.claim_settled(job.id)
             if intent is None:
                 return
             job, claimed = intent, True
