@@ -115,13 +115,18 @@ async def lease_tasks(
     """
     ctx.claims_moved = asyncio.Event()
     window = CLAIM_WINDOW * ctx.config.concurrency
+    look_again = lease.seconds * LOOK_AGAIN
+    next_look = 0.0  # on lease.clock: when to look for a dead worker's in-flight rows again
     while not ctx.stop_all:
         if not lease.held():  # stalled past its lease (stopped, starved): others have it
             ctx.lease_lost()
             return
         ctx.claims_moved.clear()
         started = 0
-        for job in _lease_page(ctx, lease, names, window):
+        in_flight = lease.clock() >= next_look
+        if in_flight:
+            next_look = lease.clock() + look_again
+        for job in _lease_page(ctx, lease, names, window, in_flight=in_flight):
             if not await start(job):
                 return
             started += 1
@@ -133,19 +138,20 @@ async def lease_tasks(
             after=lease.seconds / HEARTBEATS_PER_LEASE * 1.5,
         ):
             return
-        await _until_something_moves(ctx, lease.seconds * LOOK_AGAIN)
+        await _until_something_moves(ctx, look_again)
 
 
 def _lease_page(
-    ctx: RunContext, lease: LeaseKeeper, names: list[str], window: int
+    ctx: RunContext, lease: LeaseKeeper, names: list[str], window: int, *, in_flight: bool
 ) -> list[JobRecord]:
-    """In-flight rows for every free slot, then queued rows up to the claim window."""
+    """In-flight rows for every free slot (when ``in_flight``: they only appear when a
+    worker dies, so they are looked for now and then), then queued rows up to the window."""
     free = ctx.config.max_outstanding - len(ctx.tasks)
     if free <= 0:
         return []
     ledger = lease.ledger
     states = _IN_FLIGHT if ctx.config.wait else (JobState.SUBMITTING,)
-    page = ledger.lease_jobs(batches=names, states=states, limit=free)
+    page = ledger.lease_jobs(batches=names, states=states, limit=free) if in_flight else []
     room = min(free - len(page), window - len(ctx.unclaimed))
     open_batches = [name for name in names if not ctx.submitting_stopped(name)]
     if room > 0 and open_batches:
