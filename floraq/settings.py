@@ -150,7 +150,7 @@ def _lease_seconds(env: Mapping[str, str]) -> float:
     if value < MIN_LEASE_SECONDS:
         raise UsageError(
             f"{ENV_LEASE_SECONDS}={env.get(ENV_LEASE_SECONDS)!r} must be at least"
-            f" {MIN_LEASE_SECONDS:g} second(s)"
+            f" {MIN_LEASE_SECONDS:g} s (a worker's lease on a PostgreSQL ledger)"
         )
     return value
 
