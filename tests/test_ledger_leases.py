@@ -117,6 +117,13 @@ def test_workers_view_and_release(postgres_schema: str) -> None:
     # A new worker tidies away nothing that still holds rows, and takes the lapsed ones.
     c = PostgresLedger.open(postgres_schema)
     c.register_worker(60)
-    assert len(c.lease_jobs(batches=["b"], states=QUEUED, limit=10)) == 5
+    [first, *_] = taken = c.lease_jobs(batches=["b"], states=QUEUED, limit=10)
+    assert len(taken) == 5
+    # `retry` (no worker) re-queues a row c finished: c's lease on it goes, anyone may take it.
+    c.move(first.id, JobState.QUEUED, JobState.SUBMITTING, submitting_at=1.0)
+    c.move(first.id, JobState.SUBMITTING, JobState.REJECTED, error_code="bad")
+    setup.new_attempt(first.id, JobState.REJECTED, attempt=2, idempotency_key="k-2")
+    [row] = setup.query("SELECT state, lease_owner FROM jobs WHERE id = ?", (first.id,))
+    assert row == {"state": "queued", "lease_owner": None}
     for ledger in (setup, a, b, c):
         ledger.close()

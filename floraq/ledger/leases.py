@@ -110,6 +110,28 @@ class PgLeases(LedgerAttempts):
         except psycopg.OperationalError as e:
             raise LeaseLost(f"this worker lost its connection to the ledger ({e})") from None
 
+    def new_attempt(
+        self,
+        job_id: int,
+        current: JobState,
+        *,
+        attempt: int,
+        idempotency_key: str,
+        auto_retries: int = 0,
+    ) -> None:
+        """As every ledger's; a row re-queued by a command (``retry``), not by a worker's
+        own task, is handed back too, so any worker may take its new attempt."""
+        with self.transaction():
+            super().new_attempt(
+                job_id,
+                current,
+                attempt=attempt,
+                idempotency_key=idempotency_key,
+                auto_retries=auto_retries,
+            )
+            if self.worker is None:
+                self.conn.execute("UPDATE jobs SET lease_owner = NULL WHERE id = ?", (job_id,))
+
     def renew_lease(self, lease_seconds: float) -> float | None:
         """Push the lease ``lease_seconds`` past the server's now; None if it had passed.
 

@@ -1,9 +1,9 @@
 """The ledger's schema on PostgreSQL: the same tables, columns and counter as SQLite's.
 
 The steps carry SQLite's names (``migrations.MIGRATION_NAMES``): a PostgreSQL ledger says
-which schema it has in the same words. The first step builds today's schema at once (no
-PostgreSQL ledger predates it); the later ones are recorded as included. A new SQLite step
-gets its PostgreSQL twin here (a test compares the names and the columns).
+which schema it has in the same words. The first step builds the schema of step 0004 at
+once (no PostgreSQL ledger predates it), and 0002-0004 are recorded as included; each later
+SQLite step gets its PostgreSQL twin here (a test compares the names and the columns).
 
 Several workers may start together: the steps run in one transaction under a
 transaction-level advisory lock, so exactly one of them applies them and the others then
