@@ -8,6 +8,7 @@ which must never appear in anything floraq prints or writes.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,7 +112,10 @@ def test_submit_status_and_a_second_worker_on_a_postgres_ledger(
     finally:
         worker.kill()
     assert second.returncode == ExitCode.OK == worker.returncode, second.stderr + err
-    assert second.stderr == ""
+    # It worked some rows, or left the rest to the worker that holds them, and said so.
+    assert re.fullmatch(
+        r"(\d+ row\(s\) are still being worked on by other workers\n)?", second.stderr
+    )
     runs = sandbox.runs()
     keys = [r["idempotency_key"] for r in runs]
     assert len(keys) == len(set(keys)) == sandbox.stats()["runs_created"] == 10
