@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import cast
 
-from floraq.ledger.leases import PgLeases
+from floraq.ledger.leases import PgLeases, WorkerView
+from floraq.results import WorkersStatus
 from floraq.runner.lease import LeaseKeeper, post_deadline
 
 
@@ -73,3 +74,22 @@ def test_a_renewal_the_server_grants_late_counts_from_when_it_was_asked() -> Non
 def test_one_attempt_fits_a_third_of_the_lease() -> None:
     assert post_deadline(60.0, 120.0) == 20.0
     assert post_deadline(600.0, 120.0) == 120.0  # never longer than the client's own
+
+
+def test_status_names_each_worker_and_the_rows_whose_lease_expired() -> None:
+    alive = WorkerView(
+        id="a", host="box-1", pid=41, rows=12, heartbeat_at=1.0, heartbeat_age=3.2, lease_left=41.6
+    )
+    dead = WorkerView(
+        id="b", host="box-2", pid=7, rows=5, heartbeat_at=1.0, heartbeat_age=75.0, lease_left=-15.0
+    )
+    shown = WorkersStatus((alive, dead))
+    assert shown.lines() == [
+        "workers (2):",
+        "  box-1 pid 41: 12 row(s) leased; last heartbeat 3 s ago; lease 42 s left",
+        "  box-2 pid 7: 5 row(s) leased; last heartbeat 75 s ago; lease expired",
+        "rows whose lease expired: 5 (the next worker to look takes them over)",
+    ]
+    assert shown.as_json()["rows_lease_expired"] == 5
+    assert [w["lease_expired"] for w in shown.as_json()["workers"]] == [False, True]
+    assert WorkersStatus(()).lines() == ["workers: none holds a lease"]
