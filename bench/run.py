@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness, scenarios
+from bench import workers as bench_workers
 from bench.harness import TIME_SCALE
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -44,7 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rows", type=int, help="rows in scenario 1 (diagnostic)")
     parser.add_argument("--overhead-rows", type=int, help="rows in scenario 3 (diagnostic)")
-    parser.add_argument("--only", nargs="+", choices=sorted(SCENARIOS), help="these scenarios")
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted([*SCENARIOS, "workers"]), help="these scenarios"
+    )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="PostgreSQL server for the workers scenario [default: $FLORAQ_TEST_POSTGRES;"
+        " without one it is skipped]",
+    )
+    parser.add_argument("--workers-rows", type=int, help="rows in scenario 5 (diagnostic)")
     parser.add_argument("--out", type=Path, help="results JSON [default: bench/results/]")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument(
@@ -72,7 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dataclasses.replace(sizes, overhead_rows=args.overhead_rows)
     if args.no_baselines:
         sizes = dataclasses.replace(sizes, baselines=False)
-    names = args.only or list(SCENARIOS)
+    runners = dict(SCENARIOS)
+    pg = bench_workers.postgres_url(args.postgres)
+    if pg is not None:
+        rows = args.workers_rows or (100 if args.quick else 2000)
+        runners["workers"] = lambda folder, _: bench_workers.workers(folder, rows, pg)
+    elif args.only and "workers" in args.only:
+        parser.error("the workers scenario needs --postgres URL (or FLORAQ_TEST_POSTGRES)")
+    names = args.only or list(runners)
     work = Path(tempfile.mkdtemp(prefix="floraq-bench-"))
     results: dict[str, Any] = {
         "machine": _machine(),
@@ -90,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             folder = work / name
             folder.mkdir()
             started = time.perf_counter()
-            results["scenarios"][name] = SCENARIOS[name](folder, sizes)
+            results["scenarios"][name] = runners[name](folder, sizes)
             results["scenarios"][name]["bench_wall_s"] = round(time.perf_counter() - started, 1)
     finally:
         if args.keep:
@@ -162,6 +179,9 @@ def targets(found: dict[str, Any]) -> list[dict[str, Any]]:
     if "overhead" in found:
         cpu = found["overhead"]["floraq"]["cpu_ms_per_row"]
         add("client CPU ms per row", cpu, "<= 2", cpu <= 2)
+    if "workers" in found:
+        ratio = found["workers"]["by_workers"]["4"]["speedup_over_1"]
+        add("4 workers / 1 worker, rows/s", ratio, ">= 3", ratio >= 3)
     if "scale" in found:
         s = found["scale"]
         big = s["by_size"][str(s["rows"])]
@@ -268,6 +288,18 @@ def table(results: dict[str, Any]) -> str:
                 f"  {rows:>8}{b['plan']['wall_s']:>9}{b['plan']['peak_rss_mb']:>9}"
                 f"{b['submit_no_wait']['wall_s']:>10}{b['submit_no_wait']['peak_rss_mb']:>11}"
                 f"{b['ledger_mb']:>11}{b['ledger_bytes_per_row']:>7}"
+            )
+    if "workers" in found:
+        w = found["workers"]
+        lines += [
+            "",
+            f"5. workers: {w['rows']} instant runs on one PostgreSQL batch, {w['cpus']} CPUs",
+        ]
+        lines.append(f"  {'workers':>8}{'wall s':>9}{'rows/s':>9}{'x 1':>7}{'CPU ms/row':>12}")
+        for n, b in w["by_workers"].items():
+            lines.append(
+                f"  {n:>8}{b['wall_s']:>9}{b['rows_per_s']:>9}{b['speedup_over_1']:>7}"
+                f"{b['client_cpu_ms_per_row']:>12}"
             )
     lines += ["", "targets:"]
     for t in results["targets"]:

@@ -218,6 +218,7 @@ class FloraClient:
         if not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
             raise UsageError("the FLORA API key contains spaces or non-ASCII characters")
         self.base_url = base
+        self.deadline = deadline  # the most one attempt may take (a worker's lease outlasts it)
         self._base = httpx.URL(base)
         self._base_origin = origin(self._base)
         self._urls: dict[tuple[str, ...], httpx.URL] = {}  # per-technique paths, parsed once
@@ -303,6 +304,7 @@ class FloraClient:
         inputs: list[dict[str, str]],
         idempotency_key: str,
         proceed: Callable[[], bool] | None = None,
+        guard: Callable[[], bool] | None = None,
     ) -> RunInfo:
         """POST a run; retried with the same key and the same bytes until it answers.
 
@@ -310,6 +312,8 @@ class FloraClient:
         IdempotencyDuplicate at once: a run exists for this key that we cannot see.
         ``proceed`` is asked once more just before the first attempt leaves (after any
         wait for the throttle); when it says no, NotSent is raised and nothing was sent.
+        ``guard`` is asked before every attempt, retries too (a worker's lease must outlast
+        each one); when it says no, NotSent is raised and that attempt is not sent.
         """
         if not idempotency_key:
             raise ValueError("create_run needs an idempotency key")
@@ -326,6 +330,7 @@ class FloraClient:
             headers={"Content-Type": "application/json", "Idempotency-Key": idempotency_key},
             idempotency_key=idempotency_key,
             proceed=proceed,
+            guard=guard,
         )
 
     async def get_run(self, slug: str, run_id: str, *, poll_url: str | None = None) -> RunInfo:

@@ -82,13 +82,16 @@ class Caller:
         headers: dict[str, str] | None = None,
         idempotency_key: str | None = None,
         proceed: Callable[[], bool] | None = None,
+        guard: Callable[[], bool] | None = None,
     ) -> T:
+        """One request, retried per the policy; ``proceed`` is asked before the first
+        attempt only, ``guard`` before every attempt (a worker's lease: NotSent if no)."""
         retryable = method in IDEMPOTENT_METHODS or bool(idempotency_key)
         state = RetryState(self._policy, rand=self._rand, clock=self._clock)
         label = f"{method} {self._path(url)}"
         unanswered = 0  # attempts that may have reached FLORA without a readable answer
         while True:
-            answer, ms = await self._attempt(method, url, label, content, headers, proceed)
+            answer, ms = await self._attempt(method, url, label, content, headers, proceed, guard)
             proceed = None  # asked before the first attempt only: retries must go on
             if isinstance(answer, httpx.HTTPError):
                 unanswered += 1
@@ -127,11 +130,14 @@ class Caller:
         content: bytes | None,
         headers: dict[str, str] | None,
         proceed: Callable[[], bool] | None,
+        guard: Callable[[], bool] | None = None,
     ) -> tuple[httpx.Response | httpx.HTTPError, int]:
         """One request under the throttle: its answer or its failure, and its milliseconds."""
         async with self.throttle:
             if proceed is not None and not proceed():
                 raise NotSent(f"{label}: withdrawn before it was sent")
+            if guard is not None and not guard():
+                raise NotSent(f"{label}: not sent: this worker's lease is too short for it")
             self.requests_sent += 1
             started = time.perf_counter()
             answer: httpx.Response | httpx.HTTPError

@@ -34,6 +34,7 @@ from floraq.errors import (
 from floraq.interrupts import RESUME, interrupted_as
 from floraq.interrupts import run_interruptibly as _run
 from floraq.ledger import JobRecord, LedgerBackend
+from floraq.ledger.leases import PgLeases
 from floraq.ledger_access import locked_ledger, read_if_there, require_ledger
 from floraq.manifest_files import load_manifest
 from floraq.results import PlanResult, RetryKind, RetryResult, RunResult, StatusResult
@@ -242,13 +243,25 @@ def _run_batches(
         if saved is not None:
             destination.claim(Path(saved.output_dir), name, settings.ledger_target)
     report = _run(go()) if names else RunReport()
-    status = _status(ledger, names)
+    # A worker whose lease lapsed may have lost its connection too: it reports no counts.
+    status = StatusResult(counts=[], failures=[]) if report.lease_lost else _status(ledger, names)
     result = RunResult(batches=names, inserted=0, report=report, status=status)
-    result.exit_code = _exit_code(report, status)
+    undone: int | None = None  # SQLite: the status says
+    if isinstance(ledger, PgLeases) and not report.lease_lost and names:
+        others, undone = ledger.active_rows(names)  # other workers' rows are not undone
+        if others:
+            result.notes.append(f"{others} row(s) are still being worked on by other workers")
+    result.exit_code = _exit_code(report, status, undone=undone)
     if report.auth_error is not None:
         result.notes.append(str(report.auth_error))
     if report.disk_error is not None:
         result.notes.append(str(report.disk_error))
+    if report.lease_lost:
+        result.notes.append(
+            f"this worker's lease on {settings.ledger_shown} lapsed (no heartbeat for"
+            f" {settings.lease_seconds:g} s): it stopped sending and its rows pass to the"
+            " other workers; run `floraq resume` to work again"
+        )
     return result
 
 
@@ -269,14 +282,18 @@ async def _refresh_techniques(
         techniques[slug] = fresh
 
 
-def _exit_code(report: RunReport, status: StatusResult) -> ExitCode:
+def _exit_code(report: RunReport, status: StatusResult, *, undone: int | None) -> ExitCode:
+    """How the run ended; ``undone``: active rows no live worker holds (None: every active
+    row is undone, as on SQLite)."""
     if report.auth_error is not None:
         return ExitCode.AUTH
     if report.disk_error is not None:
         return ExitCode.DISK
+    if report.lease_lost:
+        return ExitCode.INCOMPLETE  # its rows pass to the other workers (or a `resume`)
     if report.paused:
         return ExitCode.PAUSED
-    if status.total(*(s.value for s in ACTIVE)):
+    if (status.total(*(s.value for s in ACTIVE)) if undone is None else undone) > 0:
         return ExitCode.INCOMPLETE
     if status.total(*(s.value for s in PROBLEM_STATES)):
         return ExitCode.FAILURES

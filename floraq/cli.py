@@ -9,8 +9,8 @@ Exit codes (also in the README):
   2  invalid manifest, CSV, flags or settings, or an unreadable ledger; nothing sent
   3  the API refused the key; nothing more was sent
   4  paused by credits or the budget cap; rows stay queued: run again later
-  5  another floraq process holds this ledger: try again later
-  6  runs still in flight (--no-wait, or the network gave up): `floraq resume` later
+  5  another floraq process holds this (SQLite) ledger: try again later
+  6  runs still in flight (--no-wait, network trouble, a lapsed lease): `floraq resume` later
   7  the disk refused a write (full, read-only, not a folder): fix it, `floraq resume`
   8  the PostgreSQL ledger's connection broke: check the server, `floraq resume`
   70 a bug in floraq (a traceback was printed); the ledger is safe: report it

@@ -172,6 +172,8 @@ def _status_rows(result: StatusResult) -> None:
             )
     for change in result.cost_changes:
         out(f"warning: {change.describe()}")
+    for line in result.workers.lines() if result.workers is not None else []:
+        out(line)
     if result.failures:
         out("")
         out("rows that need a look:")
@@ -209,6 +211,8 @@ def status_json(result: StatusResult) -> None:
     ]
     data = {"batches": batches, "failures": result.failures, "cost_changes": changes}
     data["api_limits"] = [limit_json(row) for row in result.api_limits]
+    if result.workers is not None:
+        data.update(result.workers.as_json())
     out(json.dumps(data, indent=2, sort_keys=True, default=as_json))  # a row's Decimal cost
 
 

@@ -32,7 +32,7 @@ from floraq.errors import (
     DownloadRefused,
     parse_retry_after,
 )
-from floraq.partfile import PartFile, commit
+from floraq.partfile import PartFile, commit, sweep_parts
 from floraq.partfile import sha256_file as sha256_file  # re-exported: verify, tests
 from floraq.retry import (
     RETRIED_ERRORS,
@@ -130,11 +130,16 @@ class Downloader:
         plain_http: bool = False,
         stall_window: float = STALL_WINDOW,
         stall_min_rate: float = STALL_MIN_RATE,
+        part_tag: str | None = None,
     ) -> None:
         """``plain_http``: the API is plain http:// on this machine, so its outputs may be.
 
-        Every redirect is checked by the same rule as the first URL.
+        Every redirect is checked by the same rule as the first URL. ``part_tag``: several
+        workers may fetch the same output (one stalled past its lease, one that took its
+        row over), so each writes its own ``<final>.<tag>.part`` and none writes into
+        another's; a part left by a dead worker is removed once the file is final.
         """
+        self._part_tag = part_tag
         self._policy = policy
         self._plain_http = plain_http
         self._stall = (stall_window, stall_min_rate)
@@ -194,7 +199,7 @@ class Downloader:
             raise DownloadRefused(f"refusing to fetch {redact_url(url)}: {why}")
         self.downloads_started += 1
         state = RetryState(self._policy, rand=self._rand, clock=self._clock)
-        progress = PartFile(dest_stem, output_type)
+        progress = PartFile(dest_stem, output_type, tag=self._part_tag)
         try:
             while True:
                 async with self._slots:
@@ -216,6 +221,11 @@ class Downloader:
         except DiskError:
             with contextlib.suppress(OSError):
                 progress.discard()
+            raise
+        except BaseException:
+            if self._part_tag is not None:  # a tagged part is nobody else's to finish
+                with contextlib.suppress(OSError):
+                    progress.discard()
             raise
 
     async def _attempt(self, url: httpx.URL, progress: PartFile) -> Downloaded | _Retry:
@@ -276,7 +286,12 @@ class Downloader:
             if not progress.can_resume():
                 progress.discard()
             return cut
+        if self._part_tag is not None and not part.exists():
+            # Swept by the worker that took this row over and finished the file first.
+            return _Retry(Rule.BACKOFF, "its part file was removed by another worker")
         await asyncio.to_thread(commit, part, final)
+        if self._part_tag is not None:
+            await asyncio.to_thread(sweep_parts, final)
         self._crash("after_rename_before_commit")
         return Downloaded(
             path=final,

@@ -372,6 +372,13 @@ class LedgerBusy(LedgerError):
     exit_code = ExitCode.BUSY
 
 
+class LeaseLost(LedgerError):
+    """This worker no longer holds the lease on a row (or at all): another worker may own
+    it now, so the write was refused and the row's task stops."""
+
+    exit_code = ExitCode.INCOMPLETE
+
+
 class Interrupted(FloraqError):
     """Ctrl-C or SIGTERM; what was known is committed and `floraq resume` continues."""
 

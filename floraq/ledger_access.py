@@ -1,9 +1,9 @@
 """How a command opens its ledger: a SQLite file or a PostgreSQL URL, by one road each.
 
-Every command that writes takes the ledger through ``locked_ledger`` (one process at a
-time: the lock file for SQLite, an advisory lock for PostgreSQL); every command that only
-reads through ``open_for_reading``. Messages name the ledger as ``Settings.ledger_shown``,
-so a URL's password is never printed.
+Every command that writes takes the ledger through ``locked_ledger`` (SQLite: one process
+at a time, by its lock file; PostgreSQL: any number, whose runners lease rows, see
+``floraq.ledger.leases``); every command that only reads through ``open_for_reading``.
+Messages name the ledger as ``Settings.ledger_shown``, so a URL's password is never printed.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from floraq.settings import Settings
 
 @contextmanager
 def locked_ledger(settings: Settings) -> Iterator[LedgerBackend]:
-    """The ledger, opened (and migrated) for writing, held by this process alone."""
+    """The ledger, opened (and migrated) for writing: held by this process alone on SQLite,
+    shared with other workers on PostgreSQL (their runners lease rows, never the ledger)."""
     if settings.ledger_url is None:
         with LedgerLock(settings.ledger_path):
             ledger: LedgerBackend = SqliteLedger.open(settings.ledger_path)
@@ -37,7 +38,6 @@ def locked_ledger(settings: Settings) -> Iterator[LedgerBackend]:
     shared = open_ledger(settings.ledger_url)
     try:
         assert isinstance(shared, PostgresLedger)
-        shared.hold_lock()
         yield shared
     finally:
         shared.close()

@@ -6,6 +6,7 @@ renamed to its final name, so a reader (or a crash) never sees half a file under
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 from pathlib import Path
@@ -27,8 +28,9 @@ def sha256_file(path: Path) -> str:
 class PartFile:
     """What one download has on disk so far (``<final>.part``), kept across its attempts."""
 
-    def __init__(self, dest_stem: Path, output_type: str) -> None:
+    def __init__(self, dest_stem: Path, output_type: str, *, tag: str | None = None) -> None:
         self.dest_stem = dest_stem
+        self.tag = tag  # one worker's own part name (``<final>.<tag>.part``), if several
         self.output_type = output_type
         self.final: Path | None = None
         self.content_type: str | None = None
@@ -41,7 +43,10 @@ class PartFile:
 
     @property
     def part(self) -> Path | None:
-        return None if self.final is None else self.final.with_name(self.final.name + ".part")
+        if self.final is None:
+            return None
+        middle = "" if self.tag is None else f".{self.tag}"
+        return self.final.with_name(f"{self.final.name}{middle}.part")
 
     def can_resume(self) -> bool:
         return self.received > 0 and self.ranges
@@ -87,3 +92,9 @@ def commit(part: Path, final: Path) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def sweep_parts(final: Path) -> None:
+    """Remove every worker's part of ``final`` once it is final (a dead worker's stays else)."""
+    for part in final.parent.glob(glob.escape(final.name) + ".*.part"):
+        part.unlink(missing_ok=True)

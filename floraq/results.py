@@ -21,6 +21,7 @@ from floraq.core.money import ZERO, CostTotals, amount, total, totals_by
 from floraq.core.problems import Problem
 from floraq.errors import ExitCode
 from floraq.ledger import StoredFile
+from floraq.ledger.leases import WorkerView
 from floraq.runner import RunReport
 
 RetryKind = Literal["failed", "rejected", "expired", "download_failed", "unknown"]
@@ -146,6 +147,7 @@ class StatusResult:
     failures: list[dict[str, Any]]
     cost_changes: list[CostChange] = field(default_factory=list)
     api_limits: list[ApiLimit] = field(default_factory=list)  # per API host and workspace
+    workers: WorkersStatus | None = None  # a shared (PostgreSQL) ledger only
 
     def total(self, *states: str) -> int:
         return sum(c.count for c in self.counts if not states or c.state in states)
@@ -169,6 +171,53 @@ class StatusResult:
     @property
     def unsettled(self) -> int:
         return self.totals.unsettled
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersStatus:
+    """The workers of a shared (PostgreSQL) ledger as ``status`` shows them."""
+
+    workers: tuple[WorkerView, ...]
+
+    @property
+    def expired_rows(self) -> int:
+        """Active rows whose worker's lease has passed: the next worker takes them over."""
+        return sum(w.rows for w in self.workers if w.expired)
+
+    def lines(self) -> list[str]:
+        if not self.workers:
+            return ["workers: none holds a lease"]
+        found = [f"workers ({len(self.workers)}):"]
+        for w in self.workers:
+            lease = "lease expired" if w.expired else f"lease {w.lease_left:.0f} s left"
+            found.append(
+                f"  {w.host} pid {w.pid}: {w.rows} row(s) leased;"
+                f" last heartbeat {w.heartbeat_age:.0f} s ago; {lease}"
+            )
+        if self.expired_rows:
+            found.append(
+                f"rows whose lease expired: {self.expired_rows}"
+                " (the next worker to look takes them over)"
+            )
+        return found
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "workers": [
+                {
+                    "id": w.id,
+                    "host": w.host,
+                    "pid": w.pid,
+                    "rows_leased": w.rows,
+                    "last_heartbeat": w.heartbeat_at,
+                    "seconds_since_heartbeat": round(w.heartbeat_age, 3),
+                    "lease_seconds_left": round(w.lease_left, 3),
+                    "lease_expired": w.expired,
+                }
+                for w in self.workers
+            ],
+            "rows_lease_expired": self.expired_rows,
+        }
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ from floraq.errors import DISK_ERROR, UsageError
 from floraq.export import Columns, Format, write_rows
 from floraq.files import atomic_text
 from floraq.ledger import JobView, LedgerBackend, QuoteGroup, StoredFile
+from floraq.ledger.leases import PgLeases
 from floraq.ledger_access import open_for_reading
 from floraq.report import Summary, page_name, write_report
 from floraq.results import (
@@ -36,6 +37,7 @@ from floraq.results import (
     StateCount,
     StatusResult,
     VerifyResult,
+    WorkersStatus,
 )
 from floraq.settings import Settings
 
@@ -69,7 +71,15 @@ def status_of(ledger: LedgerBackend, names: list[str]) -> StatusResult:
         for r in ledger.state_counts(names)
     ]
     failures = [_charged(f) for f in ledger.problem_rows(names)] + _disk_refused(ledger, names)
-    return StatusResult(counts=counts, failures=failures, cost_changes=_cost_changes(ledger, names))
+    workers = None
+    if isinstance(ledger, PgLeases):  # a shared ledger: who holds which rows
+        workers = WorkersStatus(tuple(ledger.workers(names)))
+    return StatusResult(
+        counts=counts,
+        failures=failures,
+        cost_changes=_cost_changes(ledger, names),
+        workers=workers,
+    )
 
 
 def _charged(row: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,8 @@ DEFAULT_SANDBOX_LEDGER = Path("state/sandbox.db")
 DEFAULT_CONCURRENCY = 8
 DEFAULT_IDEMPOTENCY_WINDOW = 7200.0  # seconds: the shortest window any source states
 DEFAULT_WINDOW_MARGIN = 600.0  # never re-send when this close to the window's end
+DEFAULT_LEASE_SECONDS = 60.0  # a PostgreSQL worker's lease on its rows, renewed by heartbeat
+MIN_LEASE_SECONDS = 1.0  # shorter, a heartbeat could not keep up (and no POST could leave)
 
 ENV_API_KEY = "FLORA_API_KEY"
 ENV_BASE_URL = "FLORA_BASE_URL"
@@ -30,6 +32,7 @@ ENV_LEDGER = "FLORAQ_LEDGER"
 ENV_TIME_SCALE = "FLORAQ_TIME_SCALE"
 ENV_CRASH_AT = "FLORAQ_CRASH_AT"
 ENV_IDEMPOTENCY_WINDOW = "FLORAQ_IDEMPOTENCY_WINDOW"
+ENV_LEASE_SECONDS = "FLORAQ_LEASE_SECONDS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,7 @@ class Settings:
     window_margin: float = DEFAULT_WINDOW_MARGIN
     time_scale: float = 1.0  # multiplies every wait: polls, back-off (tests use 0.01)
     crash_at: str | None = None  # testing only: die at this named point
+    lease_seconds: float = DEFAULT_LEASE_SECONDS  # PostgreSQL workers only
     verbose: int = 0
     quiet: bool = False
     progress_bars: bool = False  # tqdm bars: only when stderr is a terminal
@@ -98,6 +102,7 @@ def resolve(
         idempotency_window=_env_float(env, ENV_IDEMPOTENCY_WINDOW, DEFAULT_IDEMPOTENCY_WINDOW),
         time_scale=_env_float(env, ENV_TIME_SCALE, 1.0),
         crash_at=crash_at,
+        lease_seconds=_lease_seconds(env),
         verbose=verbose,
         quiet=quiet,
         progress_bars=stderr_is_tty and not quiet,
@@ -137,6 +142,17 @@ def _ledger_target(raw: str | Path) -> tuple[Path, str | None]:
             f"--ledger {masked(text)}: write the URL's scheme in lower case (postgresql://…)"
         )
     return Path(raw), None
+
+
+def _lease_seconds(env: Mapping[str, str]) -> float:
+    """How long a worker's lease lasts: a number of seconds, at least MIN_LEASE_SECONDS."""
+    value = _env_float(env, ENV_LEASE_SECONDS, DEFAULT_LEASE_SECONDS)
+    if value < MIN_LEASE_SECONDS:
+        raise UsageError(
+            f"{ENV_LEASE_SECONDS}={env.get(ENV_LEASE_SECONDS)!r} must be at least"
+            f" {MIN_LEASE_SECONDS:g} s (a worker's lease on a PostgreSQL ledger)"
+        )
+    return value
 
 
 def _env_float(env: Mapping[str, str], name: str, default: float) -> float:

@@ -104,7 +104,7 @@ def test_the_schema_has_sqlites_steps_tables_and_columns(postgres_schema: str) -
     assert tuple(name for name, _ in pg_schema.STEPS) == MIGRATION_NAMES
     pg = PostgresLedger.open(postgres_schema)
     lite = SqliteLedger.in_memory()
-    for table in ("batches", "techniques", "jobs", "outputs", "events", "api_limits"):
+    for table in ("batches", "techniques", "jobs", "outputs", "events", "api_limits", "workers"):
         pg_columns = {
             r["column_name"]
             for r in pg.query(

@@ -126,6 +126,14 @@ class SqliteBase:
                 self._savepoints -= 1
             self.conn.execute(f"RELEASE SAVEPOINT {name}")
 
+    def _fence(self, job_id_column: str = "id") -> tuple[str, list[Any]]:
+        """SQL (and its parameters) that lets a write touch only rows this worker leases.
+
+        Empty here: SQLite has one process per ledger. PostgreSQL's workers override it
+        (``floraq.ledger.leases``); the write then checks the lease in its own statement.
+        """
+        return "", []
+
     def _all(self, cls: type[R], sql: str, params: Sequence[Any] = ()) -> list[R]:
         return [from_row(cls, r) for r in self.conn.execute(sql, params).fetchall()]
 

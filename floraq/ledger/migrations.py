@@ -215,6 +215,19 @@ def m0005_download_failed(db: Database) -> None:
     _create_counter_triggers(db, _COMMITTED_0005)
 
 
+@migrations(name="0006_leases")
+def m0006_leases(db: Database) -> None:
+    # Workers sharing one PostgreSQL ledger lease rows (``floraq.ledger.leases``). SQLite
+    # keeps one process per ledger and never fills these; they exist so both backends
+    # have the same schema. Times are the database server's clock, epoch seconds.
+    db.execute(
+        "CREATE TABLE workers (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,"
+        " started_at REAL NOT NULL, heartbeat_at REAL NOT NULL, lease_until REAL NOT NULL)"
+    )
+    db.execute("ALTER TABLE jobs ADD COLUMN lease_owner TEXT")
+    db.execute("CREATE INDEX jobs_lease_owner ON jobs (lease_owner)")
+
+
 @migrations(name="0007_api_limits")
 def m0007_api_limits(db: Database) -> None:
     # FLORA's rate limits are per workspace: one row per API host and workspace, shared by

@@ -166,6 +166,20 @@ CREATE TABLE api_limits (
 );
 """
 
+# Workers and the rows they lease (``floraq.ledger.leases``); times are the server's clock.
+_LEASES = """
+CREATE TABLE workers (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    heartbeat_at DOUBLE PRECISION NOT NULL,
+    lease_until DOUBLE PRECISION NOT NULL
+);
+ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+CREATE INDEX jobs_lease_owner ON jobs (lease_owner);
+"""
+
 # (SQLite's step name, what it runs here; None: already part of 0001 on PostgreSQL)
 STEPS: tuple[tuple[str, str | None], ...] = (
     ("0001_initial", _TABLES + _COUNTER),
@@ -174,6 +188,7 @@ STEPS: tuple[tuple[str, str | None], ...] = (
     ("0004_money_micros", None),
     # SQLite's step recreates its three triggers; here the one function they share.
     ("0005_download_failed", _counter_function(_COMMITTED_0005, replace=True)),
+    ("0006_leases", _LEASES),
     ("0007_api_limits", _API_LIMITS),
 )
 

@@ -4,7 +4,8 @@ The reads, writes and repairs are the SQLite ledger's own code (portable SQL thr
 ``PgConnection``); what differs is said here: transactions start with a plain ``BEGIN``
 (READ COMMITTED), a claim locks its batch row (``SELECT … FOR UPDATE``) so concurrent
 claimers of one batch take turns at the cap, and the cap's counter is a PL/pgSQL trigger
-(``pg_schema``). No API key and no password is ever written to it or shown.
+(``pg_schema``). Many workers share one ledger: they lease rows (``leases``) rather than
+lock the whole ledger. No API key and no password is ever written to it or shown.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import psycopg
 
 from floraq.errors import LedgerBusy, LedgerError
 from floraq.ledger import pg_schema
-from floraq.ledger.attempts import LedgerAttempts
+from floraq.ledger.leases import PgLeases
 from floraq.ledger.limits import LedgerLimits
 from floraq.ledger.pg_connection import PgConnection, masked, scrubbed
 
 
-class PostgresLedger(LedgerAttempts, LedgerLimits):
+class PostgresLedger(PgLeases, LedgerLimits):
     """Owns one connection to a PostgreSQL ledger: migrates on open, every move atomic."""
 
     _BEGIN = "BEGIN"
@@ -93,7 +94,9 @@ class PostgresLedger(LedgerAttempts, LedgerLimits):
         )
 
     def hold_lock(self) -> None:
-        """One floraq process per PostgreSQL ledger (until workers hold leases): LedgerBusy.
+        """One process at a time on this ledger (a tool that needs it alone): LedgerBusy.
+
+        floraq's own commands no longer take it: their workers lease rows instead.
 
         The PostgreSQL twin of ``floraq.lock.LedgerLock``: a session-level advisory lock,
         which the server drops when this connection closes or its process dies (even by

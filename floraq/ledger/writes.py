@@ -12,7 +12,7 @@ from typing import Any, Unpack
 
 from floraq.core.lifecycle import JobState, OutputState, check_transition
 from floraq.core.money import to_micros
-from floraq.errors import LedgerError
+from floraq.errors import LeaseLost, LedgerError
 from floraq.ledger.reads import SqliteReads
 from floraq.ledger.records import JobFields, NewJob, column_values
 
@@ -112,13 +112,16 @@ class SqliteWrites(SqliteReads):
         check_transition(current, new)
         columns = column_values(fields)
         assignments = "".join(f", {name} = ?" for name in columns)
+        fence, held = self._fence()
         with self.transaction():
             cur = self.conn.execute(
                 f"UPDATE jobs SET state = ?, updated_at = ?{assignments}"
-                " WHERE id = ? AND state = ?",
-                [new.value, self.clock(), *columns.values(), job_id, current.value],
+                f" WHERE id = ? AND state = ?{fence}",
+                [new.value, self.clock(), *columns.values(), job_id, current.value, *held],
             )
             if cur.rowcount != 1:
+                if fence:
+                    raise LeaseLost(f"job {job_id}: this worker's lease on it is gone")
                 raise LedgerError(
                     f"job {job_id} was not in state {current} (another process changed it?)"
                 )
@@ -129,11 +132,14 @@ class SqliteWrites(SqliteReads):
         """Record progress that does not change the state (polls, progress, late cost)."""
         columns = column_values(fields)
         assignments = "".join(f", {name} = ?" for name in columns)
+        fence, held = self._fence()
         with self.transaction():
-            self.conn.execute(
-                f"UPDATE jobs SET updated_at = ?{assignments} WHERE id = ?",
-                [self.clock(), *columns.values(), job_id],
+            cur = self.conn.execute(
+                f"UPDATE jobs SET updated_at = ?{assignments} WHERE id = ?{fence}",
+                [self.clock(), *columns.values(), job_id, *held],
             )
+            if fence and cur.rowcount != 1:
+                raise LeaseLost(f"job {job_id}: this worker's lease on it is gone")
 
     def claim(
         self,
@@ -226,12 +232,13 @@ class SqliteWrites(SqliteReads):
         sha256: str,
         content_type: str | None,
     ) -> None:
+        fence, held = self._fence("job_id")
         with self.transaction():
-            self.conn.execute(
-                """
+            cur = self.conn.execute(
+                f"""
                 UPDATE outputs SET state = ?, path = ?, bytes = ?, sha256 = ?,
                     content_type = ?, downloaded_at = ?, error = NULL
-                WHERE job_id = ? AND output_id = ?
+                WHERE job_id = ? AND output_id = ?{fence}
                 """,
                 (
                     OutputState.DOWNLOADED.value,
@@ -242,8 +249,11 @@ class SqliteWrites(SqliteReads):
                     self.clock(),
                     job_id,
                     output_id,
+                    *held,
                 ),
             )
+            if fence and cur.rowcount != 1:
+                raise LeaseLost(f"job {job_id}: this worker's lease on it is gone")
 
     def output_expired(self, job_id: int, output_id: str, error: str) -> None:
         self._set_output(job_id, output_id, OutputState.EXPIRED, error=error)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,15 +19,17 @@ from pathlib import Path
 
 import httpx
 
-from floraq.api import FloraClient, log_request
+from floraq.api import DEFAULT_DEADLINE, FloraClient, log_request
 from floraq.core.keys import api_key_fingerprint
 from floraq.core.money import amount
 from floraq.core.technique import Technique
 from floraq.crashpoints import CrashPoints
 from floraq.downloads import Downloader
 from floraq.ledger import LedgerBackend
+from floraq.ledger.leases import PgLeases
 from floraq.retry import RetryPolicy
 from floraq.runner.context import DEFAULT_MAX_POLLS, BatchPlan, Progress, RunnerConfig
+from floraq.runner.lease import LeaseKeeper, post_deadline
 from floraq.runner.limits import SharedRate, limit_key
 from floraq.runner.loop import Runner
 from floraq.settings import DEFAULT_CONCURRENCY, Settings
@@ -68,6 +71,8 @@ async def build_runner(
     policy = RetryPolicy(time_scale=settings.time_scale)
     crash = CrashPoints(settings.crash_at)
     log = log_request if settings.verbose else None
+    leasing = isinstance(ledger, PgLeases)  # workers lease rows: each attempt fits a lease
+    deadline = post_deadline(settings.lease_seconds, DEFAULT_DEADLINE) if leasing else 0.0
     async with (
         FloraClient(
             base_url=settings.base_url,
@@ -77,6 +82,7 @@ async def build_runner(
             transport=seams.transport,
             sleep=seams.net_sleep,
             log=log,
+            deadline=deadline or DEFAULT_DEADLINE,
         ) as client,
         Downloader(
             policy=policy,
@@ -86,6 +92,7 @@ async def build_runner(
             crash=crash,
             log=log,
             plain_http=is_plain_loopback(settings.base_url),
+            part_tag=uuid.uuid4().hex[:12] if leasing else None,
         ) as downloader,
     ):
         shared = SharedRate(
@@ -110,7 +117,15 @@ async def build_runner(
             sleep=seams.sleep,
             rand=seams.rand,
             shared=shared,
+            lease=_lease(ledger, settings, client.deadline),
         )
+
+
+def _lease(ledger: LedgerBackend, settings: Settings, deadline: float) -> LeaseKeeper | None:
+    """A worker's lease when the ledger is shared (PostgreSQL); None on SQLite."""
+    if not isinstance(ledger, PgLeases):
+        return None
+    return LeaseKeeper(ledger=ledger, seconds=settings.lease_seconds, deadline=deadline)
 
 
 def batch_plans(

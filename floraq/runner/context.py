@@ -28,6 +28,7 @@ from floraq.downloads import Downloader
 from floraq.errors import ApiError, AuthError, DiskError
 from floraq.ledger import JobRecord, LedgerBackend
 from floraq.runner.commit import GroupCommitter
+from floraq.runner.lease import LeaseKeeper
 from floraq.runner.prices import Prices
 
 ROUND_PAUSE = 10.0  # seconds before the first such round; doubles each round (x time_scale)
@@ -82,6 +83,8 @@ class RunReport:
     polls: int = 0
     downloads: int = 0
     price_checks: int = 0  # GETs of a technique to re-check its run_cost mid-batch
+    lease_lost: bool = False  # a PostgreSQL worker's heartbeat failed: it stopped sending
+    rows_lost: int = 0  # rows whose task stopped because another worker holds them now
 
 
 @dataclass(slots=True, kw_only=True)
@@ -112,6 +115,9 @@ class RunContext:
     out_of_credits: bool = False  # a 402: the workspace cannot pay for any new run
     bug: Exception | None = None  # a bug stopped the loop: raised once all is saved
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    lease: LeaseKeeper | None = None  # a worker on a shared (PostgreSQL) ledger
+    unclaimed: set[int] = field(default_factory=set)  # leased queued rows not yet claimed
+    claims_moved: asyncio.Event | None = None  # set when one of them is claimed (or not)
 
     # -- stopping -----------------------------------------------------------------------
 
@@ -122,7 +128,19 @@ class RunContext:
 
     def posting_stopped(self) -> bool:
         """No POST may leave at all, not even for an intent already committed."""
-        return self.stop_all or self.out_of_credits
+        return self.stop_all or self.out_of_credits or self.report.lease_lost
+
+    def claim_settled(self, job_id: int) -> None:
+        """A leased queued row's claim is decided: the worker may lease another."""
+        if self.unclaimed:
+            self.unclaimed.discard(job_id)
+            if self.claims_moved is not None:
+                self.claims_moved.set()
+
+    def lease_lost(self) -> None:
+        """The heartbeat failed: other workers may take this worker's rows; stop them all."""
+        self.report.lease_lost = True
+        self.stop_everything()
 
     def stop_everything(self) -> None:
         """Credentials refused: no task may send anything more. Each one's state is on disk."""

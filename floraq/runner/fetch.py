@@ -9,6 +9,7 @@ asked for fresh ones (never re-run) up to ``EXPIRED_REPOLLS`` times, then the jo
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from floraq.core.lifecycle import JobState, OutputState
 from floraq.core.submission import JOB_ROUNDS
 from floraq.core.validation import SAFE_NAME
-from floraq.downloads import Downloaded
+from floraq.downloads import Downloaded, sha256_file
 from floraq.errors import (
     ApiError,
     DiskError,
@@ -36,6 +37,8 @@ async def download(ctx: RunContext, job: JobRecord) -> None:
     """Fetch every output not yet on disk; re-poll for fresh URLs when one has expired."""
     folder = ctx.batches[job.batch].output_dir / safe_segment(job.technique)
     folder = folder / safe_segment(job.row_key)
+    if ctx.lease is not None:
+        await _verify_earlier(ctx, job)
     repolls = 0
     rounds = 0
     while True:
@@ -118,6 +121,27 @@ async def _fetch_pending(
         )
         ctx.progress.advance(JobState.DOWNLOADED)
     return expired, gave_up
+
+
+async def _verify_earlier(ctx: RunContext, job: JobRecord) -> None:
+    """Files another worker finished for this row (before this one took it over) are checked
+    by their sha256, not fetched again; a file missing or changed is fetched again."""
+    for output in ctx.ledger.outputs(job.id):
+        if output.state != OutputState.DOWNLOADED or output.path is None:
+            continue
+        path = Path(output.path)
+        sound = await asyncio.to_thread(_has_sha256, path, output.sha256)
+        if not sound:
+            await ctx.committer.commit(
+                functools.partial(ctx.ledger.output_missing, job.id, output.output_id)
+            )
+
+
+def _has_sha256(path: Path, sha256: str | None) -> bool:
+    try:
+        return sha256 is not None and path.is_file() and sha256_file(path) == sha256
+    except OSError:
+        return False
 
 
 async def _fresh_urls(ctx: RunContext, job: JobRecord) -> bool:

@@ -19,6 +19,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 
 from floraq.api import FloraClient, RunInfo
 from floraq.core.lifecycle import IN_FLIGHT, JobState
@@ -26,7 +27,7 @@ from floraq.core.polling import PollPolicy
 from floraq.core.technique import Technique
 from floraq.crashpoints import CrashPoints
 from floraq.downloads import Downloader
-from floraq.errors import AuthError
+from floraq.errors import AuthError, LeaseLost
 from floraq.ledger import JobRecord, LedgerBackend
 from floraq.runner.commit import GroupCommitter
 from floraq.runner.context import (
@@ -39,6 +40,7 @@ from floraq.runner.context import (
     no_progress,
 )
 from floraq.runner.fetch import download
+from floraq.runner.lease import LeaseKeeper, lease_tasks
 from floraq.runner.limits import SharedRate
 from floraq.runner.poll import poll_until_done
 from floraq.runner.prices import Prices, price_ttl
@@ -71,6 +73,7 @@ class Runner:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
         shared: SharedRate | None = None,
+        lease: LeaseKeeper | None = None,
     ) -> None:
         self.ctx = RunContext(
             ledger=ledger,
@@ -91,6 +94,7 @@ class Runner:
                 slug: deque(ledger.typical_durations(slug), maxlen=DURATIONS_KEPT)
                 for slug in techniques
             },
+            lease=lease,
         )
         self.shared = shared
 
@@ -102,12 +106,20 @@ class Runner:
         """Drive every active job; the report once every task has stopped and all is saved."""
         ctx = self.ctx
         names = list(ctx.batches)
-        _expire_stale_intents(ctx, names)
         slots = asyncio.Semaphore(ctx.config.max_outstanding)
         sharing = self._share()
+        beat: asyncio.Task[None] | None = None
+        if ctx.lease is None:
+            _expire_stale_intents(ctx, names)  # a worker checks each intent it leases
+        else:
+            ctx.lease.start()
+            beat = asyncio.create_task(ctx.lease.beat(ctx.lease_lost))
         try:
-            for states in _PASSES:
-                await _start_tasks(ctx, names, states, slots)
+            if ctx.lease is None:
+                for states in _PASSES:
+                    await _start_tasks(ctx, names, states, slots)
+            else:
+                await lease_tasks(ctx, ctx.lease, names, partial(_start, ctx, slots))
             while ctx.tasks:
                 await asyncio.wait(set(ctx.tasks))
         finally:
@@ -115,7 +127,12 @@ class Runner:
                 task.cancel()
             if ctx.tasks:
                 await asyncio.gather(*ctx.tasks, return_exceptions=True)
-            ctx.committer.flush()
+            if beat is not None and ctx.lease is not None:
+                beat.cancel()
+                await asyncio.gather(beat, return_exceptions=True)
+                _let_go(ctx, ctx.lease)
+            else:
+                ctx.committer.flush()
             await self._stop_sharing(sharing)
         if ctx.bug is not None:
             raise ctx.bug  # every transition so far is committed; `resume` continues
@@ -168,16 +185,46 @@ async def _start_tasks(
             task.add_done_callback(ctx.tasks.discard)
 
 
+def _let_go(ctx: RunContext, lease: LeaseKeeper) -> None:
+    """Commit what is decided and hand the rows back; a worker whose lease is gone has
+    nothing left to commit (its writes are refused) and its rows pass with the lease."""
+    try:
+        ctx.committer.flush()
+    except Exception:
+        if lease.held():
+            raise
+    lease.release()
+
+
+async def _start(ctx: RunContext, slots: asyncio.Semaphore, job: JobRecord) -> bool:
+    """One task for ``job`` once a slot is free; False (none started) if everything stopped."""
+    await slots.acquire()
+    if ctx.stop_all:
+        slots.release()
+        return False
+    task = asyncio.create_task(_drive_guarded(ctx, job, slots))
+    ctx.tasks.add(task)
+    task.add_done_callback(ctx.tasks.discard)
+    return True
+
+
 async def _drive_guarded(ctx: RunContext, job: JobRecord, slots: asyncio.Semaphore) -> None:
     try:
         await _drive(ctx, job)
+    except LeaseLost:
+        ctx.report.rows_lost += 1  # another worker holds it now: its task ends here
     except AuthError as e:
         ctx.report.auth_error = ctx.report.auth_error or e
         ctx.stop_everything()
     except Exception as e:  # a bug in floraq: stop safely, then let it be seen
+        if ctx.lease is not None and not ctx.lease.held():
+            ctx.report.rows_lost += 1  # the ledger is out of reach: the lease is lost
+            ctx.lease_lost()
+            return
         ctx.bug = ctx.bug or e
         ctx.stop_everything()
     finally:
+        ctx.claim_settled(job.id)
         slots.release()
 
 
@@ -190,6 +237,7 @@ async def _drive(ctx: RunContext, job: JobRecord) -> None:
         claimed = False
         if job.state is JobState.QUEUED:
             intent = await claim(ctx, job)
+            ctx.claim_settled(job.id)
             if intent is None:
                 return
             job, claimed = intent, True

@@ -233,6 +233,7 @@ async def _post(
             inputs=inputs,
             idempotency_key=job.idempotency_key,
             proceed=proceed,
+            guard=None if ctx.lease is None else ctx.lease.may_send,
         )
     except _CLASSIFIED as e:
         if isinstance(e, NotSent):
