@@ -261,10 +261,14 @@ def queue_rows(
     scratch: list[Problem] = []
     stale = _rejections_by_place(ledger, manifest.batch)
     candidates: list[tuple[int, tuple[str, str]]] = []
-    present: set[tuple[str, str]] = set()  # (technique, inputs digest) of every row read
+    # (technique, inputs digest) of the rejected records that rows read still have: only
+    # those are asked about, so memory follows the rejections, not the manifest.
+    asked = {old for entries in stale.values() for _, old in entries}
+    present: set[tuple[str, str]] = set()
     for checked in check_rows(manifest, dict(techniques), scratch, ledger, Counter()):
         job = checked.job
-        present.add((job.technique, job.inputs_digest))
+        if asked and (job.technique, job.inputs_digest) in asked:
+            present.add((job.technique, job.inputs_digest))
         if checked.errors and not skip_invalid:
             continue
         if not checked.errors:  # only a valid row replaces: an invalid one is its own record

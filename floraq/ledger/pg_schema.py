@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import time
 
-from floraq.ledger.migrations import _committed, refuse_if_foreign
+from floraq.ledger.migrations import (
+    TOTALS_COLUMNS,
+    TOTALS_WATCHED,
+    _committed,
+    refuse_if_foreign,
+    totals_add,
+    totals_remove,
+)
 from floraq.ledger.pg_connection import PgConnection
 
 MIGRATIONS_TABLE = "floraq_migrations"
@@ -136,12 +143,50 @@ CREATE TRIGGER jobs_committed
     ON jobs FOR EACH ROW EXECUTE FUNCTION jobs_committed();
 """
 
+# Step 0009: the lean ledger (see SQLite's step): queued_at, logged, two unused indexes
+# gone, and the per-state totals kept by a trigger with the same arithmetic.
+_LEAN = f"""
+ALTER TABLE jobs ADD COLUMN queued_at DOUBLE PRECISION;
+UPDATE jobs SET queued_at = (SELECT MIN(e.at) FROM events e
+    WHERE e.job_id = jobs.id AND e.kind = 'queued');
+ALTER TABLE jobs ADD COLUMN logged INTEGER NOT NULL DEFAULT 1;
+DROP INDEX IF EXISTS jobs_state;
+DROP INDEX IF EXISTS jobs_technique_row_key;
+CREATE TABLE state_totals (
+    batch TEXT NOT NULL,
+    technique TEXT NOT NULL,
+    state TEXT NOT NULL,
+    {", ".join(f"{c} BIGINT NOT NULL DEFAULT 0" for c in TOTALS_COLUMNS)},
+    PRIMARY KEY (batch, technique, state)
+);
+INSERT INTO state_totals (batch, technique, state, {", ".join(TOTALS_COLUMNS)})
+    SELECT batch, technique, state, COUNT(*), COALESCE(SUM(estimated_micros), 0),
+        COALESCE(SUM(COALESCE(charged_micros, 0) + prior_charged_micros), 0),
+        SUM(CASE WHEN charged_micros IS NULL THEN 1 ELSE 0 END), SUM(prior_unsettled)
+    FROM jobs GROUP BY batch, technique, state;
+CREATE FUNCTION jobs_totals() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        {totals_remove("OLD")};
+    END IF;
+    IF TG_OP IN ('UPDATE', 'INSERT') THEN
+        {totals_add("NEW")};
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER jobs_totals
+    AFTER INSERT OR DELETE OR UPDATE OF {TOTALS_WATCHED}
+    ON jobs FOR EACH ROW EXECUTE FUNCTION jobs_totals();
+"""
+
 # (SQLite's step name, what it runs here; None: already part of 0001 on PostgreSQL)
 STEPS: tuple[tuple[str, str | None], ...] = (
     ("0001_initial", _TABLES + _COUNTER),
     ("0002_attempt_costs", None),
     ("0003_key_fingerprint", None),
     ("0004_money_micros", None),
+    ("0009_lean", _LEAN),
 )
 
 
