@@ -71,10 +71,14 @@ def test_status_totals_equal_a_full_recount_after_random_operations(
         _step(led, rng, rng.randint(1, 45), step)
         if step % 7 == 0:
             assert led.state_counts(["b", "c"]) == led.state_counts_recomputed(["b", "c"]), step
+            assert led.quotes(["b", "c"]) == led.quotes_recomputed(["b", "c"]), step
     totals = led.state_counts(["b", "c"])
     assert totals == led.state_counts_recomputed(["b", "c"])
     assert sum(t.n for t in totals) == 45 and len({t.state for t in totals}) >= 5
     assert any(t.unsettled for t in totals) and any(t.charged for t in totals)
+    quotes = led.quotes(["b", "c"])
+    assert quotes == led.quotes_recomputed(["b", "c"])
+    assert len(quotes) > 4 and any(q.differs for q in quotes)  # several prices, off-quote
 
 
 def test_a_usual_run_writes_no_event_and_its_trail_is_still_told(new_ledger: NewLedger) -> None:
@@ -155,7 +159,7 @@ def _seen(led: SqliteLedger) -> tuple[object, ...]:
     return (
         led.state_counts_recomputed(["old"]),
         led.problem_rows(["old"]),
-        led.quotes(["old"]),
+        led.quotes_recomputed(["old"]),
         [csv_record(v, columns) for v in views],
         [json_record(v) for v in views],
         led.committed_cost("old"),
@@ -177,6 +181,7 @@ def test_an_old_ledger_shows_the_same_status_and_export_after_migrating(tmp_path
     assert not migrations.pending(led.db)
     assert _seen(led) == seen_before
     assert led.state_counts(["old"]) == seen_before[0]
+    assert led.quotes(["old"]) == seen_before[2]
     status = status_of(led, ["old"])
     assert status.total("unknown_outcome", "completed", "expired") == 3
     assert sum(c.unsettled for c in status.counts) == 3  # unknown; completed and its prior

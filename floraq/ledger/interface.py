@@ -15,7 +15,6 @@ from decimal import Decimal
 from typing import Any, Protocol, Unpack
 
 from floraq.core.lifecycle import JobState
-from floraq.ledger.reads import QuoteGroup, StateTotals
 from floraq.ledger.records import (
     BatchRecord,
     JobFields,
@@ -25,6 +24,7 @@ from floraq.ledger.records import (
     OutputRecord,
     StoredFile,
 )
+from floraq.ledger.totals import QuoteGroup, StateTotals
 
 
 class LedgerBackend(Protocol):
@@ -122,6 +122,7 @@ class LedgerBackend(Protocol):
     def committed_cost(self, batch: str) -> Decimal: ...
     def state_counts(self, batches: Sequence[str]) -> list[StateTotals]: ...
     def state_counts_recomputed(self, batches: Sequence[str]) -> list[StateTotals]: ...
+    def quotes_recomputed(self, batches: Sequence[str]) -> list[QuoteGroup]: ...
     def history(self, job_id: int) -> list[dict[str, Any]]: ...
     def problem_rows(self, batches: Sequence[str]) -> list[dict[str, Any]]: ...
     def quotes(self, batches: Sequence[str]) -> list[QuoteGroup]: ...

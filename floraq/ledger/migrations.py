@@ -211,6 +211,37 @@ TOTALS_COLUMNS: tuple[str, ...] = tuple(column for column, _ in _TOTALS_0009)
 TOTALS_WATCHED = "state, estimated_micros, charged_micros, prior_charged_micros, prior_unsettled"
 
 
+# Frozen with this step, as 0004's list: the states of a finished run (lifecycle's
+# RUN_FINISHED); a charge off its quote there is a cost change `status` shows.
+_FINISHED_0009 = "'completed', 'downloaded', 'expired'"
+
+
+def _off_quote(row: str) -> str:
+    return (
+        f"CASE WHEN {row}.charged_micros IS NOT NULL AND {row}.state IN ({_FINISHED_0009})"
+        f" AND {row}.charged_micros != COALESCE({row}.estimated_micros, 0) THEN 1 ELSE 0 END"
+    )
+
+
+def quotes_add(row: str) -> str:
+    """SQL counting job ``row`` (NEW) at its quote, if it has one (an upsert)."""
+    return (
+        f"INSERT INTO quote_totals (batch, technique, quote, n, differs)"
+        f" SELECT {row}.batch, {row}.technique, {row}.estimated_micros, 1, {_off_quote(row)}"
+        f" WHERE {row}.estimated_micros IS NOT NULL ON CONFLICT (batch, technique, quote)"
+        " DO UPDATE SET n = quote_totals.n + 1, differs = quote_totals.differs + excluded.differs"
+    )
+
+
+def quotes_remove(row: str) -> str:
+    """SQL taking job ``row`` (OLD) off its quote's count (nothing if it had no quote)."""
+    return (
+        f"UPDATE quote_totals SET n = n - 1, differs = differs - ({_off_quote(row)})"
+        f" WHERE batch = {row}.batch AND technique = {row}.technique"
+        f" AND quote = {row}.estimated_micros"
+    )
+
+
 def totals_add(row: str) -> str:
     """SQL adding job ``row`` (NEW) to its totals row (an upsert; SQLite and PostgreSQL)."""
     columns = ", ".join(TOTALS_COLUMNS)
@@ -260,11 +291,21 @@ def m0009_lean(db: Database) -> None:
         f"INSERT INTO state_totals (batch, technique, state, {', '.join(TOTALS_COLUMNS)})"
         f" SELECT batch, technique, state, {sums} FROM jobs GROUP BY batch, technique, state"
     )
-    for event, body in (
-        ("INSERT", totals_add("NEW")),
-        ("DELETE", totals_remove("OLD")),
-        ("UPDATE", f"{totals_remove('OLD')}; {totals_add('NEW')}"),
-    ):
+    # The quotes `status` compares with today's run_cost, counted the same way.
+    db.execute(
+        "CREATE TABLE quote_totals (batch TEXT NOT NULL, technique TEXT NOT NULL,"
+        " quote INTEGER NOT NULL, n INTEGER NOT NULL DEFAULT 0,"
+        " differs INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (batch, technique, quote))"
+    )
+    db.execute(
+        f"INSERT INTO quote_totals (batch, technique, quote, n, differs)"
+        f" SELECT batch, technique, estimated_micros, COUNT(*), SUM({_off_quote('jobs')})"
+        " FROM jobs WHERE estimated_micros IS NOT NULL"
+        " GROUP BY batch, technique, estimated_micros"
+    )
+    add = f"{totals_add('NEW')}; {quotes_add('NEW')}"
+    remove = f"{totals_remove('OLD')}; {quotes_remove('OLD')}"
+    for event, body in (("INSERT", add), ("DELETE", remove), ("UPDATE", f"{remove}; {add}")):
         watch = f" OF {TOTALS_WATCHED}" if event == "UPDATE" else ""
         db.execute(
             f"CREATE TRIGGER jobs_totals_{event.lower()} AFTER {event}{watch} ON jobs"

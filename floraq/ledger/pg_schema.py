@@ -18,6 +18,9 @@ from floraq.ledger.migrations import (
     TOTALS_COLUMNS,
     TOTALS_WATCHED,
     _committed,
+    _off_quote,
+    quotes_add,
+    quotes_remove,
     refuse_if_foreign,
     totals_add,
     totals_remove,
@@ -164,13 +167,26 @@ INSERT INTO state_totals (batch, technique, state, {", ".join(TOTALS_COLUMNS)})
         COALESCE(SUM(COALESCE(charged_micros, 0) + prior_charged_micros), 0),
         SUM(CASE WHEN charged_micros IS NULL THEN 1 ELSE 0 END), SUM(prior_unsettled)
     FROM jobs GROUP BY batch, technique, state;
+CREATE TABLE quote_totals (
+    batch TEXT NOT NULL,
+    technique TEXT NOT NULL,
+    quote BIGINT NOT NULL,
+    n BIGINT NOT NULL DEFAULT 0,
+    differs BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (batch, technique, quote)
+);
+INSERT INTO quote_totals (batch, technique, quote, n, differs)
+    SELECT batch, technique, estimated_micros, COUNT(*), SUM({_off_quote("jobs")})
+    FROM jobs WHERE estimated_micros IS NOT NULL GROUP BY batch, technique, estimated_micros;
 CREATE FUNCTION jobs_totals() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
         {totals_remove("OLD")};
+        {quotes_remove("OLD")};
     END IF;
     IF TG_OP IN ('UPDATE', 'INSERT') THEN
         {totals_add("NEW")};
+        {quotes_add("NEW")};
     END IF;
     RETURN NULL;
 END

@@ -15,8 +15,9 @@ from floraq.core.lifecycle import USUAL_MOVES, JobState, OutputState, check_tran
 from floraq.core.money import to_micros
 from floraq.errors import LedgerError
 from floraq.ledger.base import chunks
-from floraq.ledger.reads import USUAL_COLUMNS, SqliteReads, usual_events
+from floraq.ledger.reads import SqliteReads
 from floraq.ledger.records import JobFields, NewJob, column_values
+from floraq.ledger.totals import USUAL_COLUMNS, usual_events
 
 _INSERT_ROWS = 500  # jobs per INSERT statement (15 parameters each, well under the limit)
 
