@@ -188,3 +188,12 @@ def test_an_old_ledger_shows_the_same_status_and_export_after_migrating(tmp_path
     assert led.query("SELECT * FROM events ORDER BY id") == trail_before
     assert [e["kind"] for e in led.history(1)] == ["queued"]  # logged: events only
     assert led.query("SELECT queued_at FROM jobs WHERE id = 3") == [{"queued_at": 3.0}]
+
+
+def test_the_frozen_finished_states_of_the_quote_totals_match_the_lifecycle() -> None:
+    """The quote triggers' finished states (frozen in step 0009) are today's RUN_FINISHED:
+    a new finished state needs a step that rebuilds them."""
+    from floraq.core.lifecycle import RUN_FINISHED
+    from floraq.ledger.migrations import _FINISHED_0009
+
+    assert {s.strip(" '") for s in _FINISHED_0009.split(",")} == {s.value for s in RUN_FINISHED}
