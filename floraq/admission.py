@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from floraq.api import FloraClient
-from floraq.core.keys import idempotency_key, inputs_digest, row_key
+from floraq.core.keys import row_keys
 from floraq.core.lifecycle import JobState
 from floraq.core.manifest import Manifest, Row
 from floraq.core.problems import Problem
@@ -105,8 +105,9 @@ def _checked(batch: str, row: Row, technique: Technique) -> Checked:
     """One row checked on its own, with its first-attempt key and output folder."""
     problems = check_row(row, technique)
     errors = [p for p in problems if p.severity == "error"]
-    values = dict(row.values)
-    folder = row.key if row.key is not None and not errors else row_key(values)
+    values = row.values
+    keys = row_keys(batch=batch, technique=technique.slug, inputs=values)
+    folder = row.key if row.key is not None and not errors else keys.row_key
     job = NewJob(
         batch=batch,
         technique=technique.slug,
@@ -116,10 +117,8 @@ def _checked(batch: str, row: Row, technique: Technique) -> Checked:
         location=row.location,
         row_key=folder,
         inputs=values,
-        inputs_digest=inputs_digest(values),
-        idempotency_key=idempotency_key(
-            batch=batch, technique=technique.slug, inputs=values, attempt=1
-        ),
+        inputs_digest=keys.inputs_digest,
+        idempotency_key=keys.idempotency_key,
         estimated_cost=technique.run_cost,
     )
     warnings = [p for p in problems if p.severity == "warning"]
@@ -262,10 +261,14 @@ def queue_rows(
     scratch: list[Problem] = []
     stale = _rejections_by_place(ledger, manifest.batch)
     candidates: list[tuple[int, tuple[str, str]]] = []
-    present: set[tuple[str, str]] = set()  # (technique, inputs digest) of every row read
+    # (technique, inputs digest) of the rejected records that rows read still have: only
+    # those are asked about, so memory follows the rejections, not the manifest.
+    asked = {old for entries in stale.values() for _, old in entries}
+    present: set[tuple[str, str]] = set()
     for checked in check_rows(manifest, dict(techniques), scratch, ledger, Counter()):
         job = checked.job
-        present.add((job.technique, job.inputs_digest))
+        if asked and (job.technique, job.inputs_digest) in asked:
+            present.add((job.technique, job.inputs_digest))
         if checked.errors and not skip_invalid:
             continue
         if not checked.errors:  # only a valid row replaces: an invalid one is its own record

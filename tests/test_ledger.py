@@ -13,7 +13,7 @@ from ledgers import AnyLedger, NewLedger
 
 from floraq.core.lifecycle import IllegalTransition, JobState
 from floraq.errors import LedgerBusy, LedgerError
-from floraq.ledger import Ledger, NewJob
+from floraq.ledger import Ledger, NewJob, SeenRows
 from floraq.ledger.migrations import MIGRATION_NAMES, migrations
 from floraq.lock import LedgerLock
 
@@ -110,7 +110,7 @@ def test_move_follows_the_lifecycle(ledger: AnyLedger) -> None:
     ledger.move(1, JobState.SUBMITTING, JobState.SUBMITTED, run_id="j57abc")
     job = ledger.job(1)
     assert (job.state, job.run_id, job.submitting_at) == (JobState.SUBMITTED, "j57abc", 1.0)
-    kinds = [e["kind"] for e in ledger.query("SELECT kind FROM events ORDER BY id")]
+    kinds = [e["kind"] for e in ledger.history(1)]  # the audit trail: events + the row
     assert kinds == ["queued", "queued->submitting", "submitting->submitted"]
 
 
@@ -308,3 +308,26 @@ def test_a_writer_refuses_a_read_only_ledger_before_creating_its_lock(
     with pytest.raises(LedgerError, match=r"floraq\.db is read-only \(.*\): `status`"):
         LedgerLock(path).acquire()
     assert not path.with_name("floraq.db.lock").exists()
+
+
+def test_seen_rows_remember_every_value_across_runs_on_disk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Values that went to disk as sorted runs are still found; the first claim keeps its place."""
+    from floraq.ledger import seen as seen_module
+
+    monkeypatch.setattr(seen_module, "_BUFFERED", 7)  # a run every 7 values
+    with SeenRows() as seen:
+        for start in range(0, 100, 10):
+            keys = [f"k{n}" for n in range(start, start + 10)]
+            assert seen.known_keys(keys) == set()
+            claims = [("tech", f"f{n}", f"row {n}") for n in range(start, start + 10)]
+            assert seen.folder_owners("tech", [f for _, f, _ in claims]) == {}
+            seen.add(keys, claims)
+        assert seen.known_keys(["k0", "k55", "k99", "k100", "nope"]) == {"k0", "k55", "k99"}
+        seen.add([], [("tech", "f3", "a later row")])  # a second claim does not replace
+        assert seen.folder_owners("tech", ["f3", "f98", "f100"]) == {
+            "f3": "row 3",
+            "f98": "row 98",
+        }
+        assert seen.folder_owners("other", ["f3"]) == {}

@@ -232,3 +232,59 @@ def test_run_inputs_refuses_a_missing_value() -> None:
     """Building a request for an unchecked row is a bug, caught before sending."""
     with pytest.raises(ValueError, match="no value for input style of 'product-shot'"):
         run_inputs({"input_image": GOOD_URL}, TECHNIQUE)
+
+
+_URL_SHAPES = [
+    "https://storage.googleapis.com/b/a.jpg",
+    "HTTPS://Media.FLORA.ai/x.png?sig=1#top",
+    "https://example.com",
+    "https://example.com.",
+    "https://s3.amazonaws.com/a b.jpg",
+    "https://user:pw@storage.googleapis.com/a.jpg",
+    "https://storage.googleapis.com:443/a.jpg",
+    "https://storage.googleapis.com:99999/a.jpg",
+    "https://[::1]/a.jpg",
+    "https://[bad/a.jpg",
+    "http://storage.googleapis.com/a.jpg",
+    "ftp://storage.googleapis.com/a.jpg",
+    "photos/a.jpg",
+    "https:///a.jpg",
+    "https://ex\u00e4mple.com/a.jpg",
+    "https://ik.imagekit.io/a\u00a0b.jpg",
+    "https://ik.imagekit.io/?q=1",
+    "https://a..b/#",
+    "https://-/x",
+]
+
+
+@pytest.mark.parametrize("url", _URL_SHAPES)
+def test_the_plain_url_fast_path_says_what_the_parser_says(url: str) -> None:
+    """The one-regex path for common URLs gives exactly the full check's problems."""
+    from floraq.core.validation import _check_url, _parsed_url_problems
+
+    assert _check_url("here", url) == _parsed_url_problems("here", url)
+
+
+def test_row_keys_match_the_documented_formulas() -> None:
+    """The one-encoding digest and key equal the canonical formulas, byte for byte."""
+    import random
+
+    from floraq.core.keys import canonical_json, idempotency_key, inputs_digest, row_keys
+
+    pick = random.Random(14)
+    alphabet = 'ab"\\\u00e9\u2028\x01\n\U0001f600 /:'
+    for _ in range(500):
+        inputs = {
+            "".join(pick.choice(alphabet) for _ in range(pick.randint(0, 6))): "".join(
+                pick.choice(alphabet) for _ in range(pick.randint(0, 9))
+            )
+            for _ in range(pick.randint(0, 4))
+        }
+        keys = row_keys(batch='b"\u00e9', technique="t", inputs=inputs)
+        assert keys.inputs_json == canonical_json(inputs)
+        assert keys.inputs_digest == inputs_digest(inputs)
+        assert keys.idempotency_key == idempotency_key(
+            batch='b"\u00e9', technique="t", inputs=inputs, attempt=1
+        )
+    mixed = row_keys(batch="b", technique="t", inputs={"n": 3})  # type: ignore[dict-item]
+    assert mixed.inputs_digest == inputs_digest({"n": 3})  # type: ignore[dict-item]

@@ -7,6 +7,7 @@ against ``TRANSITIONS`` before the ledger records it, so an impossible history
 
 from __future__ import annotations
 
+import itertools
 from enum import StrEnum
 
 
@@ -67,6 +68,19 @@ RUN_FINISHED: frozenset[JobState] = frozenset(
 IN_FLIGHT: frozenset[JobState] = frozenset(
     {JobState.SUBMITTING, JobState.SUBMITTED, JobState.COMPLETED}
 )
+
+
+# The path nearly every row takes. While a job has only moved along it, its own columns
+# (queued_at, submitting_at, submitted_at, completed_at, its outputs' downloaded_at) tell
+# each move, so the ledger writes no event for them; see ``ledger.writes``.
+USUAL_PATH: tuple[JobState, ...] = (
+    JobState.QUEUED,
+    JobState.SUBMITTING,
+    JobState.SUBMITTED,
+    JobState.COMPLETED,
+    JobState.DOWNLOADED,
+)
+USUAL_MOVES: frozenset[tuple[JobState, JobState]] = frozenset(itertools.pairwise(USUAL_PATH))
 
 
 class OutputState(StrEnum):

@@ -12,7 +12,6 @@ from pathlib import Path
 from floraq.ledger.interface import LedgerBackend
 from floraq.ledger.pg_connection import is_postgres_url, masked
 from floraq.ledger.postgres import PostgresLedger
-from floraq.ledger.reads import QuoteGroup, StateTotals
 from floraq.ledger.records import (
     BatchRecord,
     JobFields,
@@ -24,6 +23,7 @@ from floraq.ledger.records import (
 )
 from floraq.ledger.seen import SeenRows
 from floraq.ledger.sqlite import SqliteLedger
+from floraq.ledger.totals import QuoteGroup, StateTotals
 
 Ledger = SqliteLedger
 

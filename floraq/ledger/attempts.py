@@ -50,6 +50,7 @@ class LedgerAttempts(SqliteWrites):
         so every total still counts it, and a charge never reported makes totals a floor.
         """
         with self.transaction():
+            self._write_back(job_id)  # the usual moves' events before the archive's
             job = self.job(job_id)
             row = self.conn.execute(
                 "SELECT request_id, error_code, error_message FROM jobs WHERE id = ?", (job_id,)

@@ -250,6 +250,124 @@ def m0007_api_limits(db: Database) -> None:
     )
 
 
+# -- 0009: a lean ledger ------------------------------------------------------------------
+
+# What one job adds to its (batch, technique, state) totals, as (column, SQL of row r).
+# Which states count as unsettled is decided when reading (``reads.state_counts``), from
+# ``uncharged`` and ``prior_unsettled``, so a new state needs no new trigger.
+_TOTALS_0009: tuple[tuple[str, str], ...] = (
+    ("n", "1"),
+    ("estimated_micros", "COALESCE({r}.estimated_micros, 0)"),
+    ("charged_micros", "COALESCE({r}.charged_micros, 0) + {r}.prior_charged_micros"),
+    ("uncharged", "CASE WHEN {r}.charged_micros IS NULL THEN 1 ELSE 0 END"),
+    ("prior_unsettled", "{r}.prior_unsettled"),
+)
+TOTALS_COLUMNS: tuple[str, ...] = tuple(column for column, _ in _TOTALS_0009)
+TOTALS_WATCHED = "state, estimated_micros, charged_micros, prior_charged_micros, prior_unsettled"
+
+
+# Frozen with this step, as 0004's list: the states of a finished run (lifecycle's
+# RUN_FINISHED); a charge off its quote there is a cost change `status` shows.
+_FINISHED_0009 = "'completed', 'downloaded', 'expired', 'download_failed'"
+
+
+def _off_quote(row: str) -> str:
+    return (
+        f"CASE WHEN {row}.charged_micros IS NOT NULL AND {row}.state IN ({_FINISHED_0009})"
+        f" AND {row}.charged_micros != COALESCE({row}.estimated_micros, 0) THEN 1 ELSE 0 END"
+    )
+
+
+def quotes_add(row: str) -> str:
+    """SQL counting job ``row`` (NEW) at its quote, if it has one (an upsert)."""
+    return (
+        f"INSERT INTO quote_totals (batch, technique, quote, n, differs)"
+        f" SELECT {row}.batch, {row}.technique, {row}.estimated_micros, 1, {_off_quote(row)}"
+        f" WHERE {row}.estimated_micros IS NOT NULL ON CONFLICT (batch, technique, quote)"
+        " DO UPDATE SET n = quote_totals.n + 1, differs = quote_totals.differs + excluded.differs"
+    )
+
+
+def quotes_remove(row: str) -> str:
+    """SQL taking job ``row`` (OLD) off its quote's count (nothing if it had no quote)."""
+    return (
+        f"UPDATE quote_totals SET n = n - 1, differs = differs - ({_off_quote(row)})"
+        f" WHERE batch = {row}.batch AND technique = {row}.technique"
+        f" AND quote = {row}.estimated_micros"
+    )
+
+
+def totals_add(row: str) -> str:
+    """SQL adding job ``row`` (NEW) to its totals row (an upsert; SQLite and PostgreSQL)."""
+    columns = ", ".join(TOTALS_COLUMNS)
+    added = ", ".join(sql.format(r=row) for _, sql in _TOTALS_0009)
+    sums = ", ".join(f"{c} = state_totals.{c} + excluded.{c}" for c in TOTALS_COLUMNS)
+    return (
+        f"INSERT INTO state_totals (batch, technique, state, {columns})"
+        f" VALUES ({row}.batch, {row}.technique, {row}.state, {added})"
+        f" ON CONFLICT (batch, technique, state) DO UPDATE SET {sums}"
+    )
+
+
+def totals_remove(row: str) -> str:
+    """SQL taking job ``row`` (OLD) out of its totals row."""
+    less = ", ".join(f"{c} = {c} - ({sql.format(r=row)})" for c, sql in _TOTALS_0009)
+    return (
+        f"UPDATE state_totals SET {less} WHERE batch = {row}.batch"
+        f" AND technique = {row}.technique AND state = {row}.state"
+    )
+
+
+@migrations(name="0009_lean")
+def m0009_lean(db: Database) -> None:
+    # When the row was queued: with it (and the other *_at columns), the job row itself
+    # tells a job's moves along the usual path, which then need no event rows.
+    db.execute("ALTER TABLE jobs ADD COLUMN queued_at REAL")
+    db.execute(
+        "UPDATE jobs SET queued_at = (SELECT MIN(e.at) FROM events e"
+        " WHERE e.job_id = jobs.id AND e.kind = 'queued')"
+    )
+    # 1: every move of the job has its event (all rows queued before this step). 0: the
+    # moves along the usual path are told by the row; the first other move writes them out.
+    db.execute("ALTER TABLE jobs ADD COLUMN logged INTEGER NOT NULL DEFAULT 1")
+    # No query uses these (EXPLAIN QUERY PLAN: state is always asked with its batch, and
+    # folders of other batches are found through UNIQUE (batch, technique, row_key)).
+    db.execute("DROP INDEX IF EXISTS jobs_state")
+    db.execute("DROP INDEX IF EXISTS jobs_technique_row_key")
+    # `status` totals per batch, technique and state, kept by triggers in the same
+    # transaction as every job write: status reads a few rows instead of every job.
+    columns = ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in TOTALS_COLUMNS)
+    db.execute(
+        f"CREATE TABLE state_totals (batch TEXT NOT NULL, technique TEXT NOT NULL,"
+        f" state TEXT NOT NULL, {columns}, PRIMARY KEY (batch, technique, state))"
+    )
+    sums = ", ".join(f"SUM({sql.format(r='jobs')})" for _, sql in _TOTALS_0009)
+    db.execute(
+        f"INSERT INTO state_totals (batch, technique, state, {', '.join(TOTALS_COLUMNS)})"
+        f" SELECT batch, technique, state, {sums} FROM jobs GROUP BY batch, technique, state"
+    )
+    # The quotes `status` compares with today's run_cost, counted the same way.
+    db.execute(
+        "CREATE TABLE quote_totals (batch TEXT NOT NULL, technique TEXT NOT NULL,"
+        " quote INTEGER NOT NULL, n INTEGER NOT NULL DEFAULT 0,"
+        " differs INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (batch, technique, quote))"
+    )
+    db.execute(
+        f"INSERT INTO quote_totals (batch, technique, quote, n, differs)"
+        f" SELECT batch, technique, estimated_micros, COUNT(*), SUM({_off_quote('jobs')})"
+        " FROM jobs WHERE estimated_micros IS NOT NULL"
+        " GROUP BY batch, technique, estimated_micros"
+    )
+    add = f"{totals_add('NEW')}; {quotes_add('NEW')}"
+    remove = f"{totals_remove('OLD')}; {quotes_remove('OLD')}"
+    for event, body in (("INSERT", add), ("DELETE", remove), ("UPDATE", f"{remove}; {add}")):
+        watch = f" OF {TOTALS_WATCHED}" if event == "UPDATE" else ""
+        db.execute(
+            f"CREATE TRIGGER jobs_totals_{event.lower()} AFTER {event}{watch} ON jobs"
+            f" BEGIN {body}; END"
+        )
+
+
 # Every step this floraq knows, in order: a ledger that has applied one not listed here was
 # written by a newer floraq, and is refused rather than half-understood.
 MIGRATION_NAMES: tuple[str, ...] = tuple(m.name for m in migrations.pending(Database(memory=True)))

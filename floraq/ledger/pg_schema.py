@@ -18,8 +18,15 @@ import time
 from floraq.ledger.migrations import (
     _COMMITTED_0004,
     _COMMITTED_0005,
+    TOTALS_COLUMNS,
+    TOTALS_WATCHED,
     _committed,
+    _off_quote,
+    quotes_add,
+    quotes_remove,
     refuse_if_foreign,
+    totals_add,
+    totals_remove,
 )
 from floraq.ledger.pg_connection import PgConnection
 
@@ -180,6 +187,56 @@ ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
 CREATE INDEX jobs_lease_owner ON jobs (lease_owner);
 """
 
+# Step 0009: the lean ledger (see SQLite's step): queued_at, logged, two unused indexes
+# gone, and the per-state totals kept by a trigger with the same arithmetic.
+_LEAN = f"""
+ALTER TABLE jobs ADD COLUMN queued_at DOUBLE PRECISION;
+UPDATE jobs SET queued_at = (SELECT MIN(e.at) FROM events e
+    WHERE e.job_id = jobs.id AND e.kind = 'queued');
+ALTER TABLE jobs ADD COLUMN logged INTEGER NOT NULL DEFAULT 1;
+DROP INDEX IF EXISTS jobs_state;
+DROP INDEX IF EXISTS jobs_technique_row_key;
+CREATE TABLE state_totals (
+    batch TEXT NOT NULL,
+    technique TEXT NOT NULL,
+    state TEXT NOT NULL,
+    {", ".join(f"{c} BIGINT NOT NULL DEFAULT 0" for c in TOTALS_COLUMNS)},
+    PRIMARY KEY (batch, technique, state)
+);
+INSERT INTO state_totals (batch, technique, state, {", ".join(TOTALS_COLUMNS)})
+    SELECT batch, technique, state, COUNT(*), COALESCE(SUM(estimated_micros), 0),
+        COALESCE(SUM(COALESCE(charged_micros, 0) + prior_charged_micros), 0),
+        SUM(CASE WHEN charged_micros IS NULL THEN 1 ELSE 0 END), SUM(prior_unsettled)
+    FROM jobs GROUP BY batch, technique, state;
+CREATE TABLE quote_totals (
+    batch TEXT NOT NULL,
+    technique TEXT NOT NULL,
+    quote BIGINT NOT NULL,
+    n BIGINT NOT NULL DEFAULT 0,
+    differs BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (batch, technique, quote)
+);
+INSERT INTO quote_totals (batch, technique, quote, n, differs)
+    SELECT batch, technique, estimated_micros, COUNT(*), SUM({_off_quote("jobs")})
+    FROM jobs WHERE estimated_micros IS NOT NULL GROUP BY batch, technique, estimated_micros;
+CREATE FUNCTION jobs_totals() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        {totals_remove("OLD")};
+        {quotes_remove("OLD")};
+    END IF;
+    IF TG_OP IN ('UPDATE', 'INSERT') THEN
+        {totals_add("NEW")};
+        {quotes_add("NEW")};
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER jobs_totals
+    AFTER INSERT OR DELETE OR UPDATE OF {TOTALS_WATCHED}
+    ON jobs FOR EACH ROW EXECUTE FUNCTION jobs_totals();
+"""
+
 # (SQLite's step name, what it runs here; None: already part of 0001 on PostgreSQL)
 STEPS: tuple[tuple[str, str | None], ...] = (
     ("0001_initial", _TABLES + _COUNTER),
@@ -190,6 +247,7 @@ STEPS: tuple[tuple[str, str | None], ...] = (
     ("0005_download_failed", _counter_function(_COMMITTED_0005, replace=True)),
     ("0006_leases", _LEASES),
     ("0007_api_limits", _API_LIMITS),
+    ("0009_lean", _LEAN),
 )
 
 

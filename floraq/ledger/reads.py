@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from floraq.core.lifecycle import (
     PROBLEM_STATES,
     QUOTE_COMMITTED,
-    RUN_FINISHED,
     JobState,
     OutputState,
 )
 from floraq.core.money import from_micros
 from floraq.errors import LedgerError
-from floraq.ledger.base import SqliteBase, chunks, marks, values
+from floraq.ledger.base import chunks, marks, values
 from floraq.ledger.records import (
     BatchRecord,
     JobRecord,
@@ -30,34 +28,10 @@ from floraq.ledger.records import (
     StoredFile,
     from_row,
 )
+from floraq.ledger.totals import TotalsReads
 
 
-@dataclass(frozen=True, slots=True)
-class StateTotals:
-    """Rows, quotes, charges and unsettled charges of one batch, technique and state."""
-
-    batch: str
-    technique: str
-    state: JobState
-    n: int
-    estimated: Decimal
-    charged: Decimal
-    unsettled: int
-
-
-@dataclass(frozen=True, slots=True)
-class QuoteGroup:
-    """Rows of a batch and technique quoted at one price, and that technique's run_cost now."""
-
-    batch: str
-    technique: str
-    quote: Decimal
-    n: int
-    run_cost: Decimal | None
-    differs: int  # settled runs charged something other than their quote
-
-
-class SqliteReads(SqliteBase):
+class SqliteReads(TotalsReads):
     """Everything that only reads."""
 
     def integrity_ok(self) -> bool:
@@ -98,16 +72,26 @@ class SqliteReads(SqliteBase):
     def folders_of_other_batches(
         self, batch: str, output_dir: str, technique: str, row_keys: Sequence[str]
     ) -> dict[str, str]:
-        """row_key -> the other batch whose outputs already live in that folder."""
-        found: dict[str, str] = {}
-        for part in chunks(row_keys):
-            sql = (
-                "SELECT j.row_key, j.batch FROM jobs j JOIN batches b ON b.name = j.batch"
-                " WHERE b.output_dir = ? AND j.batch != ? AND j.technique = ?"
-                f" AND j.row_key IN ({marks(part)})"
+        """row_key -> the other batch whose outputs already live in that folder.
+
+        Batch by batch, so each look-up goes through UNIQUE (batch, technique, row_key).
+        """
+        others = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT name FROM batches WHERE output_dir = ? AND name != ? ORDER BY created_at",
+                (output_dir, batch),
             )
-            for row in self.conn.execute(sql, [output_dir, batch, technique, *part]):
-                found.setdefault(row[0], row[1])
+        ]
+        found: dict[str, str] = {}
+        for other in others:
+            for part in chunks(row_keys):
+                sql = (
+                    "SELECT row_key FROM jobs WHERE batch = ? AND technique = ?"
+                    f" AND row_key IN ({marks(part)})"
+                )
+                for row in self.conn.execute(sql, [other, technique, *part]):
+                    found.setdefault(row[0], other)
         return found
 
     def jobs(
@@ -166,36 +150,6 @@ class SqliteReads(SqliteBase):
             [*committed, batch],
         ).fetchone()
         return from_micros(int(row[0]))
-
-    def state_counts(self, batches: Sequence[str]) -> list[StateTotals]:
-        """Rows, quotes, charges and unsettled charges per batch, technique and state."""
-        if not batches:
-            return []
-        finished = values(RUN_FINISHED)
-        rows = self.conn.execute(
-            f"""
-            SELECT batch, technique, state, COUNT(*) AS n,
-                COALESCE(SUM(estimated_micros), 0) AS estimated,
-                COALESCE(SUM(COALESCE(charged_micros, 0) + prior_charged_micros), 0) AS charged,
-                SUM(prior_unsettled + CASE WHEN state = ? OR (state IN ({marks(finished)})
-                    AND charged_micros IS NULL) THEN 1 ELSE 0 END) AS unsettled
-            FROM jobs WHERE batch IN ({marks(batches)})
-            GROUP BY batch, technique, state ORDER BY batch, technique, state
-            """,
-            [JobState.UNKNOWN_OUTCOME.value, *finished, *batches],
-        ).fetchall()
-        return [
-            StateTotals(
-                batch=r["batch"],
-                technique=r["technique"],
-                state=JobState(r["state"]),
-                n=int(r["n"]),
-                estimated=from_micros(int(r["estimated"])),
-                charged=from_micros(int(r["charged"])),
-                unsettled=int(r["unsettled"] or 0),
-            )
-            for r in rows
-        ]
 
     def problem_rows(self, batches: Sequence[str]) -> list[dict[str, Any]]:
         """Every failed, rejected, unknown or expired row, with what support will ask for."""
@@ -294,37 +248,6 @@ class SqliteReads(SqliteBase):
             )
         seen = sorted(r[0] for r in self.conn.execute(sql, params))
         return list(dict.fromkeys([*found, *seen]))
-
-    def quotes(self, batches: Sequence[str]) -> list[QuoteGroup]:
-        """Per batch and technique: each price its rows were quoted at, and today's run_cost."""
-        if not batches:
-            return []
-        finished = values(RUN_FINISHED)
-        rows = self.conn.execute(
-            f"""
-            SELECT j.batch, j.technique, j.estimated_micros AS quote, COUNT(*) AS n,
-                MAX(t.run_cost_micros) AS run_cost,
-                SUM(CASE WHEN j.charged_micros IS NOT NULL AND j.state IN ({marks(finished)})
-                    AND j.charged_micros != COALESCE(j.estimated_micros, 0)
-                    THEN 1 ELSE 0 END) AS differs
-            FROM jobs j LEFT JOIN techniques t ON t.slug = j.technique
-            WHERE j.batch IN ({marks(batches)}) AND j.estimated_micros IS NOT NULL
-            GROUP BY j.batch, j.technique, j.estimated_micros
-            ORDER BY j.batch, j.technique, MIN(j.id)
-            """,
-            [*finished, *batches],
-        ).fetchall()
-        return [
-            QuoteGroup(
-                batch=r["batch"],
-                technique=r["technique"],
-                quote=from_micros(int(r["quote"])),
-                n=int(r["n"]),
-                run_cost=None if r["run_cost"] is None else from_micros(int(r["run_cost"])),
-                differs=int(r["differs"] or 0),
-            )
-            for r in rows
-        ]
 
     def last_activity(self) -> dict[str, float]:
         """Batch name -> the latest time anything about it changed (epoch seconds)."""

@@ -8,13 +8,18 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
+from json.encoder import encode_basestring
 from typing import Any, Unpack
 
-from floraq.core.lifecycle import JobState, OutputState, check_transition
+from floraq.core.lifecycle import USUAL_MOVES, JobState, OutputState, check_transition
 from floraq.core.money import to_micros
 from floraq.errors import LeaseLost, LedgerError
+from floraq.ledger.base import chunks
 from floraq.ledger.reads import SqliteReads
 from floraq.ledger.records import JobFields, NewJob, column_values
+from floraq.ledger.totals import USUAL_COLUMNS, usual_events
+
+_INSERT_ROWS = 500  # jobs per INSERT statement (15 parameters each, well under the limit)
 
 # Written on every poll: not worth an event each.
 _QUIET_FIELDS = frozenset({"polls", "progress"})
@@ -67,38 +72,43 @@ class SqliteWrites(SqliteReads):
     # -- jobs -------------------------------------------------------------------------
 
     def insert_jobs(self, jobs: Iterable[NewJob]) -> int:
-        """Queue new jobs in one transaction; rows already in the ledger are left alone."""
+        """Queue new jobs in one transaction; rows already in the ledger are left alone.
+
+        Many rows per statement and no event row each: the row's ``queued_at`` and
+        ``location`` are what the "queued" event said (``logged = 0``, see ``move``).
+        """
         now = self.clock()
+        rows = [
+            (
+                job.batch,
+                job.technique,
+                job.job_number,
+                job.row_number,
+                job.csv_line,
+                job.location,
+                job.row_key,
+                _inputs_text(job.inputs),
+                job.inputs_digest,
+                job.idempotency_key,
+                JobState.QUEUED.value,
+                to_micros(job.estimated_cost),
+                now,
+                now,
+            )
+            for job in jobs
+        ]
         inserted = 0
         with self.transaction():
-            for job in jobs:
-                row = self.conn.execute(
-                    """
-                    INSERT INTO jobs (batch, technique, job_number, row_number, csv_line,
-                        location, row_key, inputs, inputs_digest, idempotency_key, state,
-                        estimated_micros, updated_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    ON CONFLICT DO NOTHING RETURNING id
-                    """,
-                    (
-                        job.batch,
-                        job.technique,
-                        job.job_number,
-                        job.row_number,
-                        job.csv_line,
-                        job.location,
-                        job.row_key,
-                        json.dumps(dict(job.inputs), sort_keys=True, ensure_ascii=False),
-                        job.inputs_digest,
-                        job.idempotency_key,
-                        JobState.QUEUED.value,
-                        to_micros(job.estimated_cost),
-                        now,
-                    ),
-                ).fetchone()
-                if row is not None:
-                    inserted += 1
-                    self._event(int(row[0]), job.batch, "queued", {"location": job.location})
+            for part in chunks(rows, _INSERT_ROWS):
+                cur = self.conn.execute(
+                    "INSERT INTO jobs (batch, technique, job_number, row_number, csv_line,"
+                    " location, row_key, inputs, inputs_digest, idempotency_key, state,"
+                    " estimated_micros, queued_at, updated_at, logged) VALUES "
+                    + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"] * len(part))
+                    + " ON CONFLICT DO NOTHING RETURNING id",
+                    [value for row in part for value in row],
+                )
+                inserted += len(cur.fetchall())
         return inserted
 
     def move(
@@ -113,20 +123,40 @@ class SqliteWrites(SqliteReads):
         columns = column_values(fields)
         assignments = "".join(f", {name} = ?" for name in columns)
         fence, held = self._fence()
+        told = (current, new) in USUAL_MOVES
         with self.transaction():
-            cur = self.conn.execute(
+            if not told:
+                self._write_back(job_id)
+            row = self.conn.execute(
                 f"UPDATE jobs SET state = ?, updated_at = ?{assignments}"
-                f" WHERE id = ? AND state = ?{fence}",
+                f" WHERE id = ? AND state = ?{fence} RETURNING logged",
                 [new.value, self.clock(), *columns.values(), job_id, current.value, *held],
-            )
-            if cur.rowcount != 1:
+            ).fetchone()
+            if row is None:
                 if fence:
                     raise LeaseLost(f"job {job_id}: this worker's lease on it is gone")
                 raise LedgerError(
                     f"job {job_id} was not in state {current} (another process changed it?)"
                 )
-            detail = {k: v for k, v in fields.items() if k not in _QUIET_FIELDS}
-            self._event(job_id, None, f"{current}->{new}", detail)
+            if row[0]:
+                detail = {k: v for k, v in fields.items() if k not in _QUIET_FIELDS}
+                self._event(job_id, None, f"{current}->{new}", detail)
+
+    def _write_back(self, job_id: int) -> None:
+        """The events of a job's moves along the usual path, from its row, then ``logged``.
+
+        Called before a move off that path (or a new attempt) changes what the row says.
+        Each event has the time its column kept and the values the row holds now, marked
+        ``from_row``; a job already logged is left alone.
+        """
+        row = self.conn.execute(
+            f"SELECT {USUAL_COLUMNS} FROM jobs j WHERE j.id = ? AND j.logged = 0", (job_id,)
+        ).fetchone()
+        if row is None:
+            return
+        for kind, at, detail in usual_events(row):
+            self._event(job_id, row["batch"] if kind == "queued" else None, kind, detail, at=at)
+        self.conn.execute("UPDATE jobs SET logged = 1 WHERE id = ?", (job_id,))
 
     def update(self, job_id: int, **fields: Unpack[JobFields]) -> None:
         """Record progress that does not change the state (polls, progress, late cost)."""
@@ -181,11 +211,19 @@ class SqliteWrites(SqliteReads):
         with self.transaction():
             self._event(job_id, batch, kind, detail)
 
-    def _event(self, job_id: int | None, batch: str | None, kind: str, detail: Any) -> None:
+    def _event(
+        self,
+        job_id: int | None,
+        batch: str | None,
+        kind: str,
+        detail: Any,
+        *,
+        at: float | None = None,
+    ) -> None:
         self.conn.execute(
             "INSERT INTO events (at, job_id, batch, kind, detail) VALUES (?, ?, ?, ?, ?)",
             (
-                self.clock(),
+                self.clock() if at is None else at,
                 job_id,
                 batch,
                 kind,
@@ -271,6 +309,19 @@ class SqliteWrites(SqliteReads):
                 f"UPDATE outputs SET state = ?{set_error} WHERE job_id = ? AND output_id = ?",
                 [state.value, *([error] if error is not None else []), job_id, output_id],
             )
+
+
+def _inputs_text(inputs: Mapping[str, str]) -> str:
+    """The inputs column: JSON with sorted keys and raw UTF-8 (as always stored)."""
+    if all(type(k) is str and type(v) is str for k, v in inputs.items()):
+        return (
+            "{"
+            + ", ".join(
+                f"{encode_basestring(k)}: {encode_basestring(inputs[k])}" for k in sorted(inputs)
+            )
+            + "}"
+        )
+    return json.dumps(dict(inputs), sort_keys=True, ensure_ascii=False)
 
 
 def _plain(value: object) -> str:

@@ -167,6 +167,8 @@ async def _start_tasks(
     """Page through the jobs in ``states``, one task each, at most ``max_outstanding`` live."""
     after = 0
     while not ctx.stop_all:
+        if states == (JobState.QUEUED,) and all(ctx.submitting_stopped(n) for n in names):
+            return  # every batch stopped (its cap, say): the rest stay queued, unread
         page = ctx.ledger.jobs(batches=names, states=states, after_id=after, limit=PAGE_SIZE)
         if not page:
             return
