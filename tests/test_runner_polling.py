@@ -16,6 +16,8 @@ import pytest
 from ledgers import LedgerWith
 from test_runner_rounds import MEDIA, drive, media, states
 
+from floraq.core.polling import PollPolicy
+
 SERVER_EPOCH_MS = 1_700_000_000_000  # the server's created_at; our fake clock starts at 0
 WAIT, RUN = 20.0, 30.0  # seconds pending, then seconds running
 
@@ -59,7 +61,7 @@ class FakeFlora:
 def test_pending_polls_back_off_and_progress_predicts_the_end(
     ledger_with: LedgerWith, tmp_path: Path
 ) -> None:
-    """Pending polls back off (5, 7.5, 10 s); then progress points at the end: 6 polls."""
+    """Pending polls back off (5, 7.5, 10 s); then progress points past the end: 5 polls."""
     fake = FakeFlora()
     ledger = ledger_with(["a kite"])
 
@@ -75,9 +77,11 @@ def test_pending_polls_back_off_and_progress_predicts_the_end(
     )
     assert states(ledger) == {"downloaded": 1}
     # 1.6 s (2 s less 20 % jitter), then pending back-off 5, 7.5, 10 (capped at 5 + 5 with
-    # nothing learned); at 24.1 s it has run 4.1 s at 13 %: it cannot end before 49.29 s;
-    # there it says 97 %, so the next poll waits the floor (1.6 s) and sees it completed.
-    assert fake.polls == pytest.approx([1.6, 6.6, 14.1, 24.1, 49.286, 50.886], abs=0.001)
+    # nothing learned); at 24.1 s it has run 4.1 s at 13 %: it ends between 49.29 s and
+    # 51.54 s, so the next poll aims at the soonest end plus the 2 s target latency (not at
+    # the soonest end itself, where it would still be running) and sees it completed.
+    assert fake.polls == pytest.approx([1.6, 6.6, 14.1, 24.1, 51.286], abs=0.001)
     row = ledger.query("SELECT polls, completed_at FROM jobs")[0]
-    assert row["polls"] == 6
-    assert row["completed_at"] - (WAIT + RUN) == pytest.approx(0.886, abs=0.001)
+    assert row["polls"] == 5
+    assert row["completed_at"] - (WAIT + RUN) == pytest.approx(1.286, abs=0.001)
+    assert row["completed_at"] - (WAIT + RUN) <= PollPolicy().target_latency

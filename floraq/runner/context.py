@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ from floraq.downloads import Downloader
 from floraq.errors import ApiError, AuthError, DiskError
 from floraq.ledger import JobRecord, LedgerBackend
 from floraq.runner.commit import GroupCommitter
+from floraq.runner.poll_gate import PollGate
 from floraq.runner.prices import Prices
 
 ROUND_PAUSE = 10.0  # seconds before the first such round; doubles each round (x time_scale)
@@ -35,6 +37,9 @@ DURATIONS_KEPT = 50  # run durations remembered per technique for the poll sched
 # Polls of one run in one process before it is left for the next `resume` (~5.5 h at
 # the 5 s interval): a run FLORA never finishes must not hold the ledger lock forever.
 DEFAULT_MAX_POLLS = 4000
+# The poll budget's floor, in polls per real second for the whole loop (core.poll_budget):
+# it grows with the rate runs complete at, so it binds only when many runs wait at once.
+DEFAULT_POLL_RATE = 10.0
 
 
 class Progress(Protocol):
@@ -68,6 +73,7 @@ class RunnerConfig:
     time_scale: float = 1.0
     key_fingerprint: str | None = None  # of the API key in use (core.keys.api_key_fingerprint)
     max_polls: int = DEFAULT_MAX_POLLS
+    poll_rate: float = DEFAULT_POLL_RATE  # polls per real second at least (x 1/time_scale)
 
 
 @dataclass(slots=True)
@@ -104,8 +110,18 @@ class RunContext:
     # From created_at: how long runs of each technique take (seeded from the ledger).
     durations: dict[str, deque[float]]
     prices: Prices  # when each technique's run_cost is due a check (runner.prices)
+    poll_gate: PollGate  # the shared poll budget: every poll takes a token (runner.poll_gate)
     # From started_at: how long runs take once they have a slot (learned in this process).
     run_times: dict[str, deque[float]] = field(default_factory=dict)
+    # Real remaining time over predicted soonest remaining time (core.poll_aim.prediction_trust).
+    trust: dict[str, deque[float]] = field(default_factory=dict)
+    # The API's completed_at of recent finished runs, in seconds: how fast slots free up.
+    completions: deque[float] = field(default_factory=lambda: deque(maxlen=DURATIONS_KEPT))
+    # Runs whose last answer said `pending` (job ids), and the (send position, start on our
+    # clock) of recent runs seen started after waiting: how fast the server's queue moves.
+    queue: set[int] = field(default_factory=set)
+    starts: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=DURATIONS_KEPT))
+    sent: itertools.count[int] = field(default_factory=itertools.count)  # send positions
     report: RunReport = field(default_factory=RunReport)
     paused_batches: set[str] = field(default_factory=set)  # reached their cost cap
     stop_all: bool = False  # credentials refused: nothing more may be sent

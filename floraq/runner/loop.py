@@ -40,6 +40,7 @@ from floraq.runner.context import (
 )
 from floraq.runner.fetch import download
 from floraq.runner.poll import poll_until_done
+from floraq.runner.poll_gate import PollGate
 from floraq.runner.prices import Prices, price_ttl
 from floraq.runner.submit import claim, submit
 
@@ -85,6 +86,7 @@ class Runner:
             committer=GroupCommitter(ledger),
             prices=Prices(clock=clock, ttl=price_ttl(config.time_scale)),
             poll_policy=PollPolicy().scaled(config.time_scale),
+            poll_gate=PollGate(rate=_poll_rate(config), clock=clock, sleep=sleep),
             durations={
                 slug: deque(ledger.typical_durations(slug), maxlen=DURATIONS_KEPT)
                 for slug in techniques
@@ -111,6 +113,7 @@ class Runner:
                 task.cancel()
             if ctx.tasks:
                 await asyncio.gather(*ctx.tasks, return_exceptions=True)
+            ctx.poll_gate.close()
             ctx.committer.flush()
         if ctx.bug is not None:
             raise ctx.bug  # every transition so far is committed; `resume` continues
@@ -179,6 +182,13 @@ async def _drive(ctx: RunContext, job: JobRecord) -> None:
         if job.state is JobState.COMPLETED:
             await download(ctx, job)
         return
+
+
+def _poll_rate(config: RunnerConfig) -> float:
+    """The poll budget's floor on the loop's clock (time scale 0: waits are skipped, no cap)."""
+    if config.time_scale <= 0:
+        return float("inf")
+    return config.poll_rate / config.time_scale
 
 
 def _expire_stale_intents(ctx: RunContext, batches: Iterable[str]) -> None:
