@@ -142,6 +142,7 @@ STEPS: tuple[tuple[str, str | None], ...] = (
     ("0002_attempt_costs", None),
     ("0003_key_fingerprint", None),
     ("0004_money_micros", None),
+    ("0010_polling", "ALTER TABLE jobs ADD COLUMN remote_started_at BIGINT;"),
 )
 
 

@@ -91,6 +91,10 @@ class Runner:
                 slug: deque(ledger.typical_durations(slug), maxlen=DURATIONS_KEPT)
                 for slug in techniques
             },
+            run_times={
+                slug: deque(ledger.typical_run_times(slug), maxlen=DURATIONS_KEPT)
+                for slug in techniques
+            },
         )
 
     @property

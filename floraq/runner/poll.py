@@ -255,6 +255,7 @@ async def _completed(ctx: RunContext, job: JobRecord, info: RunInfo, polls: int)
             progress=info.progress,
             charged_cost=charged,
             remote_completed_at=info.completed_at,
+            remote_started_at=info.started_at,
             completed_at=ctx.clock(),
             polls=polls,
         )
