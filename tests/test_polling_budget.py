@@ -8,7 +8,7 @@ import math
 import pytest
 
 from floraq.core.poll_budget import Bucket, PollRank, budget_rate, rank
-from floraq.runner.poll_gate import PollGate
+from floraq.runner.poll_gate import BURST_SECONDS, PollGate
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ def test_gate_within_budget_never_waits() -> None:
 
     async def main() -> None:
         gate = PollGate(rate=5.0, clock=lambda: time.now, sleep=time.sleep)
-        for _ in range(10):  # the burst: two seconds' worth
+        for _ in range(int(5.0 * BURST_SECONDS)):  # the burst: BURST_SECONDS' worth
             await gate.admit(PollRank.RUNNING, 0.0)
         gate.close()
 
@@ -90,8 +90,8 @@ def test_gate_over_budget_serves_the_likeliest_finished_first() -> None:
 
     async def main() -> None:
         gate = PollGate(rate=1.0, clock=lambda: time.now, sleep=time.sleep)
-        await gate.admit(PollRank.RUNNING, 0.0)
-        await gate.admit(PollRank.RUNNING, 0.0)  # the burst (2) is spent
+        for _ in range(int(BURST_SECONDS)):
+            await gate.admit(PollRank.RUNNING, 0.0)  # the burst is spent
 
         async def poll(name: str, which: PollRank, due: float) -> None:
             await gate.admit(which, due)
@@ -121,8 +121,8 @@ def test_gate_skips_a_cancelled_waiter() -> None:
 
     async def main() -> None:
         gate = PollGate(rate=1.0, clock=lambda: time.now, sleep=time.sleep)
-        await gate.admit(PollRank.RUNNING, 0.0)
-        await gate.admit(PollRank.RUNNING, 0.0)
+        for _ in range(int(BURST_SECONDS)):
+            await gate.admit(PollRank.RUNNING, 0.0)
 
         async def poll(name: str, which: PollRank) -> None:
             await gate.admit(which, 0.0)

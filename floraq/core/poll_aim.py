@@ -33,7 +33,6 @@ from floraq.core.polling import MIN_SAMPLES, PollPolicy, quantile
 _TRUST_QUANTILE = 0.1
 _LOOK_QUANTILE = 0.4
 _TRUST_FLOOR = 0.05
-_TRUST_CEILING = 2.0
 
 
 def first_look(run_times: Sequence[float], policy: PollPolicy) -> float | None:
@@ -74,29 +73,30 @@ def aim_running(policy: PollPolicy, *, soonest: float, latest: float, trust: flo
 
     A poll at ``soonest + target_latency`` sees within ``target_latency`` a run that ended
     by then; one at ``latest`` sees it ended for sure (if progress is linear): whichever
-    comes first. ``trust`` is ``prediction_trust`` of the technique (None: not yet known,
-    so the wait is capped at ``predict_max``).
+    comes first. ``trust`` is ``prediction_trust`` of the technique: it shrinks the
+    soonest end (None: not yet known, so the wait is capped at ``predict_max``).
     """
     floor = policy.min_interval * (1 - policy.jitter)
     aim = min(soonest + policy.target_latency, latest)
     if trust is None:
         return min(policy.predict_max, max(floor, aim))
-    return max(floor, min(soonest * trust + policy.target_latency, latest * max(1.0, trust)))
+    return max(floor, min(soonest * trust + policy.target_latency, latest))
 
 
 def prediction_trust(ratios: Sequence[float]) -> float | None:
     """How much of a predicted wait to sleep, from how past predictions came out.
 
     Each ratio is a finished run's real remaining time over the soonest remaining time its
-    first ``running`` answer predicted: at least 1 when progress is linear and the clocks
-    agree. The 10th percentile, between 0.05 and 2; None until ``MIN_SAMPLES`` usable
-    ratios. Below 1, runs end sooner than progress says and waits shrink; above 1 (our
-    estimate of the start is late, so predictions come early) the soonest end is stretched.
+    first ``running`` answer predicted: at least 1 when progress is linear. The 10th
+    percentile, between 0.05 and 1; None until ``MIN_SAMPLES`` usable ratios. Below 1,
+    runs end sooner than their progress says, and waits shrink. Never above 1: a ratio
+    above 1 is mostly the rounding of an early answer's progress (a run at 2 % may be
+    nearly at 3 %), and stretching waits by it would see the other runs late.
     """
     usable = sorted(r for r in ratios if math.isfinite(r) and r >= 0)
     if len(usable) < MIN_SAMPLES:
         return None
-    return min(_TRUST_CEILING, max(_TRUST_FLOOR, quantile(usable, _TRUST_QUANTILE)))
+    return min(1.0, max(_TRUST_FLOOR, quantile(usable, _TRUST_QUANTILE)))
 
 
 def completion_rate(completed_at: Sequence[float]) -> float | None:
@@ -137,12 +137,13 @@ def plan_pending(
     The poll should come ``first_look`` after the run starts. While the start is less sure
     than half of that, the run only wakes half-way to think again (no request: the starts
     other runs report by then make the estimate surer); then it polls at the likely start,
-    less the uncertainty, plus ``first_look``.
+    less the uncertainty, plus ``first_look``. No wait passes ``pending_max``, in case the
+    server's queue is not what the starts seen suggest.
     """
     floor = policy.min_interval * (1 - policy.jitter)
     after = policy.max_interval if look is None else look
     poll_at = start - spread + after
     wait = min(policy.pending_max, max(floor, poll_at - now))
     if spread > after / 2 and poll_at - now > 2 * floor:
-        return max(floor, (poll_at - now) / 2), False
+        return min(policy.pending_max, max(floor, (poll_at - now) / 2)), False
     return wait, True

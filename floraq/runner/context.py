@@ -11,6 +11,7 @@ import asyncio
 import functools
 import itertools
 import json
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,7 +40,14 @@ DURATIONS_KEPT = 50  # run durations remembered per technique for the poll sched
 DEFAULT_MAX_POLLS = 4000
 # The poll budget's floor, in polls per real second for the whole loop (core.poll_budget):
 # it grows with the rate runs complete at, so it binds only when many runs wait at once.
-DEFAULT_POLL_RATE = 10.0
+DEFAULT_POLL_RATE = 20.0
+
+
+def poll_rate_floor(config: RunnerConfig) -> float:
+    """The poll budget's floor on the loop's clock (time scale 0: no waits, so no cap)."""
+    if config.time_scale <= 0:
+        return math.inf
+    return config.poll_rate / config.time_scale
 
 
 class Progress(Protocol):

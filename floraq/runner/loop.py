@@ -37,6 +37,7 @@ from floraq.runner.context import (
     RunnerConfig,
     RunReport,
     no_progress,
+    poll_rate_floor,
 )
 from floraq.runner.fetch import download
 from floraq.runner.poll import poll_until_done
@@ -86,7 +87,7 @@ class Runner:
             committer=GroupCommitter(ledger),
             prices=Prices(clock=clock, ttl=price_ttl(config.time_scale)),
             poll_policy=PollPolicy().scaled(config.time_scale),
-            poll_gate=PollGate(rate=_poll_rate(config), clock=clock, sleep=sleep),
+            poll_gate=PollGate(rate=poll_rate_floor(config), clock=clock, sleep=sleep),
             durations={
                 slug: deque(ledger.typical_durations(slug), maxlen=DURATIONS_KEPT)
                 for slug in techniques
@@ -186,13 +187,6 @@ async def _drive(ctx: RunContext, job: JobRecord) -> None:
         if job.state is JobState.COMPLETED:
             await download(ctx, job)
         return
-
-
-def _poll_rate(config: RunnerConfig) -> float:
-    """The poll budget's floor on the loop's clock (time scale 0: waits are skipped, no cap)."""
-    if config.time_scale <= 0:
-        return float("inf")
-    return config.poll_rate / config.time_scale
 
 
 def _expire_stale_intents(ctx: RunContext, batches: Iterable[str]) -> None:

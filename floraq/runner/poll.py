@@ -8,7 +8,6 @@ commits. A run that completes without a settled charge is asked again a few time
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, replace
 
 from floraq.api import RunInfo, RunStatus
@@ -29,7 +28,7 @@ from floraq.core.submission import JOB_ROUNDS
 from floraq.core.text import one_line
 from floraq.errors import ApiError, NotFound, TransportError
 from floraq.ledger import JobRecord
-from floraq.runner.context import RunContext
+from floraq.runner.context import RunContext, poll_rate_floor
 from floraq.runner.rerun import failed
 
 COST_RECHECKS = 3  # re-reads of a completed run whose charged_cost has not settled yet
@@ -47,7 +46,8 @@ class _Watch:
     waited: bool = False  # some poll answer said `pending`
     pending_polls: int = 0  # poll answers in a row that said `pending`
     started: float | None = None  # when it started, once an answer said it had
-    window: tuple[float, float] | None = None  # soonest and latest end the last answer allows
+    window: tuple[float, float] | None = None  # soonest and latest end the answers allow
+    linear: bool | None = None  # its answers agree with linear progress (None: one answer)
     first_prediction: tuple[float, float] | None = None  # (answered at, soonest end), for trust
 
 
@@ -112,7 +112,7 @@ def _observe(
 ) -> None:
     """Update what is known of the run's timing from one poll answer."""
     now = ctx.clock()
-    watch.window = None
+    last, watch.window = watch.window, None
     if info.status == RunStatus.PENDING:
         watch.pending, watch.waited = True, True
         watch.pending_polls += 1
@@ -132,9 +132,24 @@ def _observe(
     window = progress_window(progress=info.progress, running_for=now - started)
     if window is None:
         return
-    watch.window = (now + window[0], now + window[1])
+    watch.window = _narrowed(watch, last, (now + window[0], now + window[1]))
     if watch.first_prediction is None:
         watch.first_prediction = (now, now + window[0])
+
+
+def _narrowed(
+    watch: _Watch, last: tuple[float, float] | None, new: tuple[float, float]
+) -> tuple[float, float]:
+    """The end as every answer so far bounds it, if they agree with linear progress.
+
+    Two answers that allow a common end make the run's own progress trustworthy (and the
+    window narrower); two that do not mean its progress is not linear in time.
+    """
+    if last is None or watch.linear is False:
+        return new
+    soonest, latest = max(last[0], new[0]), min(last[1], new[1])
+    watch.linear = soonest <= latest
+    return (soonest, latest) if watch.linear else new
 
 
 def _learn_end(
@@ -144,18 +159,15 @@ def _learn_end(
     if info.completed_at is None:
         return
     ctx.completions.append(info.completed_at / 1000.0)
-    ctx.poll_gate.set_rate(budget_rate(_rate_floor(ctx), completion_rate(list(ctx.completions))))
+    ctx.poll_gate.set_rate(
+        budget_rate(poll_rate_floor(ctx.config), completion_rate(list(ctx.completions)))
+    )
     if watch.first_prediction is None or info.created_at is None:
         return
     answered, soonest = watch.first_prediction
     ended = submitted + (info.completed_at - info.created_at) / 1000.0
     if soonest - answered > 0:
         ctx.learn(ctx.trust, job.technique, (ended - answered) / (soonest - answered))
-
-
-def _rate_floor(ctx: RunContext) -> float:
-    scale = ctx.config.time_scale
-    return math.inf if scale <= 0 else ctx.config.poll_rate / scale
 
 
 def _rank(watch: _Watch, now: float) -> PollRank:
@@ -173,6 +185,8 @@ def _delay(
     look = first_look(list(ctx.run_times.get(job.technique, ())), policy)
     if watch.window is not None:
         trust = prediction_trust(list(ctx.trust.get(job.technique, ())))
+        if trust is None and watch.linear:
+            trust = 1.0  # not yet known for the technique, but this run's answers agree
         soonest, latest = (max(0.0, end - now) for end in watch.window)
         return aim_running(policy, soonest=soonest, latest=latest, trust=trust), True
     fresh = polls == job.polls and watch.started is None

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from floraq.core.poll_budget import Bucket, PollRank
 
-BURST_SECONDS = 2.0  # the bucket holds this many seconds' worth of polls
+BURST_SECONDS = 5.0  # the bucket holds this many seconds' worth of polls (a batch's start)
 
 
 class PollGate:
