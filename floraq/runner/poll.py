@@ -75,7 +75,8 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
         await ctx.sleep(delay)
         if not poll_then:
             continue  # woke to think again: what other runs saw since may change the plan
-        await ctx.poll_gate.admit(_rank(watch, ctx.clock()), ctx.clock())
+        due = ctx.clock()
+        await ctx.poll_gate.admit(_rank(watch, due), due)
         try:
             info = await ctx.client.get_run(job.technique, job.run_id, poll_url=job.poll_url)
         except NotFound as e:
@@ -94,11 +95,12 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
             ctx.report.incomplete += 1  # still `submitted`: the next resume polls on
             await ctx.committer.commit(functools.partial(ctx.ledger.update, job.id, polls=polls))
             return replace(job, polls=polls)
+        answered = ctx.clock()
         odd = odd_answer(info)
-        if odd is not None and ctx.clock() - submitted >= ODD_ANSWER_GRACE * ctx.config.time_scale:
-            await _give_up_on_odd_answers(ctx, job, info, odd, polls, ctx.clock() - submitted)
+        if odd is not None and answered - submitted >= ODD_ANSWER_GRACE * ctx.config.time_scale:
+            await _give_up_on_odd_answers(ctx, job, info, odd, polls, answered - submitted)
             return replace(job, state=JobState.UNKNOWN_OUTCOME, polls=polls)
-        _observe(ctx, job, watch, info, submitted)
+        _observe(ctx, job, watch, info, submitted, answered)
     _learn_end(ctx, job, watch, info, submitted)
     if info.status == RunStatus.COMPLETED:
         await _completed(ctx, job, info, polls)
@@ -108,10 +110,9 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
 
 
 def _observe(
-    ctx: RunContext, job: JobRecord, watch: _Watch, info: RunInfo, submitted: float
+    ctx: RunContext, job: JobRecord, watch: _Watch, info: RunInfo, submitted: float, now: float
 ) -> None:
-    """Update what is known of the run's timing from one poll answer."""
-    now = ctx.clock()
+    """Update what is known of the run's timing from one poll answer, received at ``now``."""
     last, watch.window = watch.window, None
     if info.status == RunStatus.PENDING:
         watch.pending, watch.waited = True, True
@@ -201,12 +202,10 @@ def _delay(
         due = (watch.started if watch.started is not None else submitted) + look
         if due - now > policy.min_interval:
             return due - now, True
-    return _fallback(ctx, job, watch, polls, submitted), True
+    return _fallback(ctx, job, watch, polls, now - submitted), True
 
 
-def _fallback(
-    ctx: RunContext, job: JobRecord, watch: _Watch, polls: int, submitted: float
-) -> float:
+def _fallback(ctx: RunContext, job: JobRecord, watch: _Watch, polls: int, elapsed: float) -> float:
     """``core.polling``'s schedule, from durations alone (nothing better is known yet)."""
     policy = ctx.poll_policy
     typical = typical_duration(list(ctx.durations.get(job.technique, ())), policy)
@@ -218,7 +217,7 @@ def _fallback(
     return next_poll_delay(
         policy,
         polls=polls,
-        elapsed=ctx.clock() - submitted,
+        elapsed=elapsed,
         typical=typical,
         rand=ctx.rand(),
         pending_polls=watch.pending_polls,

@@ -45,15 +45,19 @@ class PollGate:
         bucket = self._bucket.with_rate(rate, now)
         self._bucket = Bucket(rate, max(1.0, rate * BURST_SECONDS), bucket.tokens, bucket.at)
 
-    async def admit(self, rank: PollRank, due: float) -> None:
-        """Return once this poll may go: at once if a token is free and nobody waits."""
+    async def admit(self, rank: PollRank, now: float) -> None:
+        """Return once this poll may go: at once if a token is free and nobody waits.
+
+        ``now`` is the loop's clock as the poll came due (the caller has just read it);
+        among waiters of one rank, the one due first goes first.
+        """
         if not self._waiting:
-            bucket, wait = self._bucket.take(self._clock())
+            bucket, wait = self._bucket.take(now)
             if wait == 0.0:
                 self._bucket = bucket
                 return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (rank, due, next(self._order), future))
+        heapq.heappush(self._waiting, (rank, now, next(self._order), future))
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch())
         await future
