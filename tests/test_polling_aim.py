@@ -12,6 +12,7 @@ from floraq.core.poll_aim import (
     aim_running,
     completion_rate,
     first_look,
+    head_start,
     plan_pending,
     prediction_trust,
     progress_window,
@@ -127,6 +128,46 @@ def test_queue_start_table(
 ) -> None:
     """The queue moves as fast as the starts seen say; a run starts when it reaches it."""
     got = queue_start(position=position, starts=starts)
+    if expected is None:
+        assert got is None
+    else:
+        assert got == pytest.approx(expected)
+
+
+STARTS = [(10, 100.0), (20, 105.0), (30, 110.0)]  # the queue moves 2 places a second
+
+
+@pytest.mark.parametrize(
+    ("position", "not_before", "expected"),
+    [
+        (50, 112.0, (120.0, math.sqrt(20) / 2)),  # said pending before its turn: no news
+        (25, 112.0, (112.25, 0.25)),  # still pending after its turn: half a slot later
+        (31, 110.5, (110.75, 0.25)),  # pending just when it was due
+    ],
+)
+def test_queue_start_after_a_pending_answer(
+    position: int, not_before: float, expected: tuple[float, float]
+) -> None:
+    """A run that said `pending` started after that answer, whatever the send order says."""
+    got = queue_start(position=position, starts=STARTS, not_before=not_before)
+    assert got == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("ahead", "rate", "expected"),
+    [
+        (0, 2.0, (100.0, 0.0)),  # first in line: any moment now
+        (8, 2.0, (104.0, math.sqrt(8) / 2)),
+        (8, None, None),  # nothing has completed yet
+        (8, 0.0, None),
+        (-1, 2.0, None),
+    ],
+)
+def test_head_start_table(
+    ahead: int, rate: float | None, expected: tuple[float, float] | None
+) -> None:
+    """Before any start is seen, the queue moves as fast as runs complete."""
+    got = head_start(now=100.0, ahead=ahead, rate=rate)
     if expected is None:
         assert got is None
     else:

@@ -108,7 +108,7 @@ def completion_rate(completed_at: Sequence[float]) -> float | None:
 
 
 def queue_start(
-    *, position: int, starts: Sequence[tuple[int, float]]
+    *, position: int, starts: Sequence[tuple[int, float]], not_before: float | None = None
 ) -> tuple[float, float] | None:
     """When the run sent ``position``-th is likely to start, and how unsure that is (seconds).
 
@@ -117,6 +117,8 @@ def queue_start(
     with time at the rate slots free up: from the latest start seen, the run ``k`` places
     behind it starts about ``k / rate`` later, give or take ``sqrt(k) / rate``. None when
     fewer than ``MIN_SAMPLES`` starts are known or they do not look first come first served.
+    ``not_before`` is when the run last said `pending`: if the queue should have reached it
+    by then (the send order is not exactly the server's), it starts about half a slot later.
     """
     usable = sorted((t, i) for i, t in starts if math.isfinite(t))
     if len(usable) < MIN_SAMPLES:
@@ -126,7 +128,22 @@ def queue_start(
         return None
     rate = (i1 - i0) / (t1 - t0)
     k = max(0, position - i1)
-    return t1 + k / rate, math.sqrt(k) / rate
+    start = t1 + k / rate
+    if not_before is not None and start <= not_before:
+        return not_before + 0.5 / rate, 0.5 / rate
+    return start, math.sqrt(k) / rate
+
+
+def head_start(*, now: float, ahead: int, rate: float | None) -> tuple[float, float] | None:
+    """``queue_start`` before any start has been seen: from how fast runs complete.
+
+    Every completion frees a slot for the first run waiting, so a run with ``ahead``
+    runs known to be waiting before it starts about ``ahead / rate`` from now, give or
+    take ``sqrt(ahead) / rate``. None when the rate is not known.
+    """
+    if rate is None or not math.isfinite(rate) or rate <= 0 or ahead < 0:
+        return None
+    return now + ahead / rate, math.sqrt(ahead) / rate
 
 
 def plan_pending(

@@ -125,9 +125,10 @@ class RunContext:
     trust: dict[str, deque[float]] = field(default_factory=dict)
     # The API's completed_at of recent finished runs, in seconds: how fast slots free up.
     completions: deque[float] = field(default_factory=lambda: deque(maxlen=DURATIONS_KEPT))
-    # Runs whose last answer said `pending` (job ids), and the (send position, start on our
-    # clock) of recent runs seen started after waiting: how fast the server's queue moves.
-    queue: set[int] = field(default_factory=set)
+    # Runs whose last answer said `pending` (job id -> send position), and the (send
+    # position, start on our clock) of recent runs seen started after waiting: how fast
+    # the server's queue moves.
+    queue: dict[int, int] = field(default_factory=dict)
     starts: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=DURATIONS_KEPT))
     sent: itertools.count[int] = field(default_factory=itertools.count)  # send positions
     report: RunReport = field(default_factory=RunReport)

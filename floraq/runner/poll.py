@@ -17,13 +17,14 @@ from floraq.core.poll_aim import (
     aim_running,
     completion_rate,
     first_look,
+    head_start,
     plan_pending,
     prediction_trust,
     progress_window,
     queue_start,
 )
 from floraq.core.poll_budget import PollRank, budget_rate, rank
-from floraq.core.polling import next_poll_delay, typical_duration
+from floraq.core.polling import MIN_SAMPLES, next_poll_delay, typical_duration
 from floraq.core.submission import JOB_ROUNDS
 from floraq.core.text import one_line
 from floraq.errors import ApiError, NotFound, TransportError
@@ -45,6 +46,7 @@ class _Watch:
     pending: bool = False  # the last poll answer said `pending`: it waits for a slot
     waited: bool = False  # some poll answer said `pending`
     pending_polls: int = 0  # poll answers in a row that said `pending`
+    pending_at: float | None = None  # when the last of them came
     started: float | None = None  # when it started, once an answer said it had
     window: tuple[float, float] | None = None  # soonest and latest end the answers allow
     linear: bool | None = None  # its answers agree with linear progress (None: one answer)
@@ -60,7 +62,7 @@ async def poll_until_done(ctx: RunContext, job: JobRecord, first: RunInfo | None
     try:
         return await _poll(ctx, job, first)
     finally:
-        ctx.queue.discard(job.id)
+        ctx.queue.pop(job.id, None)
 
 
 async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRecord:
@@ -116,11 +118,11 @@ def _observe(
     last, watch.window = watch.window, None
     if info.status == RunStatus.PENDING:
         watch.pending, watch.waited = True, True
-        watch.pending_polls += 1
-        ctx.queue.add(job.id)
+        watch.pending_polls, watch.pending_at = watch.pending_polls + 1, now
+        ctx.queue[job.id] = watch.position
         return
     watch.pending, watch.pending_polls = False, 0
-    ctx.queue.discard(job.id)
+    ctx.queue.pop(job.id, None)
     if info.status != RunStatus.RUNNING:
         return
     started = _started(info, submitted)
@@ -192,9 +194,9 @@ def _delay(
         return aim_running(policy, soonest=soonest, latest=latest, trust=trust), True
     fresh = polls == job.polls and watch.started is None
     if fresh and ctx.queue:
-        ctx.queue.add(job.id)  # others wait for a slot: so will it
+        ctx.queue[job.id] = watch.position  # others wait for a slot: so will it
     if job.id in ctx.queue:
-        queued = queue_start(position=watch.position, starts=list(ctx.starts))
+        queued = _queued(ctx, watch, now)
         if queued is not None:
             start, spread = queued
             return plan_pending(policy, now=now, start=start, spread=spread, look=look)
@@ -203,6 +205,16 @@ def _delay(
         if due - now > policy.min_interval:
             return due - now, True
     return _fallback(ctx, job, watch, polls, now - submitted), True
+
+
+def _queued(ctx: RunContext, watch: _Watch, now: float) -> tuple[float, float] | None:
+    """When this waiting run likely starts, and how unsure that is; None if unknown."""
+    starts = list(ctx.starts)
+    queued = queue_start(position=watch.position, starts=starts, not_before=watch.pending_at)
+    if queued is not None or len(starts) >= MIN_SAMPLES:
+        return queued
+    ahead = sum(1 for position in ctx.queue.values() if position < watch.position)
+    return head_start(now=now, ahead=ahead, rate=completion_rate(list(ctx.completions)))
 
 
 def _fallback(ctx: RunContext, job: JobRecord, watch: _Watch, polls: int, elapsed: float) -> float:
