@@ -85,3 +85,32 @@ def test_pending_polls_back_off_and_progress_predicts_the_end(
     assert row["polls"] == 5
     assert row["completed_at"] - (WAIT + RUN) == pytest.approx(1.286, abs=0.001)
     assert row["completed_at"] - (WAIT + RUN) <= PollPolicy().target_latency
+
+
+def test_a_run_left_pending_is_left_for_resume_after_as_long_as_max_polls_would_take(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
+    """Fewer, longer waits do not hold the ledger longer: max_polls x max_interval at most."""
+    fake = FakeFlora()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            fake.polls.append(round(fake.now, 3))
+        return httpx.Response(200, json={"run_id": "run_1", "status": "pending", "progress": 0})
+
+    ledger = ledger_with(["a kite"])
+    report = drive(
+        ledger,
+        handler,
+        tmp_path,
+        clock=lambda: fake.now,
+        sleep=fake.sleep,
+        rand=lambda: 0.0,
+        time_scale=1.0,
+        max_polls=20,
+    )
+    assert states(ledger) == {"submitted": 1} and report.incomplete == 1
+    assert len(fake.polls) < 20  # the pending back-off reached 10 s between polls
+    assert fake.polls[-1] - fake.polls[0] >= 20 * PollPolicy().max_interval
+    assert fake.polls[-2] - fake.polls[0] < 20 * PollPolicy().max_interval
+    assert ledger.query("SELECT polls FROM jobs")[0]["polls"] == len(fake.polls)

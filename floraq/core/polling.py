@@ -1,5 +1,8 @@
 """When to poll a run next: few requests per run, yet a finished run is seen within seconds.
 
+This is the schedule from durations alone; the runner prefers ``core.poll_aim``'s
+estimates (a progress window, the queue's speed, learned run times) once it has them.
+
 FLORA asks for a poll every 2-5 s. Polling a 60 s run every 2 s costs 30 requests that
 mostly say "running", so the schedule learns how long a technique usually takes and
 sleeps through the part of the run that is almost surely not finished:

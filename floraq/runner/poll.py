@@ -1,8 +1,12 @@
 """Poll one submitted run until it finishes, then record it: outputs, late charges, durations.
 
-When to poll next is ``core.polling``'s decision; this module only sleeps, asks and
-commits. A run that completes without a settled charge is asked again a few times
-(``COST_RECHECKS``); what each finished run took is learned for the next schedules.
+When to poll next is the core's decision (``core.poll_aim`` from what the answers say:
+progress, ``started_at``, ``pending``; ``core.polling`` when nothing better is known);
+this module keeps what the answers said, sleeps, takes a token of the shared budget
+(``runner.poll_gate``), asks and commits. A run that completes without a settled charge is
+asked again a few times (``COST_RECHECKS``); what each finished run took (its duration,
+its run time, how good its prediction was, when it freed a slot) is learned for the next
+schedules.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
     submitted = job.submitted_at or ctx.clock()
     rounds = 0
     watch = _Watch(position=next(ctx.sent))
+    since: float | None = None  # the first answer of this process
     while info is None or not is_finished(info):
         delay, poll_then = _delay(ctx, job, watch, polls, submitted)
         await ctx.sleep(delay)
@@ -93,11 +98,12 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
             continue
         polls += 1
         ctx.report.polls += 1
-        if polls - job.polls >= ctx.config.max_polls and not is_finished(info):
+        answered = ctx.clock()
+        since = answered if since is None else since
+        if _polled_enough(ctx, polls - job.polls, answered - since) and not is_finished(info):
             ctx.report.incomplete += 1  # still `submitted`: the next resume polls on
             await ctx.committer.commit(functools.partial(ctx.ledger.update, job.id, polls=polls))
             return replace(job, polls=polls)
-        answered = ctx.clock()
         odd = odd_answer(info)
         if odd is not None and answered - submitted >= ODD_ANSWER_GRACE * ctx.config.time_scale:
             await _give_up_on_odd_answers(ctx, job, info, odd, polls, answered - submitted)
@@ -109,6 +115,14 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
         return replace(job, state=JobState.COMPLETED, polls=polls)
     retry = await failed(ctx, job, info, polls)
     return retry or replace(job, state=JobState.FAILED, polls=polls)
+
+
+def _polled_enough(ctx: RunContext, polls: int, seconds: float) -> bool:
+    """Leave the run for the next `resume`: ``max_polls`` polls, or as long as they would
+    take at ``max_interval`` (fewer, longer waits must not hold the ledger longer)."""
+    limit = ctx.config.max_polls
+    bound = limit * ctx.poll_policy.max_interval  # 0 when waits are skipped (time scale 0)
+    return polls >= limit or 0 < bound <= seconds
 
 
 def _observe(
