@@ -45,10 +45,15 @@ def use_tree(tree: Path) -> None:
     _floraq_tree = tree.resolve()
 
 
-def child_env(*, client: bool = False, **extra: str) -> dict[str, str]:
-    """The environment of every child: no developer FLORA settings; this checkout first."""
+def child_env(*, client: bool = False, tree: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment of every child: no developer FLORA settings; this checkout first.
+
+    ``tree`` (for a client) overrides ``use_tree`` for this one child, so two clients from
+    different checkouts can run side by side (the polling workloads' before and after).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLORA", "BENCH_"))}
-    first = [str(_floraq_tree)] if client and _floraq_tree != REPO else []
+    chosen = tree.resolve() if tree is not None else _floraq_tree
+    first = [str(chosen)] if client and chosen != REPO else []
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = os.pathsep.join([*first, str(REPO), *([path] if path else [])])
     env.update(extra)
@@ -185,15 +190,18 @@ def run_floraq(
     ledger: Path,
     sample_rss: float | None = None,
     timeout: float = 1800,
+    time_scale: float = TIME_SCALE,
+    tree: Path | None = None,
 ) -> ChildRun:
     """Run `floraq ARGS` to the end, measuring wall time, CPU and (optionally) RSS over time."""
     report_path = cwd / f".child-{time.monotonic_ns()}.json"
     env = child_env(
         client=True,
+        tree=tree,
         FLORA_API_KEY=API_KEY,
         FLORA_BASE_URL=sandbox.base_url,
         FLORAQ_LEDGER=str(ledger),
-        FLORAQ_TIME_SCALE=str(TIME_SCALE),
+        FLORAQ_TIME_SCALE=str(time_scale),
         **{REPORT_ENV: str(report_path)},
     )
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

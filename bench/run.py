@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import harness, scenarios
+from bench import harness, polling, scenarios
 from bench import workers as bench_workers
 from bench.harness import TIME_SCALE
 
@@ -63,9 +63,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--show", type=Path, metavar="JSON", help="print the table of an earlier results file"
     )
+    parser.add_argument(
+        "--polling",
+        action="store_true",
+        help="only the polling workloads (real speed and scaled; ~12 min)",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="TREE",
+        help="with --polling: also run the client from this checkout, side by side",
+    )
+    parser.add_argument(
+        "--scaled-only", action="store_true", help="with --polling: skip the real-speed workloads"
+    )
     args = parser.parse_args(argv)
+    if args.polling:
+        return _polling(args)
     if args.show is not None:
         shown = json.loads(args.show.read_text())
+        if shown.get("mode") == "polling":
+            print(polling.table(shown["workloads"], shown["clients"]))
+            return 0
         shown["targets"] = targets(shown["scenarios"])
         print(table(shown))
         return 0
@@ -123,6 +142,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         (RESULTS / "latest.json").write_text(out.read_text())
     print(table(results))
+    print(f"\nresults: {out}", file=sys.stderr)
+    return 0
+
+
+def _polling(args: argparse.Namespace) -> int:
+    """The polling workloads, for this tree (``after``) and optionally ``--before TREE``."""
+    trees: dict[str, Path | None] = {"after": args.tree}
+    if args.before is not None:
+        trees = {"before": args.before, **trees}
+    work = Path(tempfile.mkdtemp(prefix="floraq-bench-polling-"))
+    results: dict[str, Any] = {
+        "machine": _machine(),
+        "mode": "polling",
+        "clients": list(trees),
+        "trees": {k: str(v.resolve() if v else harness.REPO) for k, v in trees.items()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    t0 = time.perf_counter()
+    try:
+        results["workloads"] = polling.run_all(work, trees, real=not args.scaled_only)
+    finally:
+        if args.keep:
+            print(f"bench: scratch files kept in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    results["total_wall_s"] = round(time.perf_counter() - t0, 1)
+    results["machine"]["loadavg_after"] = os.getloadavg()
+    out = args.out or RESULTS / time.strftime("polling-%Y%m%dT%H%M%SZ.json", time.gmtime())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    m = results["machine"]
+    print(
+        f"floraq bench (polling), {m['cpus']} CPUs, load {m['loadavg_before'][0]:.2f} before"
+        f" / {m['loadavg_after'][0]:.2f} after, {results['total_wall_s']} s in all"
+    )
+    print(polling.table(results["workloads"], results["clients"]))
     print(f"\nresults: {out}", file=sys.stderr)
     return 0
 

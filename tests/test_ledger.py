@@ -156,6 +156,15 @@ def test_typical_durations_use_the_api_clock(ledger: AnyLedger) -> None:
     assert ledger.typical_durations("portrait-enhancer") == [30.0]
 
 
+def test_typical_run_times_leave_out_the_wait_for_a_slot(ledger: AnyLedger) -> None:
+    """Run times go from the API's started_at (after the queue) to completed_at, across nights."""
+    ledger.insert_jobs([new_job(), new_job(2)])
+    ledger.update(1, remote_created_at=1_000, remote_started_at=21_000, remote_completed_at=31_000)
+    ledger.update(2, remote_created_at=1_000, remote_completed_at=9_000)  # no started_at
+    assert ledger.typical_run_times("portrait-enhancer") == [10.0]
+    assert sorted(ledger.typical_durations("portrait-enhancer")) == [8.0, 30.0]
+
+
 def test_lock_refuses_a_second_holder(tmp_path: Path) -> None:
     """A second process (here: a second lock object) gets LedgerBusy at once."""
     path = tmp_path / "floraq.db"

@@ -112,6 +112,8 @@ def test_scaled_policy_scales_every_duration() -> None:
         jitter=0.2,
         fastest_slack=0.04,
         predict_max=0.6,
+        target_latency=0.02,
+        pending_max=3.0,
     )
 
 

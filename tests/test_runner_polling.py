@@ -16,6 +16,8 @@ import pytest
 from ledgers import LedgerWith
 from test_runner_rounds import MEDIA, drive, media, states
 
+from floraq.core.polling import PollPolicy
+
 SERVER_EPOCH_MS = 1_700_000_000_000  # the server's created_at; our fake clock starts at 0
 WAIT, RUN = 20.0, 30.0  # seconds pending, then seconds running
 
@@ -59,7 +61,7 @@ class FakeFlora:
 def test_pending_polls_back_off_and_progress_predicts_the_end(
     ledger_with: LedgerWith, tmp_path: Path
 ) -> None:
-    """Pending polls back off (5, 7.5, 10 s); then progress points at the end: 6 polls."""
+    """Pending polls back off (5, 7.5, 10 s); then progress points past the end: 5 polls."""
     fake = FakeFlora()
     ledger = ledger_with(["a kite"])
 
@@ -75,9 +77,40 @@ def test_pending_polls_back_off_and_progress_predicts_the_end(
     )
     assert states(ledger) == {"downloaded": 1}
     # 1.6 s (2 s less 20 % jitter), then pending back-off 5, 7.5, 10 (capped at 5 + 5 with
-    # nothing learned); at 24.1 s it has run 4.1 s at 13 %: it cannot end before 49.29 s;
-    # there it says 97 %, so the next poll waits the floor (1.6 s) and sees it completed.
-    assert fake.polls == pytest.approx([1.6, 6.6, 14.1, 24.1, 49.286, 50.886], abs=0.001)
+    # nothing learned); at 24.1 s it has run 4.1 s at 13 %: it ends between 49.29 s and
+    # 51.54 s, so the next poll aims at the soonest end plus the 2 s target latency (not at
+    # the soonest end itself, where it would still be running) and sees it completed.
+    assert fake.polls == pytest.approx([1.6, 6.6, 14.1, 24.1, 51.286], abs=0.001)
     row = ledger.query("SELECT polls, completed_at FROM jobs")[0]
-    assert row["polls"] == 6
-    assert row["completed_at"] - (WAIT + RUN) == pytest.approx(0.886, abs=0.001)
+    assert row["polls"] == 5
+    assert row["completed_at"] - (WAIT + RUN) == pytest.approx(1.286, abs=0.001)
+    assert row["completed_at"] - (WAIT + RUN) <= PollPolicy().target_latency
+
+
+def test_a_run_left_pending_is_left_for_resume_after_as_long_as_max_polls_would_take(
+    ledger_with: LedgerWith, tmp_path: Path
+) -> None:
+    """Fewer, longer waits do not hold the ledger longer: max_polls x max_interval at most."""
+    fake = FakeFlora()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            fake.polls.append(round(fake.now, 3))
+        return httpx.Response(200, json={"run_id": "run_1", "status": "pending", "progress": 0})
+
+    ledger = ledger_with(["a kite"])
+    report = drive(
+        ledger,
+        handler,
+        tmp_path,
+        clock=lambda: fake.now,
+        sleep=fake.sleep,
+        rand=lambda: 0.0,
+        time_scale=1.0,
+        max_polls=20,
+    )
+    assert states(ledger) == {"submitted": 1} and report.incomplete == 1
+    assert len(fake.polls) < 20  # the pending back-off reached 10 s between polls
+    assert fake.polls[-1] - fake.polls[0] >= 20 * PollPolicy().max_interval
+    assert fake.polls[-2] - fake.polls[0] < 20 * PollPolicy().max_interval
+    assert ledger.query("SELECT polls FROM jobs")[0]["polls"] == len(fake.polls)

@@ -1,5 +1,8 @@
 """When to poll a run next: few requests per run, yet a finished run is seen within seconds.
 
+This is the schedule from durations alone; the runner prefers ``core.poll_aim``'s
+estimates (a progress window, the queue's speed, learned run times) once it has them.
+
 FLORA asks for a poll every 2-5 s. Polling a 60 s run every 2 s costs 30 requests that
 mostly say "running", so the schedule learns how long a technique usually takes and
 sleeps through the part of the run that is almost surely not finished:
@@ -44,8 +47,12 @@ class PollPolicy:
 
     ``fastest_slack``: the typical estimate stays within this of the fastest recent runs, so
     with a wide spread of durations the runs that end early are still seen within about
-    ``max_interval``. ``predict_max``: the longest wait a progress prediction may ask for,
-    in case a server's progress is not linear in time.
+    ``max_interval``. ``predict_max``: the longest wait a progress prediction may ask for
+    until this technique's progress has been seen to be linear enough (``prediction_trust``).
+    ``target_latency``: how soon after its end a run should be seen; it sets how far past
+    the fastest runs the first poll of a started run may be, and how far past a
+    prediction's soonest end the next poll aims. ``pending_max``: the longest wait the
+    queue estimate may ask for a run still ``pending``.
     """
 
     min_interval: float = 2.0
@@ -54,6 +61,8 @@ class PollPolicy:
     jitter: float = 0.2
     fastest_slack: float = 4.0
     predict_max: float = 60.0
+    target_latency: float = 2.0
+    pending_max: float = 300.0
 
     def scaled(self, factor: float) -> PollPolicy:
         """The same schedule for a caller whose clock runs ``1/factor`` times real speed."""
@@ -64,6 +73,8 @@ class PollPolicy:
             jitter=self.jitter,
             fastest_slack=self.fastest_slack * factor,
             predict_max=self.predict_max * factor,
+            target_latency=self.target_latency * factor,
+            pending_max=self.pending_max * factor,
         )
 
 
@@ -133,11 +144,11 @@ def typical_duration(samples: Sequence[float], policy: PollPolicy = PollPolicy()
     usable = sorted(s for s in samples if math.isfinite(s) and s > 0)
     if len(usable) < MIN_SAMPLES:
         return None
-    typical = _quantile(usable, _TYPICAL_QUANTILE)
-    return min(typical, _quantile(usable, _FASTEST_QUANTILE) + policy.fastest_slack)
+    typical = quantile(usable, _TYPICAL_QUANTILE)
+    return min(typical, quantile(usable, _FASTEST_QUANTILE) + policy.fastest_slack)
 
 
-def _quantile(ordered: Sequence[float], q: float) -> float:
+def quantile(ordered: Sequence[float], q: float) -> float:
     """Linear interpolation between the closest ranks of an ascending sequence."""
     position = q * (len(ordered) - 1)
     low = math.floor(position)

@@ -28,6 +28,7 @@ _ATTEMPT_FIELDS: JobFields = {
     "completed_at": None,
     "remote_created_at": None,
     "remote_completed_at": None,
+    "remote_started_at": None,
 }
 
 

@@ -368,6 +368,14 @@ def m0009_lean(db: Database) -> None:
         )
 
 
+@migrations(name="0010_polling")
+def m0010_polling(db: Database) -> None:
+    # When each run started by the API's clock (epoch ms): how long runs take once they
+    # have a slot, without the wait in the queue, is what the next night's poll schedule
+    # starts from (core.poll_aim.first_look).
+    db.execute("ALTER TABLE jobs ADD COLUMN remote_started_at INTEGER")
+
+
 # Every step this floraq knows, in order: a ledger that has applied one not listed here was
 # written by a newer floraq, and is refused rather than half-understood.
 MIGRATION_NAMES: tuple[str, ...] = tuple(m.name for m in migrations.pending(Database(memory=True)))

@@ -248,6 +248,7 @@ STEPS: tuple[tuple[str, str | None], ...] = (
     ("0006_leases", _LEASES),
     ("0007_api_limits", _API_LIMITS),
     ("0009_lean", _LEAN),
+    ("0010_polling", "ALTER TABLE jobs ADD COLUMN remote_started_at BIGINT;"),
 )
 
 

@@ -186,6 +186,23 @@ class SqliteReads(TotalsReads):
         ).fetchall()
         return [float(r[0]) for r in rows if r[0] is not None and r[0] >= 0]
 
+    def typical_run_times(self, technique: str, limit: int = 50) -> list[float]:
+        """Start-to-completion seconds of this technique's recent completed runs (API clock).
+
+        Unlike ``typical_durations`` these leave out the wait for a slot, which depends on
+        the night's queue, not on the technique.
+        """
+        rows = self.conn.execute(
+            """
+            SELECT (remote_completed_at - remote_started_at) / 1000.0 FROM jobs
+            WHERE technique = ? AND remote_completed_at IS NOT NULL
+                AND remote_started_at IS NOT NULL
+            ORDER BY id DESC LIMIT ?
+            """,
+            (technique, limit),
+        ).fetchall()
+        return [float(r[0]) for r in rows if r[0] is not None and r[0] >= 0]
+
     def job_views(
         self,
         batches: Sequence[str],

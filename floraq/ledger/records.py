@@ -53,6 +53,7 @@ class JobFields(TypedDict, total=False):
     completed_at: float | None
     remote_created_at: int | None
     remote_completed_at: int | None
+    remote_started_at: int | None
     attempt: int
     idempotency_key: str
     key_fingerprint: str | None

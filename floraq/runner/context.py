@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from floraq.errors import ApiError, AuthError, DiskError
 from floraq.ledger import JobRecord, LedgerBackend
 from floraq.runner.commit import GroupCommitter
 from floraq.runner.lease import LeaseKeeper
+from floraq.runner.poll_gate import PollGate
 from floraq.runner.prices import Prices
 
 ROUND_PAUSE = 10.0  # seconds before the first such round; doubles each round (x time_scale)
@@ -36,6 +39,16 @@ DURATIONS_KEPT = 50  # run durations remembered per technique for the poll sched
 # Polls of one run in one process before it is left for the next `resume` (~5.5 h at
 # the 5 s interval): a run FLORA never finishes must not hold the ledger lock forever.
 DEFAULT_MAX_POLLS = 4000
+# The poll budget's floor, in polls per real second for the whole loop (core.poll_budget):
+# it grows with the rate runs complete at, so it binds only when many runs wait at once.
+DEFAULT_POLL_RATE = 20.0
+
+
+def poll_rate_floor(config: RunnerConfig) -> float:
+    """The poll budget's floor on the loop's clock (time scale 0: no waits, so no cap)."""
+    if config.time_scale <= 0:
+        return math.inf
+    return config.poll_rate / config.time_scale
 
 
 class Progress(Protocol):
@@ -69,6 +82,7 @@ class RunnerConfig:
     time_scale: float = 1.0
     key_fingerprint: str | None = None  # of the API key in use (core.keys.api_key_fingerprint)
     max_polls: int = DEFAULT_MAX_POLLS
+    poll_rate: float = DEFAULT_POLL_RATE  # polls per real second at least (x 1/time_scale)
 
 
 @dataclass(slots=True)
@@ -107,8 +121,19 @@ class RunContext:
     # From created_at: how long runs of each technique take (seeded from the ledger).
     durations: dict[str, deque[float]]
     prices: Prices  # when each technique's run_cost is due a check (runner.prices)
+    poll_gate: PollGate  # the shared poll budget: every poll takes a token (runner.poll_gate)
     # From started_at: how long runs take once they have a slot (learned in this process).
     run_times: dict[str, deque[float]] = field(default_factory=dict)
+    # Real remaining time over predicted soonest remaining time (core.poll_aim.prediction_trust).
+    trust: dict[str, deque[float]] = field(default_factory=dict)
+    # The API's completed_at of recent finished runs, in seconds: how fast slots free up.
+    completions: deque[float] = field(default_factory=lambda: deque(maxlen=DURATIONS_KEPT))
+    # Runs whose last answer said `pending` (job id -> send position), and the (send
+    # position, start on our clock) of recent runs seen started after waiting: how fast
+    # the server's queue moves.
+    queue: dict[int, int] = field(default_factory=dict)
+    starts: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=DURATIONS_KEPT))
+    sent: itertools.count[int] = field(default_factory=itertools.count)  # send positions
     report: RunReport = field(default_factory=RunReport)
     paused_batches: set[str] = field(default_factory=set)  # reached their cost cap
     stop_all: bool = False  # credentials refused: nothing more may be sent

@@ -38,11 +38,13 @@ from floraq.runner.context import (
     RunnerConfig,
     RunReport,
     no_progress,
+    poll_rate_floor,
 )
 from floraq.runner.fetch import download
 from floraq.runner.lease import LeaseKeeper, lease_tasks
 from floraq.runner.limits import SharedRate
 from floraq.runner.poll import poll_until_done
+from floraq.runner.poll_gate import PollGate
 from floraq.runner.prices import Prices, price_ttl
 from floraq.runner.submit import claim, submit
 
@@ -90,11 +92,16 @@ class Runner:
             committer=GroupCommitter(ledger),
             prices=Prices(clock=clock, ttl=price_ttl(config.time_scale)),
             poll_policy=PollPolicy().scaled(config.time_scale),
+            poll_gate=PollGate(rate=poll_rate_floor(config), clock=clock, sleep=sleep),
             durations={
                 slug: deque(ledger.typical_durations(slug), maxlen=DURATIONS_KEPT)
                 for slug in techniques
             },
             lease=lease,
+            run_times={
+                slug: deque(ledger.typical_run_times(slug), maxlen=DURATIONS_KEPT)
+                for slug in techniques
+            },
         )
         self.shared = shared
 
@@ -127,6 +134,7 @@ class Runner:
                 task.cancel()
             if ctx.tasks:
                 await asyncio.gather(*ctx.tasks, return_exceptions=True)
+            ctx.poll_gate.close()
             if beat is not None and ctx.lease is not None:
                 beat.cancel()
                 await asyncio.gather(beat, return_exceptions=True)

@@ -1,24 +1,39 @@
 """Poll one submitted run until it finishes, then record it: outputs, late charges, durations.
 
-When to poll next is ``core.polling``'s decision; this module only sleeps, asks and
-commits. A run that completes without a settled charge is asked again a few times
-(``COST_RECHECKS``); what each finished run took is learned for the next schedules.
+When to poll next is the core's decision (``core.poll_aim`` from what the answers say:
+progress, ``started_at``, ``pending``; ``core.polling`` when nothing better is known);
+this module keeps what the answers said, sleeps, takes a token of the shared budget
+(``runner.poll_gate``), asks and commits. A run that completes without a settled charge is
+asked again a few times (``COST_RECHECKS``); what each finished run took (its duration,
+its run time, how good its prediction was, when it freed a slot) is learned for the next
+schedules.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from floraq.api import RunInfo, RunStatus
 from floraq.core.failures import FailureTier
 from floraq.core.lifecycle import JobState
-from floraq.core.polling import earliest_remaining, next_poll_delay, typical_duration
+from floraq.core.poll_aim import (
+    aim_running,
+    completion_rate,
+    first_look,
+    head_start,
+    plan_pending,
+    prediction_trust,
+    progress_window,
+    queue_start,
+)
+from floraq.core.poll_budget import PollRank, budget_rate, rank
+from floraq.core.polling import MIN_SAMPLES, next_poll_delay, typical_duration
 from floraq.core.submission import JOB_ROUNDS
 from floraq.core.text import one_line
 from floraq.errors import ApiError, NotFound, TransportError
 from floraq.ledger import JobRecord
-from floraq.runner.context import RunContext
+from floraq.runner.context import RunContext, poll_rate_floor
 from floraq.runner.rerun import failed
 
 COST_RECHECKS = 3  # re-reads of a completed run whose charged_cost has not settled yet
@@ -27,21 +42,48 @@ COST_RECHECKS = 3  # re-reads of a completed run whose charged_cost has not sett
 ODD_ANSWER_GRACE = 1800.0
 
 
+@dataclass(slots=True)
+class _Watch:
+    """What the answers so far say about when one run ends (times on our clock)."""
+
+    position: int  # where it was sent in this process's order (the server's queue order)
+    pending: bool = False  # the last poll answer said `pending`: it waits for a slot
+    waited: bool = False  # some poll answer said `pending`
+    pending_polls: int = 0  # poll answers in a row that said `pending`
+    pending_at: float | None = None  # when the last of them came
+    started: float | None = None  # when it started, once an answer said it had
+    window: tuple[float, float] | None = None  # soonest and latest end the answers allow
+    linear: bool | None = None  # its answers agree with linear progress (None: one answer)
+    first_prediction: tuple[float, float] | None = None  # (answered at, soonest end), for trust
+
+
 async def poll_until_done(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRecord:
     """Poll until the run completes or fails; the job as it then stands.
 
     Still ``submitted`` when polling gave up for now; ``queued`` (a new attempt) when a
     failed run is tried again.
     """
+    try:
+        return await _poll(ctx, job, first)
+    finally:
+        ctx.queue.pop(job.id, None)
+
+
+async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRecord:
     assert job.run_id is not None
     polls = job.polls
     info = first
     submitted = job.submitted_at or ctx.clock()
     rounds = 0
-    pending_polls = 0  # poll answers in a row that said `pending`
-    predicted_end: float | None = None  # on our clock: the soonest the last answer allows
+    watch = _Watch(position=next(ctx.sent))
+    since: float | None = None  # the first answer of this process
     while info is None or not is_finished(info):
-        await ctx.sleep(_delay(ctx, job, polls, submitted, pending_polls, predicted_end))
+        delay, poll_then = _delay(ctx, job, watch, polls, submitted)
+        await ctx.sleep(delay)
+        if not poll_then:
+            continue  # woke to think again: what other runs saw since may change the plan
+        due = ctx.clock()
+        await ctx.poll_gate.admit(_rank(watch, due), due)
         try:
             info = await ctx.client.get_run(job.technique, job.run_id, poll_url=job.poll_url)
         except NotFound as e:
@@ -56,18 +98,18 @@ async def poll_until_done(ctx: RunContext, job: JobRecord, first: RunInfo | None
             continue
         polls += 1
         ctx.report.polls += 1
-        if polls - job.polls >= ctx.config.max_polls and not is_finished(info):
+        answered = ctx.clock()
+        since = answered if since is None else since
+        if _polled_enough(ctx, polls - job.polls, answered - since) and not is_finished(info):
             ctx.report.incomplete += 1  # still `submitted`: the next resume polls on
             await ctx.committer.commit(functools.partial(ctx.ledger.update, job.id, polls=polls))
             return replace(job, polls=polls)
         odd = odd_answer(info)
-        if odd is not None and ctx.clock() - submitted >= ODD_ANSWER_GRACE * ctx.config.time_scale:
-            await _give_up_on_odd_answers(ctx, job, info, odd, polls, ctx.clock() - submitted)
+        if odd is not None and answered - submitted >= ODD_ANSWER_GRACE * ctx.config.time_scale:
+            await _give_up_on_odd_answers(ctx, job, info, odd, polls, answered - submitted)
             return replace(job, state=JobState.UNKNOWN_OUTCOME, polls=polls)
-        pending_polls = pending_polls + 1 if info.status == RunStatus.PENDING else 0
-        answered = ctx.clock()
-        left = _remaining(info, submitted, answered)
-        predicted_end = None if left is None else answered + left
+        _observe(ctx, job, watch, info, submitted, answered)
+    _learn_end(ctx, job, watch, info, submitted)
     if info.status == RunStatus.COMPLETED:
         await _completed(ctx, job, info, polls)
         return replace(job, state=JobState.COMPLETED, polls=polls)
@@ -75,46 +117,149 @@ async def poll_until_done(ctx: RunContext, job: JobRecord, first: RunInfo | None
     return retry or replace(job, state=JobState.FAILED, polls=polls)
 
 
+def _polled_enough(ctx: RunContext, polls: int, seconds: float) -> bool:
+    """Leave the run for the next `resume`: ``max_polls`` polls, or as long as they would
+    take at ``max_interval`` (fewer, longer waits must not hold the ledger longer)."""
+    limit = ctx.config.max_polls
+    bound = limit * ctx.poll_policy.max_interval  # 0 when waits are skipped (time scale 0)
+    return polls >= limit or 0 < bound <= seconds
+
+
+def _observe(
+    ctx: RunContext, job: JobRecord, watch: _Watch, info: RunInfo, submitted: float, now: float
+) -> None:
+    """Update what is known of the run's timing from one poll answer, received at ``now``."""
+    last, watch.window = watch.window, None
+    if info.status == RunStatus.PENDING:
+        watch.pending, watch.waited = True, True
+        watch.pending_polls, watch.pending_at = watch.pending_polls + 1, now
+        ctx.queue[job.id] = watch.position
+        return
+    watch.pending, watch.pending_polls = False, 0
+    ctx.queue.pop(job.id, None)
+    if info.status != RunStatus.RUNNING:
+        return
+    started = _started(info, submitted)
+    first_seen = watch.started is None
+    watch.started = started if started is not None else (watch.started or submitted)
+    if started is None:
+        return
+    if first_seen and (watch.waited or started - submitted > ctx.poll_policy.min_interval):
+        ctx.starts.append((watch.position, started))  # the queue reached it then
+    window = progress_window(progress=info.progress, running_for=now - started)
+    if window is None:
+        return
+    watch.window = _narrowed(watch, last, (now + window[0], now + window[1]))
+    if watch.first_prediction is None:
+        watch.first_prediction = (now, now + window[0])
+
+
+def _narrowed(
+    watch: _Watch, last: tuple[float, float] | None, new: tuple[float, float]
+) -> tuple[float, float]:
+    """The end as every answer so far bounds it, if they agree with linear progress.
+
+    Two answers that allow a common end make the run's own progress trustworthy (and the
+    window narrower); two that do not mean its progress is not linear in time.
+    """
+    if last is None or watch.linear is False:
+        return new
+    soonest, latest = max(last[0], new[0]), min(last[1], new[1])
+    watch.linear = soonest <= latest
+    return (soonest, latest) if watch.linear else new
+
+
+def _learn_end(
+    ctx: RunContext, job: JobRecord, watch: _Watch, info: RunInfo, submitted: float
+) -> None:
+    """A finished run: how fast slots free up, and how good its progress prediction was."""
+    if info.completed_at is None:
+        return
+    ctx.completions.append(info.completed_at / 1000.0)
+    ctx.poll_gate.set_rate(
+        budget_rate(poll_rate_floor(ctx.config), completion_rate(list(ctx.completions)))
+    )
+    if watch.first_prediction is None or info.created_at is None:
+        return
+    answered, soonest = watch.first_prediction
+    ended = submitted + (info.completed_at - info.created_at) / 1000.0
+    if soonest - answered > 0:
+        ctx.learn(ctx.trust, job.technique, (ended - answered) / (soonest - answered))
+
+
+def _rank(watch: _Watch, now: float) -> PollRank:
+    return rank(
+        pending=watch.pending, predicted=watch.window is not None and now >= watch.window[0]
+    )
+
+
 def _delay(
-    ctx: RunContext,
-    job: JobRecord,
-    polls: int,
-    submitted: float,
-    pending_polls: int,
-    predicted_end: float | None,
-) -> float:
-    """How long to wait before the next poll, as ``core.polling`` schedules it."""
+    ctx: RunContext, job: JobRecord, watch: _Watch, polls: int, submitted: float
+) -> tuple[float, bool]:
+    """How long to wait, and whether to poll then: the best estimate known, else the ramp."""
+    policy = ctx.poll_policy
+    now = ctx.clock()
+    look = first_look(list(ctx.run_times.get(job.technique, ())), policy)
+    if watch.window is not None:
+        trust = prediction_trust(list(ctx.trust.get(job.technique, ())))
+        if trust is None and watch.linear:
+            trust = 1.0  # not yet known for the technique, but this run's answers agree
+        soonest, latest = (max(0.0, end - now) for end in watch.window)
+        return aim_running(policy, soonest=soonest, latest=latest, trust=trust), True
+    fresh = polls == job.polls and watch.started is None
+    if fresh and ctx.queue:
+        ctx.queue[job.id] = watch.position  # others wait for a slot: so will it
+    if job.id in ctx.queue:
+        queued = _queued(ctx, watch, now)
+        if queued is not None:
+            start, spread = queued
+            return plan_pending(policy, now=now, start=start, spread=spread, look=look)
+    if look is not None and not watch.pending:
+        due = (watch.started if watch.started is not None else submitted) + look
+        if due - now > policy.min_interval:
+            return due - now, True
+    return _fallback(ctx, job, watch, polls, now - submitted), True
+
+
+def _queued(ctx: RunContext, watch: _Watch, now: float) -> tuple[float, float] | None:
+    """When this waiting run likely starts, and how unsure that is; None if unknown."""
+    starts = list(ctx.starts)
+    queued = queue_start(position=watch.position, starts=starts, not_before=watch.pending_at)
+    if queued is not None or len(starts) >= MIN_SAMPLES:
+        return queued
+    ahead = sum(1 for position in ctx.queue.values() if position < watch.position)
+    return head_start(now=now, ahead=ahead, rate=completion_rate(list(ctx.completions)))
+
+
+def _fallback(ctx: RunContext, job: JobRecord, watch: _Watch, polls: int, elapsed: float) -> float:
+    """``core.polling``'s schedule, from durations alone (nothing better is known yet)."""
     policy = ctx.poll_policy
     typical = typical_duration(list(ctx.durations.get(job.technique, ())), policy)
-    now = ctx.clock()
-    remaining = None if predicted_end is None else max(0.0, predicted_end - now)
     run_typical = (
         typical_duration(list(ctx.run_times.get(job.technique, ())), policy)
-        if pending_polls
+        if watch.pending_polls
         else None
     )
     return next_poll_delay(
         policy,
         polls=polls,
-        elapsed=now - submitted,
+        elapsed=elapsed,
         typical=typical,
         rand=ctx.rand(),
-        pending_polls=pending_polls,
-        remaining=remaining,
+        pending_polls=watch.pending_polls,
         run_typical=run_typical,
     )
 
 
-def _remaining(info: RunInfo, submitted: float, now: float) -> float | None:
-    """When a running run can end at the soonest, from its progress (seconds from now).
+def _started(info: RunInfo, submitted: float) -> float | None:
+    """When the run started, on our clock, or None when the answer does not say.
 
     The server's clock is mapped onto ours by its ``created_at`` and our ``submitted``
     (both taken at the POST), so a skewed server clock does not matter.
     """
-    if info.status != RunStatus.RUNNING or info.started_at is None or info.created_at is None:
+    if info.started_at is None or info.created_at is None:
         return None
-    started = submitted + (info.started_at - info.created_at) / 1000.0
-    return earliest_remaining(progress=info.progress, running_for=now - started)
+    return submitted + (info.started_at - info.created_at) / 1000.0
 
 
 async def _completed(ctx: RunContext, job: JobRecord, info: RunInfo, polls: int) -> None:
@@ -149,6 +294,7 @@ async def _completed(ctx: RunContext, job: JobRecord, info: RunInfo, polls: int)
             progress=info.progress,
             charged_cost=charged,
             remote_completed_at=info.completed_at,
+            remote_started_at=info.started_at,
             completed_at=ctx.clock(),
             polls=polls,
         )
