@@ -28,7 +28,10 @@ from test_e2e_postgres_cli import pg_query
 from floraq.errors import ExitCode
 from floraq.sandbox import SandboxServer
 
-LEASE = "2"  # seconds: a stopped or killed worker's rows pass on quickly
+LEASE = "4"  # seconds: a stopped or killed worker's rows pass on quickly (and a loaded
+# machine's worker still renews in time: it renews every third of this)
+LAPSED = -1  # a worker that stopped because its lease lapsed (the machine starved it): its
+# rows passed to the others, which is the design working, not a failure
 WAIT = 60.0  # the most any wait for the batch's progress may take before the test fails
 
 
@@ -180,7 +183,8 @@ def kill_workers(
     for proc in procs:
         _, err = proc.communicate(timeout=WAIT)
         assert "Traceback" not in err, err
-        codes.append(proc.returncode)
+        lapsed = proc.returncode == ExitCode.INCOMPLETE and "lease on" in err and "lapsed" in err
+        codes.append(LAPSED if lapsed else proc.returncode)
     return codes
 
 
@@ -195,12 +199,12 @@ def test_three_workers_with_random_kills_run_every_key_once(
     final = workers("resume")
     states = assert_batch_sound(workers, sandbox, pg_url, 300)
     if mode == "replay":
-        assert codes == [0, 0, 0] and final.returncode == 0, final.stderr
+        assert set(codes) <= {0, LAPSED} and final.returncode == 0, final.stderr
         assert states == {"downloaded": 300}
         assert sandbox.stats()["runs_created"] == 300
     else:
         unknown = states.get("unknown_outcome", 0)
-        assert set(codes) <= {0, 1} and final.returncode == (1 if unknown else 0)
+        assert set(codes) <= {0, 1, LAPSED} and final.returncode == (1 if unknown else 0)
         assert states["downloaded"] + unknown == 300
         # Each unknown row is a key FLORA refused as already used: its run exists, unseen.
         # (A 409 can also reach a worker killed before it committed it: >=, not ==.)

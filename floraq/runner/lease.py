@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from floraq.core.lifecycle import IN_FLIGHT, JobState
+from floraq.errors import LedgerConnectionLost
 from floraq.ledger import JobRecord
 from floraq.ledger.leases import PgLeases
 
@@ -43,6 +44,7 @@ class LeaseKeeper:
     clock: Callable[[], float] = time.monotonic
     until: float = 0.0  # on ``clock``: the lease lasts at least until then
     lost: bool = False
+    broken: LedgerConnectionLost | None = None  # why, when the connection itself went
 
     def start(self) -> str:
         """Register this worker with a fresh lease; its id (tags its part files)."""
@@ -58,7 +60,9 @@ class LeaseKeeper:
         asked = self.clock()
         try:
             left = self.ledger.renew_lease(self.seconds)
-        except Exception:  # any failure: the lease can no longer be proved
+        except LedgerConnectionLost as exc:  # said as itself when the run ends (exit 8)
+            self.broken, left = exc, None
+        except Exception:  # any other failure: the lease can no longer be proved
             left = None
         if left is None:
             self.lost = True

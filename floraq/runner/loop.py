@@ -144,6 +144,8 @@ class Runner:
             await self._stop_sharing(sharing)
         if ctx.bug is not None:
             raise ctx.bug  # every transition so far is committed; `resume` continues
+        if ctx.lease is not None and ctx.lease.broken is not None:
+            raise ctx.lease.broken  # the ledger's connection went: not a lapse (exit 8)
         return ctx.report
 
     def _share(self) -> asyncio.Task[None] | None:
