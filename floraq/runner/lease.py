@@ -60,8 +60,12 @@ class LeaseKeeper:
         asked = self.clock()
         try:
             left = self.ledger.renew_lease(self.seconds)
-        except LedgerConnectionLost as exc:  # said as itself when the run ends (exit 8)
-            self.broken, left = exc, None
+        except LedgerConnectionLost as exc:
+            # Gone while the lease still held: the connection broke (said as itself, exit
+            # 8). Gone after it passed: this worker stalled, and the server ended its
+            # session for that (a lapse, exit 6).
+            self.broken = exc if self.until > asked else None
+            left = None
         except Exception:  # any other failure: the lease can no longer be proved
             left = None
         if left is None:
