@@ -28,8 +28,22 @@ RUN_INPUT_TYPES = ("text", "imageUrl", "videoUrl")
 IdempotencyMode = Literal["replay", "suppress"]
 RunIdStyle = Literal["prefixed", "opaque"]
 
-_RATES = ("failure_rate", "error_5xx_rate", "rate_429", "drop_rate", "truncate_rate")
-_NON_NEGATIVE = ("balance", "idempotency_window", "charged_cost_delay", "latency")
+_RATES = (
+    "failure_rate",
+    "error_5xx_rate",
+    "rate_429",
+    "drop_rate",
+    "truncate_rate",
+    "asset_failure_rate",
+    "upload_5xx_rate",
+)
+_NON_NEGATIVE = (
+    "balance",
+    "idempotency_window",
+    "charged_cost_delay",
+    "latency",
+    "asset_ready_delay",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +85,11 @@ class SandboxConfig:
     retry_after: float | None = 1.0  # the Retry-After of a 429; None sends no header
     drop_rate: float = 0.0  # connections dropped without an answer
     truncate_rate: float = 0.0  # media bodies cut short under a full Content-Length
+    upload_ttl: float = 3600.0  # how long an asset's upload reservation takes an upload
+    asset_ready_delay: float = 0.0  # after complete, before the asset shows ready (or failed)
+    asset_failure_rate: float = 0.0  # completed uploads whose asset ends failed
+    upload_5xx_rate: float = 0.0  # uploads the upload host answers 503 (after reading them)
+    check_asset_inputs: bool = False  # a run refuses an asset URL whose asset is not ready
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -116,6 +135,8 @@ def _problems(config: SandboxConfig) -> list[str]:
         problems.append("time_scale: must be > 0")
     if not config.url_ttl > 0:
         problems.append("url_ttl: must be > 0")
+    if not config.upload_ttl > 0:
+        problems.append("upload_ttl: must be > 0")
     if config.capacity < 1:
         problems.append("capacity: must be >= 1")
     if not config.api_keys or not all(config.api_keys):
