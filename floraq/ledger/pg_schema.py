@@ -136,12 +136,37 @@ CREATE TRIGGER jobs_committed
     ON jobs FOR EACH ROW EXECUTE FUNCTION jobs_committed();
 """
 
+_ASSETS = """
+CREATE TABLE assets (
+    sha256 TEXT NOT NULL,
+    workspace_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    source_path TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    content_type TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    idempotency_key TEXT NOT NULL,
+    renewals INTEGER NOT NULL DEFAULT 0,
+    asset_id TEXT,
+    url TEXT,
+    upload TEXT,
+    failure_message TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    ready_at DOUBLE PRECISION,
+    checked_at DOUBLE PRECISION,
+    PRIMARY KEY (sha256, workspace_id)
+);
+ALTER TABLE batches ADD COLUMN workspace_id TEXT;
+"""
+
 # (SQLite's step name, what it runs here; None: already part of 0001 on PostgreSQL)
 STEPS: tuple[tuple[str, str | None], ...] = (
     ("0001_initial", _TABLES + _COUNTER),
     ("0002_attempt_costs", None),
     ("0003_key_fingerprint", None),
     ("0004_money_micros", None),
+    ("0008_assets", _ASSETS),
 )
 
 
