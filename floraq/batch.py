@@ -17,8 +17,10 @@ from pathlib import Path
 from floraq import destination
 from floraq.admission import check_manifest, fetch_techniques, queue_rows, still_invalid
 from floraq.api import FloraClient, log_request
+from floraq.assets_api import list_workspaces
 from floraq.core.keys import idempotency_key
 from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
+from floraq.core.local_files import AssetState, choose_workspace
 from floraq.core.manifest import Manifest
 from floraq.core.money import amount
 from floraq.core.problems import Problem
@@ -97,10 +99,31 @@ def _checked(
         result = check_manifest(manifest, techniques, folder + problems, ledger=reader)
         result.folder_problems = folder
         result.read_ledger = reader is not None
+        if result.uploads:
+            _choose_workspace(settings, result, reader)
         return result
     finally:
         if reader is not None:
             reader.close()
+
+
+def _choose_workspace(settings: Settings, result: PlanResult, reader: LedgerBackend | None) -> None:
+    """Where the local files go (``workspace``, else the key's only one), and how many of
+    their contents the ledger already has ready there; a plan error when it is unclear."""
+
+    async def go() -> list[tuple[str, str]]:
+        async with _client(settings, RetryPolicy(time_scale=settings.time_scale), 4) as client:
+            return [(w.workspace_id, w.name) for w in await list_workspaces(client)]
+
+    manifest = result.manifest
+    chosen = choose_workspace(_run(go()), manifest.workspace)
+    if isinstance(chosen, Exception):
+        result.problems.append(Problem(f"{manifest.source}: workspace", str(chosen)))
+        return
+    result.workspace_id = chosen
+    if reader is not None:
+        known = reader.assets_of(chosen, list(result.uploads))
+        result.uploaded = sum(1 for a in known.values() if a.state is AssetState.READY)
 
 
 def _folder_problems(
@@ -154,11 +177,14 @@ def submit(
     unread = _unread(settings, checked)
     with locked_ledger(settings) as ledger:
         if unread:  # an older ledger, migrated just now: check against it before queueing
-            checked = check_manifest(manifest, techniques, problems, ledger=ledger)
+            workspace = checked.workspace_id
+            files = checked.local_files
+            checked = check_manifest(manifest, techniques, problems, ledger=ledger, files=files)
+            checked.workspace_id = workspace
             if checked.errors and not skip_invalid:
                 raise ManifestError(checked.problems)
         with interrupted_as(again):
-            inserted = _queue(ledger, manifest, manifest_path, known, skip_invalid)
+            inserted = _queue(ledger, manifest, manifest_path, known, skip_invalid, checked)
         result = _run_batches(settings, ledger, [manifest.batch], wait=wait, progress=progress)
         result.inserted = inserted
         result.plan = checked
@@ -180,6 +206,7 @@ def _queue(
     manifest_path: Path,
     techniques: dict[str, Technique],
     skip_invalid: bool,
+    checked: PlanResult,
 ) -> int:
     """Record the batch and its techniques, then queue its new rows; how many were new."""
     for slug, technique in techniques.items():
@@ -192,7 +219,16 @@ def _queue(
         max_cost=_cap(manifest.max_cost),
         retry_failed_runs=manifest.retry_failed_runs,
     )
-    return queue_rows(ledger, manifest, techniques, skip_invalid=skip_invalid)
+    if checked.workspace_id is not None:
+        ledger.set_batch_workspace(manifest.batch, checked.workspace_id)
+    return queue_rows(
+        ledger,
+        manifest,
+        techniques,
+        skip_invalid=skip_invalid,
+        files=checked.local_files,
+        workspace_id=checked.workspace_id,
+    )
 
 
 def resume(

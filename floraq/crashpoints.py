@@ -18,6 +18,10 @@ POINTS: frozenset[str] = frozenset(
         "after_post_before_commit",  # FLORA created the run; its id is not yet committed
         "mid_download",  # part of an output is in its .part file
         "after_rename_before_commit",  # the output is under its final name; not yet recorded
+        "after_asset_intent",  # an asset's `creating` intent is on disk; POST /assets not sent
+        "after_asset_post_before_commit",  # FLORA made the asset; its id is not yet committed
+        "after_upload_before_commit",  # the upload host took the file; not yet recorded
+        "after_complete_before_commit",  # complete was answered; not yet recorded
     }
 )
 

@@ -24,6 +24,7 @@ from floraq.core.local_files import (
     local_path,
     sniff,
 )
+from floraq.core.manifest_values import Row
 from floraq.core.problems import Problem
 from floraq.core.technique import Technique
 
@@ -75,6 +76,9 @@ class LocalFiles:
             out[slot.id] = file_ref(found.sha256)
             files[slot.id] = found
         return RowFiles(values=out, files=files, problems=problems)
+
+    def row_files(self, row: Row, technique: Technique, base: PurePath) -> RowFiles:
+        return self.row(row.values, technique, base, row.location)
 
     def check(self, value: str, base: PurePath, slot_type: str) -> LocalFile | str:
         """The file a value names, fit for ``slot_type``; or one line saying why not."""

@@ -49,6 +49,7 @@ class Settings:
     verbose: int = 0
     quiet: bool = False
     progress_bars: bool = False  # tqdm bars: only when stderr is a terminal
+    upload_concurrency: int = 4  # local files uploading at once, beside the runs
 
     @property
     def ledger_target(self) -> str | Path:

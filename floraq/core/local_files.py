@@ -67,6 +67,30 @@ class AssetState(StrEnum):
     FAILED = "failed"  # given up (the asset failed again and again, or the file is gone)
 
 
+def choose_workspace(workspaces: list[tuple[str, str]], wanted: str | None) -> str | Exception:
+    """The workspace id to upload to, from (id, name) pairs: ``wanted`` (an id or a
+    name), else the only one. A ValueError with the choices when it cannot be told."""
+    listed = ", ".join(f"{ws_id} ({name})" if name else ws_id for ws_id, name in workspaces)
+    if wanted is not None:
+        by_id = [ws_id for ws_id, _ in workspaces if ws_id == wanted]
+        by_name = [ws_id for ws_id, name in workspaces if name.casefold() == wanted.casefold()]
+        if by_id or len(by_name) == 1:
+            return (by_id or by_name)[0]
+        if by_name:
+            return ValueError(
+                f"{len(by_name)} workspaces are named {wanted!r} ({listed}): give its ws_ id"
+            )
+        return ValueError(f"{wanted!r} is not one of this key's workspaces: {listed or 'none'}")
+    if len(workspaces) == 1:
+        return workspaces[0][0]
+    if not workspaces:
+        return ValueError("this API key has no workspace to upload local files to")
+    return ValueError(
+        f"this API key has {len(workspaces)} workspaces ({listed}): set `workspace:`"
+        " in the manifest to the one local files go to"
+    )
+
+
 def is_local(value: str) -> bool:
     """Whether a media value names a local file: ``file://``, or no URL scheme at all."""
     return value.startswith("file://") or "://" not in value

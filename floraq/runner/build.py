@@ -26,9 +26,11 @@ from floraq.crashpoints import CrashPoints
 from floraq.downloads import Downloader
 from floraq.ledger import LedgerBackend
 from floraq.retry import RetryPolicy
+from floraq.runner.assets import AssetUploads
 from floraq.runner.context import DEFAULT_MAX_POLLS, BatchPlan, Progress, RunnerConfig
 from floraq.runner.loop import Runner
 from floraq.settings import DEFAULT_CONCURRENCY, Settings
+from floraq.uploads import UploadHost
 from floraq.url_safety import is_plain_loopback
 
 # Called with the open client before the runner is built (``resume`` fetches today's
@@ -86,10 +88,18 @@ async def build_runner(
             log=log,
             plain_http=is_plain_loopback(settings.base_url),
         ) as downloader,
+        UploadHost(
+            api_key=settings.require_key(),
+            policy=policy,
+            concurrency=settings.upload_concurrency,
+            transport=seams.transport,
+            sleep=seams.net_sleep,
+            log=log,
+        ) as host,
     ):
         if refresh is not None:
             await refresh(client, ledger, slugs, techniques)
-        yield Runner(
+        runner = Runner(
             ledger=ledger,
             client=client,
             downloader=downloader,
@@ -102,6 +112,18 @@ async def build_runner(
             sleep=seams.sleep,
             rand=seams.rand,
         )
+        runner.ctx.uploads = AssetUploads(
+            ledger=ledger,
+            committer=runner.ctx.committer,
+            client=client,
+            host=host,
+            crash=crash,
+            time_scale=settings.time_scale,
+            concurrency=settings.upload_concurrency,
+            sleep=seams.sleep,
+            clock=seams.clock,
+        )
+        yield runner
 
 
 def batch_plans(
@@ -118,6 +140,7 @@ def batch_plans(
             output_dir=Path(row.output_dir),
             max_cost=amount(settings.max_cost) if settings.max_cost is not None else row.max_cost,
             retry_failed_runs=row.retry_failed_runs,
+            workspace_id=row.workspace_id,
         )
         if concurrency is None and row.concurrency:
             concurrency = int(row.concurrency)

@@ -27,6 +27,7 @@ from floraq.crashpoints import CrashPoints
 from floraq.downloads import Downloader
 from floraq.errors import ApiError, AuthError, DiskError
 from floraq.ledger import JobRecord, LedgerBackend
+from floraq.runner.assets import AssetUploads
 from floraq.runner.commit import GroupCommitter
 from floraq.runner.prices import Prices
 
@@ -56,6 +57,7 @@ class BatchPlan:
     output_dir: Path
     max_cost: Decimal | None
     retry_failed_runs: int
+    workspace_id: str | None = None  # where its local files are uploaded
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,7 @@ class RunContext:
     out_of_credits: bool = False  # a 402: the workspace cannot pay for any new run
     bug: Exception | None = None  # a bug stopped the loop: raised once all is saved
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    uploads: AssetUploads | None = None  # local files' assets (runner.assets)
 
     # -- stopping -----------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from floraq.runner.context import (
     no_progress,
 )
 from floraq.runner.fetch import download
+from floraq.runner.gate import inputs_ready
 from floraq.runner.poll import poll_until_done
 from floraq.runner.prices import Prices, price_ttl
 from floraq.runner.submit import claim, submit
@@ -161,6 +162,8 @@ async def _drive(ctx: RunContext, job: JobRecord) -> None:
     """
     while True:
         claimed = False
+        if job.state is JobState.QUEUED and not await inputs_ready(ctx, job):
+            return
         if job.state is JobState.QUEUED:
             intent = await claim(ctx, job)
             if intent is None:
