@@ -77,8 +77,20 @@ def test_image_pixels_from_headers() -> None:
     ("content_type", "size", "pixels", "slot", "expected"),
     [
         ("image/png", 10, 100, "imageUrl", None),
-        ("image/png", 10, None, "videoUrl", "is image/png by its bytes, not what a videoUrl"),
-        (None, 10, None, "imageUrl", "is not a file type FLORA takes for a imageUrl input"),
+        (
+            "image/png",
+            10,
+            None,
+            "videoUrl",
+            "is image/png by its bytes, not what an input of type videoUrl",
+        ),
+        (
+            None,
+            10,
+            None,
+            "imageUrl",
+            "is not a file type FLORA takes for an input of type imageUrl",
+        ),
         ("image/png", 0, None, "imageUrl", "is empty"),
         ("image/png", 10, MAX_IMAGE_PIXELS + 1, "imageUrl", "megapixels, over FLORA's limit"),
         ("application/pdf", 10, None, "documentUrl", None),

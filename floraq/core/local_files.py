@@ -220,9 +220,12 @@ def file_problem(
         return "is empty"
     if content_type is None:
         kinds = ", ".join(t.split("/")[1] for t in accepted)
-        return f"is not a file type FLORA takes for a {slot_type} input ({kinds}), by its bytes"
+        return (
+            f"is not a file type FLORA takes for an input of type {slot_type} ({kinds}),"
+            " by its bytes"
+        )
     if content_type not in accepted:
-        return f"is {content_type} by its bytes, not what a {slot_type} input takes"
+        return f"is {content_type} by its bytes, not what an input of type {slot_type} takes"
     if size > MAX_FILE_BYTES:
         return f"is {size:,} bytes, over floraq's upload limit of {MAX_FILE_BYTES:,}"
     if pixels is not None and pixels > MAX_IMAGE_PIXELS:

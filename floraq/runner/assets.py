@@ -25,6 +25,7 @@ from floraq.api import FloraClient
 from floraq.assets_api import AssetInfo, AssetStatus
 from floraq.core.keys import asset_key
 from floraq.core.local_files import AssetState
+from floraq.core.submission import JOB_ROUNDS
 from floraq.crashpoints import CrashPoints
 from floraq.errors import ApiError, IdempotencyDuplicate, TransportError
 from floraq.ledger import AssetRecord, LedgerBackend
@@ -60,12 +61,14 @@ class AssetUploads:
         crash: CrashPoints,
         time_scale: float,
         concurrency: int = 4,
+        pause_round: Callable[[int], Awaitable[None]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ledger, self.committer, self.client, self.host = ledger, committer, client, host
         self.crash, self.scale, self.sleep, self.clock = crash, time_scale, sleep, clock
         self._slots = asyncio.Semaphore(concurrency)
+        self._pause_round = pause_round
         self._tasks: dict[tuple[str, str], asyncio.Task[str | AssetProblem]] = {}
 
     async def ready_url(self, sha256: str, workspace_id: str) -> str | AssetProblem:
@@ -83,19 +86,30 @@ class AssetUploads:
         return record.url if ready and record is not None else None
 
     async def _ensure(self, sha256: str, workspace_id: str) -> str | AssetProblem:
-        record = self.ledger.asset(sha256, workspace_id)
-        if record is None:
-            return AssetProblem("this file's content is not in the ledger", final=True)
-        try:
-            for _ in range(MAX_STEPS):
-                done = await self._step(record)
-                if not isinstance(done, AssetRecord):
-                    return done
-                record = done
-        except (ApiError, TransportError) as e:
-            return AssetProblem(f"asset upload stopped: {e}", final=False)
-        except OSError as e:
-            return await self._give_up(record, f"cannot read {record.source_path}: {e.strerror}")
+        """Step the content's asset to ready; after the client gives up, a few rounds more
+        (as every other step gets), then the rows wait for ``resume``."""
+        rounds = 0
+        while True:
+            record = self.ledger.asset(sha256, workspace_id)
+            if record is None:
+                return AssetProblem("this file's content is not in the ledger", final=True)
+            try:
+                return await self._steps(record)
+            except (ApiError, TransportError) as e:
+                rounds += 1
+                if rounds > JOB_ROUNDS or self._pause_round is None:
+                    return AssetProblem(f"asset upload stopped: {e}", final=False)
+                await self._pause_round(rounds)
+            except OSError as e:
+                why = f"cannot read {record.source_path}: {e.strerror}"
+                return await self._give_up(record, why)
+
+    async def _steps(self, record: AssetRecord) -> str | AssetProblem:
+        for _ in range(MAX_STEPS):
+            done = await self._step(record)
+            if not isinstance(done, AssetRecord):
+                return done
+            record = done
         return AssetProblem("asset upload made no progress; run `floraq resume`", final=False)
 
     async def _step(self, record: AssetRecord) -> AssetRecord | str | AssetProblem:

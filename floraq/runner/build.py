@@ -120,6 +120,7 @@ async def build_runner(
             crash=crash,
             time_scale=settings.time_scale,
             concurrency=settings.upload_concurrency,
+            pause_round=runner.ctx.pause_round,
             sleep=seams.sleep,
             clock=seams.clock,
         )
