@@ -276,6 +276,7 @@ def queue_rows(
     skip_invalid: bool,
     files: LocalFiles | None = None,
     workspace_id: str | None = None,
+    reupload: bool = False,
 ) -> int:
     """Stream every valid row into the ledger in chunks; invalid ones as rejected if asked.
 
@@ -309,9 +310,9 @@ def queue_rows(
         chunk.append(checked.job)
         contents.update((f.sha256, f) for f in checked.files.values())
         if len(chunk) >= INSERT_CHUNK:
-            inserted += _insert(ledger, chunk, contents, workspace_id)
+            inserted += _insert(ledger, chunk, contents, workspace_id, reupload)
             chunk = []
-    inserted += _insert(ledger, chunk, contents, workspace_id)
+    inserted += _insert(ledger, chunk, contents, workspace_id, reupload)
     for job, message in rejected:
         if ledger.insert_jobs([job]):
             ledger.move(
@@ -334,6 +335,7 @@ def _insert(
     jobs: list[NewJob],
     contents: dict[str, LocalFile],
     workspace_id: str | None,
+    reupload: bool,
 ) -> int:
     """Queue a chunk of rows, their local files' contents known first (so a row never
     names a content the uploader cannot find)."""
@@ -343,6 +345,7 @@ def _insert(
         ledger.remember_files(
             workspace_id,
             [(f.sha256, f.path, f.size, f.content_type) for f in contents.values()],
+            fresh=reupload,
         )
         contents.clear()
     return ledger.insert_jobs(jobs)

@@ -155,6 +155,7 @@ def submit(
     wait: bool = True,
     skip_invalid: bool = False,
     progress: Progress | None = None,
+    reupload: bool = False,
 ) -> RunResult:
     """Validate, queue every new row in the ledger, then run the batch to the end.
 
@@ -184,7 +185,9 @@ def submit(
             if checked.errors and not skip_invalid:
                 raise ManifestError(checked.problems)
         with interrupted_as(again):
-            inserted = _queue(ledger, manifest, manifest_path, known, skip_invalid, checked)
+            inserted = _queue(
+                ledger, manifest, manifest_path, known, skip_invalid, checked, reupload
+            )
         result = _run_batches(settings, ledger, [manifest.batch], wait=wait, progress=progress)
         result.inserted = inserted
         result.plan = checked
@@ -207,6 +210,7 @@ def _queue(
     techniques: dict[str, Technique],
     skip_invalid: bool,
     checked: PlanResult,
+    reupload: bool = False,
 ) -> int:
     """Record the batch and its techniques, then queue its new rows; how many were new."""
     for slug, technique in techniques.items():
@@ -228,6 +232,7 @@ def _queue(
         skip_invalid=skip_invalid,
         files=checked.local_files,
         workspace_id=checked.workspace_id,
+        reupload=reupload,
     )
 
 

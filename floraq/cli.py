@@ -72,6 +72,11 @@ def plan(manifest: Path, **kwargs: Any) -> int:
 @click.option(
     "--skip-invalid", is_flag=True, help="Submit the valid rows; record the others as rejected."
 )
+@click.option(
+    "--reupload",
+    is_flag=True,
+    help="Upload the manifest's local files again as new assets, even if uploaded before.",
+)
 @click.option("--concurrency", type=click.IntRange(1, 64), help="HTTP requests in flight.")
 @click.option("--max-cost", type=click.FloatRange(min=0), help="USD cap (wins over max_cost).")
 @common_options
@@ -79,6 +84,7 @@ def submit(
     manifest: Path,
     no_wait: bool,
     skip_invalid: bool,
+    reupload: bool,
     concurrency: int | None,
     max_cost: float | None,
     **kwargs: Any,
@@ -95,7 +101,12 @@ def submit(
         progress_display(settings) as progress,
     ):
         result = batch.submit(
-            settings, manifest, wait=not no_wait, skip_invalid=skip_invalid, progress=progress
+            settings,
+            manifest,
+            wait=not no_wait,
+            skip_invalid=skip_invalid,
+            progress=progress,
+            reupload=reupload,
         )
     console.run_summary(result, quiet=options["quiet"])
     return int(result.exit_code)

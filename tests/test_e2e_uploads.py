@@ -238,3 +238,20 @@ def test_several_workspaces_and_none_chosen_is_a_plan_error(tmp_path: Path) -> N
         assert asset.workspace_id == "ws_other_b" and asset.uploads == 1
         assert flora.upload_auth_headers == 0
         assert flora.run_inputs == [hashlib.sha256(png(1)).hexdigest()]
+
+
+def test_reupload_makes_new_assets_for_the_rows_still_to_run(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    """`submit --reupload` uploads the files of the rows it runs again, as new assets."""
+    cli = floraq_against(tmp_path, sandbox)
+    photo_batch(tmp_path)
+    assert cli("submit", "photos.yaml").returncode == 0
+    expected = photo_batch(tmp_path, batch="again")
+    done = cli("submit", "again.yaml", "--reupload")
+    assert done.returncode == 0, done.stderr
+    assert sandbox.stats()["uploads"] == 2 * (ROWS - DUPLICATES)
+    fresh = {a["url"] for a in sandbox.assets()[ROWS - DUPLICATES :]}
+    later = sandbox.runs()[ROWS:]
+    assert {i["value"] for r in later for i in r["inputs"] if i["id"] == "input_image"} == fresh
+    assert all(r["input_assets"]["input_image"] in expected.values() for r in later)

@@ -65,14 +65,25 @@ def _record(row: Any) -> AssetRecord:
 class LedgerAssets(SqliteWrites):
     """The assets rows: remembered at queue time, moved step by step by the uploader."""
 
-    def remember_files(self, workspace_id: str, files: Iterable[tuple[str, str, int, str]]) -> None:
+    def remember_files(
+        self,
+        workspace_id: str,
+        files: Iterable[tuple[str, str, int, str]],
+        *,
+        fresh: bool = False,
+    ) -> None:
         """Know these contents (sha256, path, size, type); a known one keeps its state.
 
-        The path is updated: the last file seen holding a content is the one uploaded.
+        The path is updated: the last file seen holding a content is the one uploaded. A
+        content whose asset failed starts again as a new asset (a new key), and so does
+        every one with ``fresh`` (``submit --reupload``).
         """
         now = self.clock()
         with self.transaction():
             for sha256, path, size, content_type in files:
+                known = self.asset(sha256, workspace_id)
+                if known is not None and (fresh or known.state is AssetState.FAILED):
+                    self._start_over(known)
                 self.conn.execute(
                     """
                     INSERT INTO assets (sha256, workspace_id, state, source_path, size,
@@ -93,6 +104,17 @@ class LedgerAssets(SqliteWrites):
                         now,
                     ),
                 )
+
+    def _start_over(self, known: AssetRecord) -> None:
+        attempt = known.attempt + 1
+        key = asset_key(sha256=known.sha256, workspace_id=known.workspace_id, attempt=attempt)
+        self.conn.execute(
+            "UPDATE assets SET state = ?, attempt = ?, idempotency_key = ?, renewals = 0,"
+            " asset_id = NULL, url = NULL, upload = NULL, failure_message = NULL,"
+            " ready_at = NULL, checked_at = NULL, updated_at = ?"
+            " WHERE sha256 = ? AND workspace_id = ?",
+            (AssetState.NEW.value, attempt, key, self.clock(), known.sha256, known.workspace_id),
+        )
 
     def asset(self, sha256: str, workspace_id: str) -> AssetRecord | None:
         row = self.conn.execute(

@@ -103,7 +103,11 @@ class LedgerBackend(Protocol):
 
     # assets: local files uploaded once per content and workspace
     def remember_files(
-        self, workspace_id: str, files: Iterable[tuple[str, str, int, str]]
+        self,
+        workspace_id: str,
+        files: Iterable[tuple[str, str, int, str]],
+        *,
+        fresh: bool = False,
     ) -> None: ...
     def asset(self, sha256: str, workspace_id: str) -> AssetRecord | None: ...
     def assets_of(self, workspace_id: str, shas: Sequence[str]) -> dict[str, AssetRecord]: ...
