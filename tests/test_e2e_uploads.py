@@ -255,3 +255,24 @@ def test_reupload_makes_new_assets_for_the_rows_still_to_run(
     later = sandbox.runs()[ROWS:]
     assert {i["value"] for r in later for i in r["inputs"] if i["id"] == "input_image"} == fresh
     assert all(r["input_assets"]["input_image"] in expected.values() for r in later)
+
+
+def test_an_export_names_the_files_and_reads_back_as_the_same_rows(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    """Export shows each row's file (not a content reference); fed back, nothing is new."""
+    cli = floraq_against(tmp_path, sandbox)
+    photo_batch(tmp_path)
+    assert cli("submit", "photos.yaml").returncode == 0
+    assert cli("export", "-o", "results.csv").returncode == 0
+    text = (tmp_path / "results.csv").read_text()
+    assert "floraq-file:" not in text
+    assert f"{tmp_path}/photos/p35.png" in text  # the last file read with p05's bytes
+    (tmp_path / "back.yaml").write_text(
+        "version: 1\nbatch: photos\noutput_dir: out-photos\njobs:\n"
+        "  - technique: product-shot\n    rows_from: {csv: results.csv, key: row_key}\n"
+    )
+    again = cli("submit", "back.yaml")
+    assert again.returncode == 0, again.stderr
+    assert "photos: 40 row(s): downloaded 40" in again.stdout
+    assert sandbox.stats()["uploads"] == ROWS - DUPLICATES and len(sandbox.runs()) == ROWS

@@ -133,6 +133,17 @@ class LedgerAssets(SqliteWrites):
             found.update({r["sha256"]: _record(r) for r in rows})
         return found
 
+    def asset_paths(self, shas: Sequence[str]) -> dict[str, str]:
+        """The file each content was last read from (any workspace)."""
+        found: dict[str, str] = {}
+        for part in chunks(list(shas)):
+            rows = self.conn.execute(
+                f"SELECT sha256, source_path FROM assets WHERE sha256 IN ({marks(part)})",
+                tuple(part),
+            ).fetchall()
+            found.update({r[0]: r[1] for r in rows})
+        return found
+
     def update_asset(self, sha256: str, workspace_id: str, **fields: Any) -> None:
         """Set some of ``_COLUMNS`` (``upload`` as a dict) in one commit."""
         unknown = set(fields) - set(_COLUMNS)
