@@ -31,7 +31,11 @@ UPLOAD_TIMEOUT = 60.0  # seconds of silence on a connection
 
 
 class UploadHost:
-    """One key-less httpx client for every upload host; use ``async with``."""
+    """One key-less httpx client for every upload host; use ``async with``.
+
+    Plain ``http://`` is allowed only to this machine, and only when the API itself is
+    local (the sandbox), as for downloads.
+    """
 
     def __init__(
         self,
@@ -43,6 +47,7 @@ class UploadHost:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
         log: Callable[[str], None] | None = None,
+        plain_http: bool = False,
     ) -> None:
         self._http = httpx.AsyncClient(
             transport=transport,
@@ -55,6 +60,7 @@ class UploadHost:
         self.throttle = Throttle(max_concurrency=concurrency, clock=time.monotonic, sleep=sleep)
         self._sleep, self._rand, self._log = sleep, rand, log
         self.uploads = 0
+        self._plain_http = plain_http  # http:// to this machine: only for a local API
 
     async def __aenter__(self) -> UploadHost:
         return self
@@ -69,7 +75,7 @@ class UploadHost:
         UsageError for an upload URL floraq will not send a file to, or OSError (the file).
         """
         url = httpx.URL(reservation["url"])
-        if not url_is_safe(url):
+        if not url_is_safe(url) or (url.scheme == "http" and not self._plain_http):
             raise UsageError(
                 f"refusing upload URL {redact_url(url)}: use https:// (plain http:// only"
                 " to this machine)"

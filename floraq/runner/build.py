@@ -95,6 +95,7 @@ async def build_runner(
             transport=seams.transport,
             sleep=seams.net_sleep,
             log=log,
+            plain_http=is_plain_loopback(settings.base_url),
         ) as host,
     ):
         if refresh is not None:
