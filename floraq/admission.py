@@ -118,7 +118,11 @@ def _checked(batch: str, row: Row, technique: Technique, local: RowFiles) -> Che
     Its local files are content references in ``local.values``: the key, the digest and
     the folder name cover what the files hold, not where they are.
     """
-    problems = sorted(check_row(row, technique) + local.problems)
+    fetched = {f"{row.location}, field '{i}'" for i in local.fetched}
+    own = [  # a URL upload_remote fetched is no longer "a host FLORA may refuse"
+        p for p in check_row(row, technique) if p.severity == "error" or p.location not in fetched
+    ]
+    problems = sorted(own + local.problems)
     errors = [p for p in problems if p.severity == "error"]
     values = local.values
     folder = row.key if row.key is not None and not errors else row_key(values)
@@ -274,8 +278,7 @@ def queue_rows(
     techniques: dict[str, Technique],
     *,
     skip_invalid: bool,
-    files: LocalFiles | None = None,
-    workspace_id: str | None = None,
+    plan: PlanResult | None = None,
     reupload: bool = False,
 ) -> int:
     """Stream every valid row into the ledger in chunks; invalid ones as rejected if asked.
@@ -284,6 +287,10 @@ def queue_rows(
     since a ``--skip-invalid`` run, or changed after FLORA refused it) replaces that record:
     it moves to ``replaced``, so it no longer counts as a row that needs a look.
     """
+    files = plan.local_files if plan else None  # checked (and hashed) already
+    workspace_id = plan.workspace_id if plan else None
+    if workspace_id is not None:
+        ledger.set_batch_workspace(manifest.batch, workspace_id)
     inserted = 0
     chunk: list[NewJob] = []
     rejected: list[tuple[NewJob, str]] = []

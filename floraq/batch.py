@@ -17,10 +17,8 @@ from pathlib import Path
 from floraq import destination
 from floraq.admission import check_manifest, fetch_techniques, queue_rows, still_invalid
 from floraq.api import FloraClient, log_request
-from floraq.assets_api import list_workspaces
 from floraq.core.keys import idempotency_key
 from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
-from floraq.core.local_files import AssetState, choose_workspace
 from floraq.core.manifest import Manifest
 from floraq.core.money import amount
 from floraq.core.problems import Problem
@@ -37,6 +35,7 @@ from floraq.interrupts import RESUME, interrupted_as
 from floraq.interrupts import run_interruptibly as _run
 from floraq.ledger import JobRecord, LedgerBackend
 from floraq.ledger_access import locked_ledger, read_if_there, require_ledger
+from floraq.local_uploads import choose_upload_workspace, local_files_for
 from floraq.manifest_files import load_manifest
 from floraq.results import PlanResult, RetryKind, RetryResult, RunResult, StatusResult
 from floraq.retry import RetryPolicy
@@ -96,34 +95,17 @@ def _checked(
     reader = read_if_there(settings)
     try:
         folder = _folder_problems(settings, manifest, reader)
-        result = check_manifest(manifest, techniques, folder + problems, ledger=reader)
+        files = local_files_for(settings, manifest)
+        result = check_manifest(manifest, techniques, folder + problems, ledger=reader, files=files)
         result.folder_problems = folder
         result.read_ledger = reader is not None
         if result.uploads:
-            _choose_workspace(settings, result, reader)
+            policy = RetryPolicy(time_scale=settings.time_scale)
+            choose_upload_workspace(settings, result, reader, _client(settings, policy, 4))
         return result
     finally:
         if reader is not None:
             reader.close()
-
-
-def _choose_workspace(settings: Settings, result: PlanResult, reader: LedgerBackend | None) -> None:
-    """Where the local files go (``workspace``, else the key's only one), and how many of
-    their contents the ledger already has ready there; a plan error when it is unclear."""
-
-    async def go() -> list[tuple[str, str]]:
-        async with _client(settings, RetryPolicy(time_scale=settings.time_scale), 4) as client:
-            return [(w.workspace_id, w.name) for w in await list_workspaces(client)]
-
-    manifest = result.manifest
-    chosen = choose_workspace(_run(go()), manifest.workspace)
-    if isinstance(chosen, Exception):
-        result.problems.append(Problem(f"{manifest.source}: workspace", str(chosen)))
-        return
-    result.workspace_id = chosen
-    if reader is not None:
-        known = reader.assets_of(chosen, list(result.uploads))
-        result.uploaded = sum(1 for a in known.values() if a.state is AssetState.READY)
 
 
 def _folder_problems(
@@ -223,16 +205,8 @@ def _queue(
         max_cost=_cap(manifest.max_cost),
         retry_failed_runs=manifest.retry_failed_runs,
     )
-    if checked.workspace_id is not None:
-        ledger.set_batch_workspace(manifest.batch, checked.workspace_id)
     return queue_rows(
-        ledger,
-        manifest,
-        techniques,
-        skip_invalid=skip_invalid,
-        files=checked.local_files,
-        workspace_id=checked.workspace_id,
-        reupload=reupload,
+        ledger, manifest, techniques, skip_invalid=skip_invalid, plan=checked, reupload=reupload
     )
 
 

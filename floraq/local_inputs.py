@@ -27,6 +27,8 @@ from floraq.core.local_files import (
 from floraq.core.manifest_values import Row
 from floraq.core.problems import Problem
 from floraq.core.technique import Technique
+from floraq.remote_inputs import RemoteFiles, wanted
+from floraq.url_safety import redact_url
 
 HASH_CHUNK = 1024 * 1024
 
@@ -49,12 +51,14 @@ class RowFiles:
     values: dict[str, str]
     files: dict[str, LocalFile]  # input id -> the file it names
     problems: list[Problem]
+    fetched: frozenset[str] = frozenset()  # inputs whose URL was downloaded (upload_remote)
 
 
 class LocalFiles:
     """Files checked and hashed once per (path, size, mtime); what was seen, for plan."""
 
-    def __init__(self) -> None:
+    def __init__(self, remote: RemoteFiles | None = None) -> None:
+        self.remote = remote  # with upload_remote: URLs FLORA will not fetch
         self._seen: dict[tuple[str, int, int], LocalFile | str] = {}
         self.files: dict[str, LocalFile] = {}  # sha256 -> one file holding it
 
@@ -62,20 +66,36 @@ class LocalFiles:
         self, values: Mapping[str, str], technique: Technique, base: PurePath, where: str
     ) -> RowFiles:
         """Check every local file of one row; ``where`` is the row's location."""
-        out, files, problems = dict(values), {}, []
+        out, files, problems, fetched = dict(values), {}, [], set()
         for slot in technique.inputs:
             value = values.get(slot.id)
             if not slot.is_media or not isinstance(value, str) or not value.strip():
                 continue
-            if not is_local(value):
+            if is_local(value):
+                found = self.check(value, base, slot.type)
+            elif self.remote is not None and wanted(value):
+                fetched.add(slot.id)
+                found = self._remote(value, slot.type)
+            else:
                 continue
-            found = self.check(value, base, slot.type)
             if isinstance(found, str):
                 problems.append(Problem(f"{where}, field '{slot.id}'", found))
                 continue
             out[slot.id] = file_ref(found.sha256)
             files[slot.id] = found
-        return RowFiles(values=out, files=files, problems=problems)
+        return RowFiles(values=out, files=files, problems=problems, fetched=frozenset(fetched))
+
+    def _remote(self, url: str, slot_type: str) -> LocalFile | str:
+        """A URL FLORA will not fetch, downloaded and checked like a local file."""
+        assert self.remote is not None
+        shown = f"{redact_url(url)} (upload_remote)"
+        path = self.remote.fetch(url)
+        if isinstance(path, str):
+            return f"{shown} {path}"
+        found = self.check(str(path), PurePath("/"), slot_type)
+        if isinstance(found, str):
+            return f"{shown}: {found}"
+        return found
 
     def row_files(self, row: Row, technique: Technique, base: PurePath) -> RowFiles:
         return self.row(row.values, technique, base, row.location)

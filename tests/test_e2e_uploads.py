@@ -9,12 +9,17 @@ what it took), no run created before its asset was ready (the sandbox refuses on
 from __future__ import annotations
 
 import hashlib
+import http.server
 import random
 import signal
+import ssl
+import subprocess
+import threading
 import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Floraq, clean_env, floraq_against
@@ -276,3 +281,67 @@ def test_an_export_names_the_files_and_reads_back_as_the_same_rows(
     assert again.returncode == 0, again.stderr
     assert "photos: 40 row(s): downloaded 40" in again.stdout
     assert sandbox.stats()["uploads"] == ROWS - DUPLICATES and len(sandbox.runs()) == ROWS
+
+
+@pytest.fixture
+def https_files(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, int]]]:
+    """An https:// server on 127.0.0.1 (a host FLORA does not list) serving two PNGs."""
+    root, cert, key = tmp_path / "www", tmp_path / "cert.pem", tmp_path / "key.pem"
+    root.mkdir()
+    (root / "a.png").write_bytes(png(70))
+    (root / "b.png").write_bytes(png(70))  # the same bytes under another URL
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    hits: dict[str, int] = {}
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self) -> None:
+            assert "authorization" not in {h.lower() for h in self.headers}
+            hits[self.path] = hits.get(self.path, 0) + 1
+            super().do_GET()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}", cert, hits
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_upload_remote_fetches_urls_flora_will_not_and_uploads_them_once(
+    tmp_path: Path, sandbox: SandboxServer, https_files: tuple[str, Path, dict[str, int]]
+) -> None:
+    """Without it, a warning and the URL as is; with it, downloaded and uploaded by content."""
+    base, cert, hits = https_files
+    cli = floraq_against(tmp_path, sandbox)
+    cli.env["SSL_CERT_FILE"] = str(cert)
+    rows = [{"input_image": f"{base}/a.png"}, {"input_image": f"{base}/b.png"}]
+    cli.write_manifest(batch="remote", jobs=[{"technique": "portrait-enhancer", "rows": rows}])
+    plain = cli("plan", "jobs.yaml")
+    assert "is not a documented FLORA input host" in plain.stdout and hits == {}
+    plan = cli("plan", "jobs.yaml", "--upload-remote")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "not a documented FLORA input host" not in plan.stdout
+    assert "local files: 1 to upload" in plan.stdout
+    done = cli("submit", "jobs.yaml", "--upload-remote")
+    assert done.returncode == 0, done.stderr
+    assert_each_content_uploaded_once(sandbox, 1)
+    sha = hashlib.sha256(png(70)).hexdigest()
+    # Two URLs with the same bytes are one row's inputs twice: one run (a duplicate row).
+    assert [r["input_assets"] for r in sandbox.runs()] == [{"input_image": sha}]
+    assert (tmp_path / "state" / "remote" / sha).read_bytes() == png(70)
