@@ -79,6 +79,13 @@ class AssetUploads:
             task = self._tasks[key] = asyncio.create_task(self._ensure(sha256, workspace_id))
         return await asyncio.shield(task)
 
+    async def aclose(self) -> None:
+        """Stop every upload still going (the run is stopping); each step so far is saved."""
+        live = [task for task in self._tasks.values() if not task.done()]
+        for task in live:
+            task.cancel()
+        await asyncio.gather(*live, return_exceptions=True)
+
     def known_url(self, sha256: str, workspace_id: str) -> str | None:
         """The URL of a content's asset if the ledger says it is ready (no request)."""
         record = self.ledger.asset(sha256, workspace_id)

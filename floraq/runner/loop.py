@@ -112,6 +112,8 @@ class Runner:
                 task.cancel()
             if ctx.tasks:
                 await asyncio.gather(*ctx.tasks, return_exceptions=True)
+            if ctx.uploads is not None:
+                await ctx.uploads.aclose()
             ctx.committer.flush()
         if ctx.bug is not None:
             raise ctx.bug  # every transition so far is committed; `resume` continues
