@@ -21,13 +21,18 @@ import httpx
 
 from floraq.api import USER_AGENT
 from floraq.api_calls import Caller
-from floraq.errors import UsageError
+from floraq.errors import ApiError, AuthError, UsageError
 from floraq.retry import RetryPolicy, Throttle
 from floraq.url_safety import redact_url, url_is_safe
 
 MIN_RATE = 256 * 1024  # bytes/s: how slow an upload may be before it counts as stuck
 BASE_DEADLINE = 120.0  # seconds for the answer, on top of the bytes at MIN_RATE
 UPLOAD_TIMEOUT = 60.0  # seconds of silence on a connection
+
+
+class UploadRefused(ApiError):
+    """The upload host refused the form: a 401/403 there is an expired or bad reservation,
+    not FLORA refusing the key (the key never goes there), so it stops nothing else."""
 
 
 class UploadHost:
@@ -102,5 +107,10 @@ class UploadHost:
                     "files": {reservation["file_field"]: (path.name, f, content_type)},
                 }
 
-        await caller.call("POST", url, lambda r: None, form=form, retryable=True)
+        try:
+            await caller.call("POST", url, lambda r: None, form=form, retryable=True)
+        except AuthError as e:
+            raise UploadRefused(
+                e.message, status=e.status, code=e.code, request_id=e.request_id
+            ) from None
         self.uploads += 1

@@ -10,7 +10,7 @@ import pytest
 
 from floraq.errors import UsageError
 from floraq.retry import RetryPolicy
-from floraq.uploads import UploadHost
+from floraq.uploads import UploadHost, UploadRefused
 
 KEY = "sk_live_upload_canary"
 RESERVATION = {
@@ -70,3 +70,15 @@ def test_plain_http_is_refused_unless_the_api_is_local(tmp_path: Path, url: str)
         lambda r: httpx.Response(200)))  # fmt: skip
     with pytest.raises(UsageError, match="refusing upload URL"):
         run(host, {**RESERVATION, "url": url}, path)
+
+
+def test_a_403_from_the_upload_host_is_a_refused_form_not_a_refused_key(tmp_path: Path) -> None:
+    """S3 answers 403 to an expired policy: that renews the reservation, it stops nothing."""
+    path = tmp_path / "a.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n")
+    host = UploadHost(api_key=KEY, policy=RetryPolicy(), transport=httpx.MockTransport(
+        lambda r: httpx.Response(403, json={"error": {"code": "upload_expired", "message": "late"}})
+    ))  # fmt: skip
+    with pytest.raises(UploadRefused) as refused:
+        run(host, RESERVATION, path)
+    assert (refused.value.status, refused.value.code) == (403, "upload_expired")

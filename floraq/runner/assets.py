@@ -124,7 +124,8 @@ class AssetUploads:
         if state is AssetState.READY:
             return await self._still_ready(record)
         if state in (AssetState.NEW, AssetState.CREATING):
-            return await self._create(record)
+            async with self._slots:  # creates too: at most `concurrency` ids in doubt
+                return await self._create(record)
         if state is AssetState.RESERVED:
             async with self._slots:
                 return await self._upload(record)
@@ -191,8 +192,10 @@ class AssetUploads:
         """``uploading`` found on disk: the file may be there. Ask complete before sending it."""
         try:
             info = await self._complete_call(record)
+        except IdempotencyDuplicate:  # this key completed it already (a 409 reading)
+            info = await assets_api.get_asset(self.client, record.asset_id or "")
         except ApiError as e:
-            if e.status not in (400, 404, 409, 422):
+            if e.status not in (400, 404, 422):
                 raise
             return await self._save(record, state=AssetState.RESERVED)
         record = await self._save(record, state=AssetState.COMPLETING)
