@@ -287,10 +287,7 @@ def queue_rows(
     since a ``--skip-invalid`` run, or changed after FLORA refused it) replaces that record:
     it moves to ``replaced``, so it no longer counts as a row that needs a look.
     """
-    files = plan.local_files if plan else None  # checked (and hashed) already
-    workspace_id = plan.workspace_id if plan else None
-    if workspace_id is not None:
-        ledger.set_batch_workspace(manifest.batch, workspace_id)
+    files, workspace_id = _uploads_of(ledger, manifest, plan)
     inserted = 0
     chunk: list[NewJob] = []
     rejected: list[tuple[NewJob, str]] = []
@@ -335,6 +332,17 @@ def queue_rows(
         for job_id in replaced:
             ledger.move(job_id, JobState.REJECTED, JobState.REPLACED)
     return inserted
+
+
+def _uploads_of(
+    ledger: LedgerBackend, manifest: Manifest, plan: PlanResult | None
+) -> tuple[LocalFiles | None, str | None]:
+    """The files the plan checked (hashed already) and their workspace, saved on the batch."""
+    if plan is None:
+        return None, None
+    if plan.workspace_id is not None:
+        ledger.set_batch_workspace(manifest.batch, plan.workspace_id)
+    return plan.local_files, plan.workspace_id
 
 
 def _insert(

@@ -90,16 +90,10 @@ def plan(result: PlanResult, *, quiet: bool = False) -> None:
     if result.duplicates:
         out(duplicates)
     if result.uploads:
-        out(uploads_line(result))
-
-
-def uploads_line(result: PlanResult) -> str:
-    """How many local files plan would upload, how many bytes, and how many are done."""
-    files = len(result.uploads)
-    return (
-        f"local files: {files} to upload ({result.upload_bytes:,} bytes),"
-        f" {result.uploaded} of them already uploaded, to workspace {result.workspace_id}"
-    )
+        out(
+            f"local files: {len(result.uploads)} to upload ({result.upload_bytes:,} bytes),"
+            f" {result.uploaded} of them already uploaded, to workspace {result.workspace_id}"
+        )
 
 
 # -- submit / resume ----------------------------------------------------------------------

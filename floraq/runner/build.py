@@ -88,15 +88,7 @@ async def build_runner(
             log=log,
             plain_http=is_plain_loopback(settings.base_url),
         ) as downloader,
-        UploadHost(
-            api_key=settings.require_key(),
-            policy=policy,
-            concurrency=settings.upload_concurrency,
-            transport=seams.transport,
-            sleep=seams.net_sleep,
-            log=log,
-            plain_http=is_plain_loopback(settings.base_url),
-        ) as host,
+        _upload_host(settings, policy, seams, log) as host,
     ):
         if refresh is not None:
             await refresh(client, ledger, slugs, techniques)
@@ -113,19 +105,46 @@ async def build_runner(
             sleep=seams.sleep,
             rand=seams.rand,
         )
-        runner.ctx.uploads = AssetUploads(
-            ledger=ledger,
-            committer=runner.ctx.committer,
-            client=client,
-            host=host,
-            crash=crash,
-            time_scale=settings.time_scale,
-            concurrency=settings.upload_concurrency,
-            pause_round=runner.ctx.pause_round,
-            sleep=seams.sleep,
-            clock=seams.clock,
-        )
+        runner.ctx.uploads = _asset_uploads(runner, settings, client, host, crash, seams)
         yield runner
+
+
+def _upload_host(
+    settings: Settings, policy: RetryPolicy, seams: Seams, log: Callable[[str], None] | None
+) -> UploadHost:
+    """The key-less client for the upload hosts of local files' assets."""
+    return UploadHost(
+        api_key=settings.require_key(),
+        policy=policy,
+        concurrency=settings.upload_concurrency,
+        transport=seams.transport,
+        sleep=seams.net_sleep,
+        log=log,
+        plain_http=is_plain_loopback(settings.base_url),
+    )
+
+
+def _asset_uploads(
+    runner: Runner,
+    settings: Settings,
+    client: FloraClient,
+    host: UploadHost,
+    crash: CrashPoints,
+    seams: Seams,
+) -> AssetUploads:
+    """Each local file's upload, beside the runs, on the runner's ledger and committer."""
+    return AssetUploads(
+        ledger=runner.ctx.ledger,
+        committer=runner.ctx.committer,
+        client=client,
+        host=host,
+        crash=crash,
+        time_scale=settings.time_scale,
+        concurrency=settings.upload_concurrency,
+        pause_round=runner.ctx.pause_round,
+        sleep=seams.sleep,
+        clock=seams.clock,
+    )
 
 
 def batch_plans(
