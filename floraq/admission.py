@@ -20,6 +20,7 @@ from floraq.core.technique import Technique
 from floraq.core.validation import check_row
 from floraq.errors import NotFound
 from floraq.ledger import JobRecord, LedgerBackend, NewJob, SeenRows
+from floraq.local_inputs import LocalFile, LocalFiles, RowFiles, row_base
 from floraq.manifest_files import iter_job_rows
 from floraq.results import PlanResult, TechniqueCost
 
@@ -63,6 +64,7 @@ class Checked:
     job: NewJob
     errors: list[Problem]
     warnings: list[Problem] = field(default_factory=list)
+    files: dict[str, LocalFile] = field(default_factory=dict)  # input id -> its local file
 
 
 def check_rows(
@@ -71,12 +73,16 @@ def check_rows(
     problems: list[Problem],
     ledger: LedgerBackend | None,
     stats: Counter[str],
+    files: LocalFiles | None = None,
 ) -> Iterator[Checked]:
     """Every row, checked on its own and against the others; problems are appended.
+
+    Local files are checked on disk and hashed through ``files`` (once each).
 
     Rows are held a chunk at a time: duplicates and shared output folders are looked up in
     a ``SeenRows`` store on disk, so memory does not grow with the manifest.
     """
+    files = files or LocalFiles()
     with SeenRows() as seen:
         for job in manifest.jobs:
             technique = techniques.get(job.technique)
@@ -89,7 +95,12 @@ def check_rows(
                     continue
                 if technique is None:
                     continue
-                checked = _checked(manifest.batch, item, technique)
+                base = row_base(
+                    manifest.folder, job.csv.path if job.csv else None, item.csv_line is not None
+                )
+                checked = _checked(
+                    manifest.batch, item, technique, files.row_files(item, technique, base)
+                )
                 buffered.extend(checked.warnings)
                 buffered.append(checked)
                 rows += 1
@@ -101,11 +112,19 @@ def check_rows(
             yield from _against_ledger(settled, ledger, str(manifest.output_dir))
 
 
-def _checked(batch: str, row: Row, technique: Technique) -> Checked:
-    """One row checked on its own, with its first-attempt key and output folder."""
-    problems = check_row(row, technique)
+def _checked(batch: str, row: Row, technique: Technique, local: RowFiles) -> Checked:
+    """One row checked on its own, with its first-attempt key and output folder.
+
+    Its local files are content references in ``local.values``: the key, the digest and
+    the folder name cover what the files hold, not where they are.
+    """
+    fetched = {f"{row.location}, field '{i}'" for i in local.fetched}
+    own = [  # a URL upload_remote fetched is no longer "a host FLORA may refuse"
+        p for p in check_row(row, technique) if p.severity == "error" or p.location not in fetched
+    ]
+    problems = sorted(own + local.problems)
     errors = [p for p in problems if p.severity == "error"]
-    values = row.values
+    values = local.values
     keys = row_keys(batch=batch, technique=technique.slug, inputs=values)
     folder = row.key if row.key is not None and not errors else keys.row_key
     job = NewJob(
@@ -122,7 +141,7 @@ def _checked(batch: str, row: Row, technique: Technique) -> Checked:
         estimated_cost=technique.run_cost,
     )
     warnings = [p for p in problems if p.severity == "warning"]
-    return Checked(row=row, job=job, errors=errors, warnings=warnings)
+    return Checked(row=row, job=job, errors=errors, warnings=warnings, files=local.files)
 
 
 def _against_earlier(
@@ -225,20 +244,30 @@ def check_manifest(
     problems: list[Problem],
     *,
     ledger: LedgerBackend | None,
+    files: LocalFiles | None = None,
 ) -> PlanResult:
+    """Every row checked; the costs, and the local files the valid rows name."""
     stats: Counter[str] = Counter()
     rows_by_slug: Counter[str] = Counter()
-    for checked in check_rows(manifest, techniques, problems, ledger, stats):
+    files = files or LocalFiles()
+    uploads: dict[str, LocalFile] = {}
+    for checked in check_rows(manifest, techniques, problems, ledger, stats, files):
         problems.extend(checked.errors)
         if not checked.errors:
             rows_by_slug[checked.job.technique] += 1
+            uploads.update((f.sha256, f) for f in checked.files.values())
     costs = [
         TechniqueCost(slug=slug, rows=rows_by_slug[slug], run_cost=technique.run_cost)
         for slug, technique in techniques.items()
         if technique is not None
     ]
     return PlanResult(
-        manifest=manifest, problems=problems, costs=costs, duplicates=stats["duplicates"]
+        manifest=manifest,
+        problems=problems,
+        costs=costs,
+        duplicates=stats["duplicates"],
+        local_files=files,
+        uploads=uploads,
     )
 
 
@@ -248,6 +277,8 @@ def queue_rows(
     techniques: dict[str, Technique],
     *,
     skip_invalid: bool,
+    plan: PlanResult | None = None,
+    reupload: bool = False,
 ) -> int:
     """Stream every valid row into the ledger in chunks; invalid ones as rejected if asked.
 
@@ -255,6 +286,7 @@ def queue_rows(
     since a ``--skip-invalid`` run, or changed after FLORA refused it) replaces that record:
     it moves to ``replaced``, so it no longer counts as a row that needs a look.
     """
+    files, workspace_id = _uploads_of(ledger, manifest, plan)
     inserted = 0
     chunk: list[NewJob] = []
     rejected: list[tuple[NewJob, str]] = []
@@ -265,7 +297,9 @@ def queue_rows(
     # those are asked about, so memory follows the rejections, not the manifest.
     asked = {old for entries in stale.values() for _, old in entries}
     present: set[tuple[str, str]] = set()
-    for checked in check_rows(manifest, dict(techniques), scratch, ledger, Counter()):
+    contents: dict[str, LocalFile] = {}
+    rows = check_rows(manifest, dict(techniques), scratch, ledger, Counter(), files)
+    for checked in rows:
         job = checked.job
         if asked and (job.technique, job.inputs_digest) in asked:
             present.add((job.technique, job.inputs_digest))
@@ -281,10 +315,11 @@ def queue_rows(
             rejected.append((checked.job, "; ".join(p.message for p in checked.errors)))
             continue
         chunk.append(checked.job)
+        contents.update((f.sha256, f) for f in checked.files.values())
         if len(chunk) >= INSERT_CHUNK:
-            inserted += ledger.insert_jobs(chunk)
+            inserted += _insert(ledger, chunk, contents, workspace_id, reupload)
             chunk = []
-    inserted += ledger.insert_jobs(chunk)
+    inserted += _insert(ledger, chunk, contents, workspace_id, reupload)
     for job, message in rejected:
         if ledger.insert_jobs([job]):
             ledger.move(
@@ -300,6 +335,38 @@ def queue_rows(
         for job_id in replaced:
             ledger.move(job_id, JobState.REJECTED, JobState.REPLACED)
     return inserted
+
+
+def _uploads_of(
+    ledger: LedgerBackend, manifest: Manifest, plan: PlanResult | None
+) -> tuple[LocalFiles | None, str | None]:
+    """The files the plan checked (hashed already) and their workspace, saved on the batch."""
+    if plan is None:
+        return None, None
+    if plan.workspace_id is not None:
+        ledger.set_batch_workspace(manifest.batch, plan.workspace_id)
+    return plan.local_files, plan.workspace_id
+
+
+def _insert(
+    ledger: LedgerBackend,
+    jobs: list[NewJob],
+    contents: dict[str, LocalFile],
+    workspace_id: str | None,
+    reupload: bool,
+) -> int:
+    """Queue a chunk of rows, their local files' contents known first (so a row never
+    names a content the uploader cannot find)."""
+    if contents:
+        if workspace_id is None:
+            raise ValueError("rows with local files need a workspace")
+        ledger.remember_files(
+            workspace_id,
+            [(f.sha256, f.path, f.size, f.content_type) for f in contents.values()],
+            fresh=reupload,
+        )
+        contents.clear()
+    return ledger.insert_jobs(jobs)
 
 
 def _rejections_by_place(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -41,6 +41,7 @@ DEFAULT_TIMEOUT = 30.0  # seconds of silence on a connection before an attempt f
 DEFAULT_DEADLINE = 120.0  # seconds one API request (headers and body) may take in all
 USER_AGENT = f"floraq/{__version__}"
 MALFORMED = "malformed_response"
+T = TypeVar("T")
 
 
 class RunStatus(StrEnum):
@@ -346,6 +347,36 @@ class FloraClient:
         if url is None:
             url = self._url("techniques", slug, "runs", run_id)
         return await self._calls.call("GET", url, RunInfo.from_response)
+
+    async def call(
+        self,
+        method: str,
+        parts: tuple[str, ...],
+        parse: Callable[[httpx.Response], T],
+        *,
+        body: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> T:
+        """One request to the API at ``base_url/parts...``, with the retry policy of all.
+
+        For the endpoints without a method of their own (workspaces, assets): a POST is
+        retried only with its ``idempotency_key``, sent as the ``Idempotency-Key`` header.
+        """
+        headers: dict[str, str] = {}
+        content = None
+        if body is not None:
+            content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+            headers["Content-Type"] = "application/json"
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        return await self._calls.call(
+            method,
+            self._url(*parts),
+            parse,
+            content=content,
+            headers=headers or None,
+            idempotency_key=idempotency_key,
+        )
 
     def _url(self, *parts: str) -> httpx.URL:
         return httpx.URL(self.base_url + "".join("/" + quote(p, safe="") for p in parts))

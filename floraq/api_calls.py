@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
 
 import httpx
 
@@ -35,6 +36,9 @@ from floraq.retry import (
 )
 
 T = TypeVar("T")
+# Opens a multipart body for one attempt (``data`` and ``files`` for httpx) and closes it
+# after: a file is read from its start on every attempt, in chunks, never held whole.
+Form = Callable[[], AbstractContextManager[dict[str, Any]]]
 
 
 class Caller:
@@ -83,15 +87,21 @@ class Caller:
         idempotency_key: str | None = None,
         proceed: Callable[[], bool] | None = None,
         guard: Callable[[], bool] | None = None,
+        form: Form | None = None,
+        retryable: bool = False,
     ) -> T:
         """One request, retried per the policy; ``proceed`` is asked before the first
-        attempt only, ``guard`` before every attempt (a worker's lease: NotSent if no)."""
-        retryable = method in IDEMPOTENT_METHODS or bool(idempotency_key)
+        attempt only, ``guard`` before every attempt (a worker's lease: NotSent if no).
+        ``retryable``: a POST that may be sent again without a key (an upload to its
+        reservation lands in one place however often it is sent)."""
+        retryable = retryable or method in IDEMPOTENT_METHODS or bool(idempotency_key)
         state = RetryState(self._policy, rand=self._rand, clock=self._clock)
         label = f"{method} {self._path(url)}"
         unanswered = 0  # attempts that may have reached FLORA without a readable answer
         while True:
-            answer, ms = await self._attempt(method, url, label, content, headers, proceed, guard)
+            answer, ms = await self._attempt(
+                method, url, label, (content, form), headers, proceed, guard
+            )
             proceed = None  # asked before the first attempt only: retries must go on
             if isinstance(answer, httpx.HTTPError):
                 unanswered += 1
@@ -127,7 +137,7 @@ class Caller:
         method: str,
         url: httpx.URL,
         label: str,
-        content: bytes | None,
+        body: tuple[bytes | None, Form | None],
         headers: dict[str, str] | None,
         proceed: Callable[[], bool] | None,
         guard: Callable[[], bool] | None = None,
@@ -141,9 +151,16 @@ class Caller:
             self.requests_sent += 1
             started = time.perf_counter()
             answer: httpx.Response | httpx.HTTPError
+            content, form = body
             try:
                 async with asyncio.timeout(self._deadline):
-                    answer = await self._http.request(method, url, content=content, headers=headers)
+                    if form is None:
+                        answer = await self._http.request(
+                            method, url, content=content, headers=headers
+                        )
+                    else:
+                        with form() as parts:
+                            answer = await self._http.request(method, url, headers=headers, **parts)
             except httpx.HTTPError as exc:
                 answer = exc
             except TimeoutError:

@@ -36,6 +36,7 @@ from floraq.interrupts import run_interruptibly as _run
 from floraq.ledger import JobRecord, LedgerBackend
 from floraq.ledger.leases import PgLeases
 from floraq.ledger_access import locked_ledger, read_if_there, require_ledger
+from floraq.local_uploads import choose_upload_workspace, local_files_for
 from floraq.manifest_files import load_manifest
 from floraq.results import PlanResult, RetryKind, RetryResult, RunResult, StatusResult
 from floraq.retry import RetryPolicy
@@ -96,9 +97,13 @@ def _checked(
     reader = read_if_there(settings)
     try:
         folder = _folder_problems(settings, manifest, reader)
-        result = check_manifest(manifest, techniques, folder + problems, ledger=reader)
+        files = local_files_for(settings, manifest)
+        result = check_manifest(manifest, techniques, folder + problems, ledger=reader, files=files)
         result.folder_problems = folder
         result.read_ledger = reader is not None
+        if result.uploads:
+            policy = RetryPolicy(time_scale=settings.time_scale)
+            choose_upload_workspace(settings, result, reader, _client(settings, policy, 4))
         return result
     finally:
         if reader is not None:
@@ -134,6 +139,7 @@ def submit(
     wait: bool = True,
     skip_invalid: bool = False,
     progress: Progress | None = None,
+    reupload: bool = False,
 ) -> RunResult:
     """Validate, queue every new row in the ledger, then run the batch to the end.
 
@@ -156,11 +162,16 @@ def submit(
     unread = _unread(settings, checked)
     with locked_ledger(settings) as ledger:
         if unread:  # an older ledger, migrated just now: check against it before queueing
-            checked = check_manifest(manifest, techniques, problems, ledger=ledger)
+            workspace = checked.workspace_id
+            files = checked.local_files
+            checked = check_manifest(manifest, techniques, problems, ledger=ledger, files=files)
+            checked.workspace_id = workspace
             if checked.errors and not skip_invalid:
                 raise ManifestError(checked.problems)
         with interrupted_as(again):
-            inserted = _queue(ledger, manifest, manifest_path, known, skip_invalid)
+            inserted = _queue(
+                ledger, manifest, manifest_path, known, skip_invalid, checked, reupload
+            )
         result = _run_batches(settings, ledger, [manifest.batch], wait=wait, progress=progress)
         result.inserted = inserted
         result.plan = checked
@@ -182,6 +193,8 @@ def _queue(
     manifest_path: Path,
     techniques: dict[str, Technique],
     skip_invalid: bool,
+    checked: PlanResult,
+    reupload: bool = False,
 ) -> int:
     """Record the batch and its techniques, then queue its new rows; how many were new."""
     for slug, technique in techniques.items():
@@ -194,7 +207,9 @@ def _queue(
         max_cost=_cap(manifest.max_cost),
         retry_failed_runs=manifest.retry_failed_runs,
     )
-    return queue_rows(ledger, manifest, techniques, skip_invalid=skip_invalid)
+    return queue_rows(
+        ledger, manifest, techniques, skip_invalid=skip_invalid, plan=checked, reupload=reupload
+    )
 
 
 def resume(

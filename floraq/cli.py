@@ -19,6 +19,7 @@ Exit codes (also in the README):
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import traceback
 from pathlib import Path
@@ -51,16 +52,26 @@ def cli(**global_options: Any) -> None:
     """
 
 
+UPLOAD_REMOTE = click.option(
+    "--upload-remote",
+    is_flag=True,
+    help="Download https:// inputs on hosts FLORA does not list, and upload them as assets.",
+)
+
+
 @cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
+@UPLOAD_REMOTE
 @common_options
-def plan(manifest: Path, **kwargs: Any) -> int:
+def plan(manifest: Path, upload_remote: bool, **kwargs: Any) -> int:
     """Validate every row and show the cost per technique; sends no run.
 
     Example: floraq plan jobs.yaml
     """
     options = session_options(kwargs)
     with session(**options) as settings:
+        if upload_remote:
+            settings = dataclasses.replace(settings, upload_remote=True)
         result = batch.plan(settings, manifest)
     console.plan(result, quiet=options["quiet"])
     if result.errors:
@@ -74,6 +85,12 @@ def plan(manifest: Path, **kwargs: Any) -> int:
 @click.option(
     "--skip-invalid", is_flag=True, help="Submit the valid rows; record the others as rejected."
 )
+@click.option(
+    "--reupload",
+    is_flag=True,
+    help="Upload the manifest's local files again as new assets, even if uploaded before.",
+)
+@UPLOAD_REMOTE
 @click.option("--concurrency", type=click.IntRange(1, 64), help="HTTP requests in flight.")
 @click.option("--max-cost", type=click.FloatRange(min=0), help="USD cap (wins over max_cost).")
 @common_options
@@ -81,6 +98,8 @@ def submit(
     manifest: Path,
     no_wait: bool,
     skip_invalid: bool,
+    reupload: bool,
+    upload_remote: bool,
     concurrency: int | None,
     max_cost: float | None,
     **kwargs: Any,
@@ -96,8 +115,15 @@ def submit(
         session(**options, concurrency=concurrency, max_cost=max_cost) as settings,
         progress_display(settings) as progress,
     ):
+        if upload_remote:
+            settings = dataclasses.replace(settings, upload_remote=True)
         result = batch.submit(
-            settings, manifest, wait=not no_wait, skip_invalid=skip_invalid, progress=progress
+            settings,
+            manifest,
+            wait=not no_wait,
+            skip_invalid=skip_invalid,
+            progress=progress,
+            reupload=reupload,
         )
     console.run_summary(result, quiet=options["quiet"])
     return int(result.exit_code)

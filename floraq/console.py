@@ -91,6 +91,11 @@ def plan(result: PlanResult, *, quiet: bool = False) -> None:
         out(cap)
     if result.duplicates:
         out(duplicates)
+    if result.uploads:
+        out(
+            f"local files: {len(result.uploads)} to upload ({result.upload_bytes:,} bytes),"
+            f" {result.uploaded} of them already uploaded, to workspace {result.workspace_id}"
+        )
 
 
 # -- submit / resume ----------------------------------------------------------------------

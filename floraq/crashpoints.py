@@ -20,6 +20,15 @@ POINTS: frozenset[str] = frozenset(
         "after_rename_before_commit",  # the output is under its final name; not yet recorded
     }
 )
+# The upload of a local file's asset (only a batch with local files reaches them).
+UPLOAD_POINTS: frozenset[str] = frozenset(
+    {
+        "after_asset_intent",  # an asset's `creating` intent is on disk; POST /assets not sent
+        "after_asset_post_before_commit",  # FLORA made the asset; its id is not yet committed
+        "after_upload_before_commit",  # the upload host took the file; not yet recorded
+        "after_complete_before_commit",  # complete was answered; not yet recorded
+    }
+)
 
 
 class CrashPoints:
@@ -30,10 +39,12 @@ class CrashPoints:
         self.countdown = 1
         if spec:
             name, _, nth = spec.partition(":")
-            if name not in POINTS or not (nth == "" or (nth.isdigit() and int(nth) >= 1)):
+            if name not in POINTS | UPLOAD_POINTS or not (
+                nth == "" or (nth.isdigit() and int(nth) >= 1)
+            ):
                 raise UsageError(
                     f"FLORAQ_CRASH_AT={spec!r} is not a crash point: use NAME or NAME:N (N >= 1)"
-                    f" with NAME one of {', '.join(sorted(POINTS))}"
+                    f" with NAME one of {', '.join(sorted(POINTS | UPLOAD_POINTS))}"
                 )
             self.name = name
             self.countdown = int(nth) if nth else 1

@@ -22,6 +22,7 @@ from floraq.core.problems import Problem
 from floraq.errors import ExitCode
 from floraq.ledger import StoredFile
 from floraq.ledger.leases import WorkerView
+from floraq.local_inputs import LocalFile, LocalFiles
 from floraq.runner import RunReport
 
 RetryKind = Literal["failed", "rejected", "expired", "download_failed", "unknown"]
@@ -46,6 +47,14 @@ class PlanResult:
     duplicates: int = 0
     folder_problems: list[Problem] = field(default_factory=list)  # refuse even --skip-invalid
     read_ledger: bool = False  # the rows were checked against an existing, current ledger
+    local_files: LocalFiles | None = None  # the files checked (and hashed) on the way
+    uploads: dict[str, LocalFile] = field(default_factory=dict)  # sha256 -> a file with it
+    workspace_id: str | None = None  # where they are uploaded
+    uploaded: int = 0  # of ``uploads``, how many the ledger has ready assets for
+
+    @property
+    def upload_bytes(self) -> int:
+        return sum(f.size for f in self.uploads.values())
 
     @property
     def errors(self) -> list[Problem]:

@@ -10,6 +10,7 @@ so every command words "no ledger" and "no batch" alike. ``redownload_missing`` 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import time
 from collections import defaultdict
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
+from floraq.core.local_files import ref_digest
 from floraq.core.money import from_micros
 from floraq.downloads import sha256_file
 from floraq.errors import DISK_ERROR, UsageError
@@ -161,7 +163,12 @@ def export(
             inputs=tuple(ledger.input_ids(names, technique)),
             outputs=tuple(ledger.output_ids(names, technique)),
         )
-        views = pages(lambda after: ledger.job_views(names, technique=technique, after_id=after))
+        views = (
+            _with_file_paths(ledger, page)
+            for page in pages(
+                lambda after: ledger.job_views(names, technique=technique, after_id=after)
+            )
+        )
         if output is None:
             if stream is None:
                 raise ValueError("export needs an output path or a stream")
@@ -351,6 +358,24 @@ def _views_in(
 
 def _which(names: list[str]) -> str:
     return f"batch {names[0]}" if len(names) == 1 else "the ledger"
+
+
+def _with_file_paths(ledger: LedgerBackend, page: Sequence[JobView]) -> Sequence[JobView]:
+    """A local file's content reference shown as the file it was read from, so an export
+    reads back as a ``rows_from`` CSV (the same bytes give the same key)."""
+    shas = {sha for v in page for sha in map(ref_digest, v.inputs.values()) if sha is not None}
+    if not shas:
+        return page
+    paths = ledger.asset_paths(sorted(shas))
+    return [
+        dataclasses.replace(
+            view,
+            inputs={
+                k: paths.get(ref_digest(value) or "", value) for k, value in view.inputs.items()
+            },
+        )
+        for view in page
+    ]
 
 
 def pages(fetch: Callable[[int], Sequence[T]], key: str = "id") -> Iterator[Sequence[T]]:

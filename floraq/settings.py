@@ -53,6 +53,8 @@ class Settings:
     verbose: int = 0
     quiet: bool = False
     progress_bars: bool = False  # tqdm bars: only when stderr is a terminal
+    upload_concurrency: int = 4  # local files uploading at once, beside the runs
+    upload_remote: bool = False  # --upload-remote: as the manifest's upload_remote: true
 
     @property
     def ledger_target(self) -> str | Path:

@@ -7,6 +7,7 @@ requests), no ledger created, and an existing ledger byte-for-byte unchanged.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,6 +178,39 @@ CASES: dict[str, tuple[str, bytes | None, str]] = {
         None,
         r"output_dir: /sys/floraq-out cannot be created: /sys refuses new files \(.*EPERM\)",
     ),
+    # Local files (issue 11): rows.csv stands for the file; its bytes are what it holds.
+    "local-file-missing": (
+        rows_yaml("photos/gone.jpg"),
+        None,
+        r"row 1, field 'input_image': file 'photos/gone\.jpg' does not exist \(looked for /",
+    ),
+    "local-file-is-a-folder": (
+        rows_yaml("."),
+        None,
+        r"row 1, field 'input_image': file '\.' is a folder, not a file",
+    ),
+    "local-jpg-that-is-text": (
+        rows_yaml("rows.csv"),
+        b"just some text, not a JPEG\n",
+        r"file 'rows\.csv' is not a file type FLORA takes for an input of type imageUrl"
+        r" \(jpeg, png",
+    ),
+    "local-file-too-large": (
+        rows_yaml("rows.csv"),
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (20000).to_bytes(4, "big") * 2,
+        r"file 'rows\.csv' is 400\.0 megapixels, over FLORA's limit of 150",
+    ),
+    "local-file-wrong-type": (
+        rows_yaml("rows.csv"),
+        b"%PDF-1.7\n",
+        r"file 'rows\.csv' is application/pdf by its bytes, not what an input of type"
+        r" imageUrl takes",
+    ),
+    "local-file-on-another-host": (
+        rows_yaml("file://nas/photos/a.jpg"),
+        None,
+        r"'file://nas/photos/a\.jpg' names a file on host 'nas'; use file:///path",
+    ),
     "url-over-the-limit": (
         rows_yaml("https://storage.googleapis.com/" + "a" * 9000),
         None,
@@ -338,3 +372,28 @@ def test_header_only_csv_fails_plan_too(cli: Floraq, shared: SandboxServer) -> N
     ]
     assert shared.stats()["requests"].get(POSTS, 0) == posts
     assert not cli.ledger_path.parent.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file whatever its mode")
+def test_an_unreadable_local_file_is_one_line(cli: Floraq, shared: SandboxServer) -> None:
+    """A file the user may not read: exit 2, one located line, nothing sent."""
+    write(cli.cwd, rows_yaml("secret.png"))
+    secret = cli.cwd / "secret.png"
+    secret.write_bytes(b"\x89PNG\r\n\x1a\n")
+    secret.chmod(0)
+    posts = shared.stats()["requests"].get(POSTS, 0)
+    done = cli("submit", "jobs.yaml", timeout=60)
+    assert done.returncode == 2
+    assert "file 'secret.png' cannot be read (permission denied)" in done.stderr
+    assert shared.stats()["requests"].get(POSTS, 0) == posts and shared.stats()["uploads"] == 0
+
+
+def test_every_bad_local_file_is_reported_at_once(cli: Floraq, shared: SandboxServer) -> None:
+    """Three bad files in one manifest: three located lines, and nothing is sent."""
+    (cli.cwd / "notes.jpg").write_text("a text file")
+    write(cli.cwd, rows_yaml("gone.png", ".", "notes.jpg"))
+    done = cli("plan", "jobs.yaml", timeout=60)
+    assert done.returncode == 2
+    errors = [line for line in done.stdout.splitlines() if line.startswith("error: ")]
+    assert [e.split(", ")[1] for e in errors] == ["row 1", "row 2", "row 3"]
+    assert shared.stats()["uploads"] == 0 and shared.stats()["assets_created"] == 0

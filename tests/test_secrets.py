@@ -53,14 +53,18 @@ def every_file(root: Path) -> Iterator[Path]:
 def test_canary_key_appears_in_no_artefact(canary: tuple[SandboxServer, Floraq]) -> None:
     """A full session with faults, -v request logs and a 401: the key is in nothing it left."""
     sandbox, floraq = canary
-    sandbox.configure(error_5xx_rate=0.2, rate_429=0.1, drop_rate=0.05, truncate_rate=0.1)
+    sandbox.configure(
+        error_5xx_rate=0.2, rate_429=0.1, drop_rate=0.05, truncate_rate=0.1, upload_5xx_rate=0.2
+    )
+    (floraq.cwd / "local.png").write_bytes(b"\x89PNG\r\n\x1a\n" + CANARY.encode()[::-1])
     jobs = floraq.write_manifest(
         batch="secret",
         jobs=[
             {"technique": "portrait-enhancer", "rows": [{"input_image": IMG.format(n=n)}]}
             for n in range(6)
         ]
-        + [{"technique": "poster-maker", "rows": [{"prompt": "a kite [[fail:moderation]]"}]}],
+        + [{"technique": "poster-maker", "rows": [{"prompt": "a kite [[fail:moderation]]"}]}]
+        + [{"technique": "portrait-enhancer", "rows": [{"input_image": "local.png"}]}],
     )
     runs = [
         floraq("plan", str(jobs), "-v"),
@@ -72,6 +76,10 @@ def test_canary_key_appears_in_no_artefact(canary: tuple[SandboxServer, Floraq])
         floraq("export", "-o", "rows.csv"),
         floraq("export", "--format", "jsonl"),
     ]
+    uploads = sandbox.stats()
+    # The upload host is a third party, like the media host: never the key there.
+    assert uploads["uploads"] == 1 and uploads["upload_auth_rejections"] == 0
+    assert uploads["media_auth_rejections"] == 0
     sandbox.configure(revoked_keys=[CANARY])
     refused = floraq("retry", "--failed", "-v")
     assert refused.returncode == 3, refused.stderr

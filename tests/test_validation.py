@@ -128,12 +128,6 @@ def test_unknown_input(input_id: str, message: str) -> None:
             "ftp://a.io/x.jpg",
             "'ftp://a.io/x.jpg' is not an https:// URL; use https://",
         ),
-        (
-            "input_image",
-            "photos/a.jpg",
-            "'photos/a.jpg' is not a URL; local files are not supported yet: "
-            "upload the file and use its https:// URL",
-        ),
         ("input_image", "https:///a.jpg", "'https:///a.jpg' has no host; use https://host/path"),
         ("input_image", "https://[::1/a.jpg", "'https://[::1/a.jpg' is not a valid URL"),
         (
@@ -288,3 +282,13 @@ def test_row_keys_match_the_documented_formulas() -> None:
         )
     mixed = row_keys(batch="b", technique="t", inputs={"n": 3})  # type: ignore[dict-item]
     assert mixed.inputs_digest == inputs_digest({"n": 3})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("value", ["photos/a.jpg", "/data/a.jpg", "file:///data/a.jpg"])
+def test_a_local_file_is_left_to_the_check_on_disk(value: str) -> None:
+    """A path or file:// URL is a local file (issue 11): floraq.local_inputs checks it.
+
+    (It used to be refused as "not a URL; local files are not supported yet".)
+    """
+    values = {"input_image": value, "style": "studio"}
+    assert check_row(row(values), TECHNIQUE) == []

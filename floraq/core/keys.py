@@ -9,7 +9,9 @@ The formula, precisely enough to reimplement (Python shown)::
     key = "fq1_" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:48]
 
 ``inputs`` is the row's input id -> value mapping with the manifest's ``with`` constants merged
-in; ``attempt`` starts at 1 and grows only when an operator asks for a fresh run of a row.
+in, a local file given as ``floraq-file:sha256:<its content's sha256>`` (so moving a folder
+or re-uploading never changes a key, and editing the file does); ``attempt`` starts at 1
+and grows only when an operator asks for a fresh run of a row.
 Strings are hashed exactly as given (no Unicode normalisation, no trimming). Changing any of
 this changes every key, so old batches would be paid for again: bump ``KEY_VERSION`` instead.
 """
@@ -48,6 +50,16 @@ def idempotency_key(*, batch: str, technique: str, inputs: Mapping[str, str], at
         raise ValueError(f"attempt must be 1 or more, got {attempt}")
     payload = {"attempt": attempt, "batch": batch, "inputs": dict(inputs), "technique": technique}
     return f"{KEY_VERSION}_{_sha256(payload)[:_KEY_HEX_CHARS]}"
+
+
+def asset_key(*, sha256: str, workspace_id: str, attempt: int) -> str:
+    """The Idempotency-Key of ``POST /assets`` for one content in one workspace.
+
+    From the content and the workspace only, so a crash between the POST and recording its
+    answer sends the same key again and FLORA replays the same asset.
+    """
+    payload = {"attempt": attempt, "sha256": sha256, "workspace": workspace_id}
+    return f"fqa1_{_sha256(payload)[:_KEY_HEX_CHARS]}"
 
 
 def row_key(inputs: Mapping[str, str]) -> str:

@@ -72,6 +72,9 @@ def _build(data: Mapping[str, Any], source: str, base_dir: PurePath) -> Manifest
         jobs=tuple(
             _build_job(number, job, base_dir) for number, job in enumerate(data["jobs"], start=1)
         ),
+        folder=base_dir,
+        workspace=data.get("workspace"),
+        upload_remote=bool(data.get("upload_remote", False)),
     )
 
 

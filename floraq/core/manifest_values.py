@@ -7,7 +7,7 @@ Frozen, and free of parsing: ``floraq.core.manifest`` builds them, ``csv_rows`` 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePath
 
 MANIFEST_VERSION = 1
@@ -48,6 +48,11 @@ class Manifest:
     max_cost: float | None
     retry_failed_runs: int
     jobs: tuple[JobSpec, ...]
+    # The manifest's folder, where inline rows' local files start; where a manifest was read
+    # is not part of what it says, so two manifests that say the same compare equal.
+    folder: PurePath | None = field(default=None, compare=False)
+    workspace: str | None = None  # where local files are uploaded: a ws_ id or a name
+    upload_remote: bool = False  # fetch https:// inputs FLORA will not, and upload them
 
 
 @dataclass(frozen=True, slots=True)

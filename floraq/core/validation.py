@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from floraq.core.local_files import is_local
 from floraq.core.manifest import Row
 from floraq.core.problems import Problem
 from floraq.core.technique import Technique, TechniqueIO
@@ -159,6 +160,8 @@ def _check_value(row: Row, slot: TechniqueIO, value: object) -> list[Problem]:
                 )
             ]
         return []
+    if is_local(value):
+        return []  # a local file: checked on disk before anything is sent (local_inputs)
     return _check_url(at, value)
 
 
@@ -185,16 +188,8 @@ def _parsed_url_problems(at: str, value: str) -> list[Problem]:
     scheme = parts.scheme.lower()
     if scheme == "http":
         return [Problem(at, f"{shown!r} is an http:// URL; use https://")]
-    if scheme != "https" and "://" in value:
-        return [Problem(at, f"{shown!r} is not an https:// URL; use https://")]
     if scheme != "https":
-        return [
-            Problem(
-                at,
-                f"{shown!r} is not a URL; local files are not supported yet: "
-                "upload the file and use its https:// URL",
-            )
-        ]
+        return [Problem(at, f"{shown!r} is not an https:// URL; use https://")]
     if not host:
         return [Problem(at, f"{shown!r} has no host; use https://host/path")]
     if parts.username is not None or parts.password is not None:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from floraq.ledger.assets import AssetRecord
 from floraq.ledger.interface import LedgerBackend
 from floraq.ledger.pg_connection import is_postgres_url, masked
 from floraq.ledger.postgres import PostgresLedger
@@ -48,6 +49,7 @@ def ledger_name(target: str | Path) -> str:
 
 
 __all__ = [
+    "AssetRecord",
     "BatchRecord",
     "JobFields",
     "JobRecord",

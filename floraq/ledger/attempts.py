@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from floraq.core.lifecycle import JobState, OutputState
+from floraq.ledger.assets import LedgerAssets
 from floraq.ledger.records import JobFields
-from floraq.ledger.writes import SqliteWrites
 
 # A new attempt starts without any of these: they describe the run of the old one.
 _ATTEMPT_FIELDS: JobFields = {
@@ -32,7 +32,7 @@ _ATTEMPT_FIELDS: JobFields = {
 }
 
 
-class LedgerAttempts(SqliteWrites):
+class LedgerAttempts(LedgerAssets):
     """New attempts and re-fetches, on top of the single writes."""
 
     def new_attempt(

@@ -16,6 +16,7 @@ from typing import Any, Protocol, Unpack
 
 from floraq.core.lifecycle import JobState
 from floraq.core.limits import ApiLimit, LimitKey
+from floraq.ledger.assets import AssetRecord
 from floraq.ledger.records import (
     BatchRecord,
     JobFields,
@@ -100,6 +101,20 @@ class LedgerBackend(Protocol):
     def event(
         self, job_id: int | None, batch: str | None, kind: str, detail: Any = None
     ) -> None: ...
+
+    # assets: local files uploaded once per content and workspace
+    def remember_files(
+        self,
+        workspace_id: str,
+        files: Iterable[tuple[str, str, int, str]],
+        *,
+        fresh: bool = False,
+    ) -> None: ...
+    def asset(self, sha256: str, workspace_id: str) -> AssetRecord | None: ...
+    def assets_of(self, workspace_id: str, shas: Sequence[str]) -> dict[str, AssetRecord]: ...
+    def asset_paths(self, shas: Sequence[str]) -> dict[str, str]: ...
+    def update_asset(self, sha256: str, workspace_id: str, **fields: Any) -> None: ...
+    def set_batch_workspace(self, name: str, workspace_id: str) -> None: ...
 
     # outputs
     def record_outputs(self, job_id: int, outputs: Iterable[tuple[str, str, str]]) -> None: ...

@@ -250,6 +250,38 @@ def m0007_api_limits(db: Database) -> None:
     )
 
 
+_ASSETS_0008 = """
+    CREATE TABLE assets (
+        sha256 TEXT NOT NULL,           -- the content: one asset per content and workspace
+        workspace_id TEXT NOT NULL,
+        state TEXT NOT NULL,            -- core.local_files.AssetState
+        source_path TEXT NOT NULL,      -- the last file seen holding this content
+        size INTEGER NOT NULL,
+        content_type TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        idempotency_key TEXT NOT NULL,  -- of POST /assets, from content, workspace, attempt
+        renewals INTEGER NOT NULL DEFAULT 0,  -- reservations renewed with retry
+        asset_id TEXT,                  -- committed the moment POST /assets answers
+        url TEXT,                       -- what a run takes as the input value
+        upload TEXT,                    -- the reservation as JSON (url, form fields, expiry)
+        failure_message TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        ready_at REAL,
+        checked_at REAL,                -- when FLORA last said it is ready
+        PRIMARY KEY (sha256, workspace_id)
+    )
+    """
+
+
+@migrations(name="0008_assets")
+def m0008_assets(db: Database) -> None:
+    # Local files as inputs (issue 11): each content uploaded once per workspace, its
+    # intent on disk before POST /assets; the batch remembers the workspace it uploads to.
+    db.execute(_ASSETS_0008)
+    db.execute("ALTER TABLE batches ADD COLUMN workspace_id TEXT")
+
+
 # -- 0009: a lean ledger ------------------------------------------------------------------
 
 # What one job adds to its (batch, technique, state) totals, as (column, SQL of row r).

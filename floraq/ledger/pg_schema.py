@@ -237,6 +237,30 @@ CREATE TRIGGER jobs_totals
     ON jobs FOR EACH ROW EXECUTE FUNCTION jobs_totals();
 """
 
+_ASSETS = """
+CREATE TABLE assets (
+    sha256 TEXT NOT NULL,
+    workspace_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    source_path TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    content_type TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    idempotency_key TEXT NOT NULL,
+    renewals INTEGER NOT NULL DEFAULT 0,
+    asset_id TEXT,
+    url TEXT,
+    upload TEXT,
+    failure_message TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    ready_at DOUBLE PRECISION,
+    checked_at DOUBLE PRECISION,
+    PRIMARY KEY (sha256, workspace_id)
+);
+ALTER TABLE batches ADD COLUMN workspace_id TEXT;
+"""
+
 # (SQLite's step name, what it runs here; None: already part of 0001 on PostgreSQL)
 STEPS: tuple[tuple[str, str | None], ...] = (
     ("0001_initial", _TABLES + _COUNTER),
@@ -247,6 +271,7 @@ STEPS: tuple[tuple[str, str | None], ...] = (
     ("0005_download_failed", _counter_function(_COMMITTED_0005, replace=True)),
     ("0006_leases", _LEASES),
     ("0007_api_limits", _API_LIMITS),
+    ("0008_assets", _ASSETS),
     ("0009_lean", _LEAN),
     ("0010_polling", "ALTER TABLE jobs ADD COLUMN remote_started_at BIGINT;"),
 )

@@ -192,6 +192,7 @@ class BatchRecord:
     retry_failed_runs: int
     created_at: float
     updated_at: float
+    workspace_id: str | None = None  # where its local files are uploaded
 
 
 def _money(raw: Any) -> Decimal | None:

@@ -28,11 +28,13 @@ from floraq.downloads import Downloader
 from floraq.ledger import LedgerBackend
 from floraq.ledger.leases import PgLeases
 from floraq.retry import RetryPolicy
+from floraq.runner.assets import AssetUploads
 from floraq.runner.context import DEFAULT_MAX_POLLS, BatchPlan, Progress, RunnerConfig
 from floraq.runner.lease import LeaseKeeper, post_deadline
 from floraq.runner.limits import SharedRate, limit_key
 from floraq.runner.loop import Runner
 from floraq.settings import DEFAULT_CONCURRENCY, Settings
+from floraq.uploads import UploadHost
 from floraq.url_safety import is_plain_loopback
 
 # Called with the open client before the runner is built (``resume`` fetches today's
@@ -94,6 +96,7 @@ async def build_runner(
             plain_http=is_plain_loopback(settings.base_url),
             part_tag=uuid.uuid4().hex[:12] if leasing else None,
         ) as downloader,
+        _upload_host(settings, policy, seams, log) as host,
     ):
         shared = SharedRate(
             ledger,
@@ -104,7 +107,7 @@ async def build_runner(
         shared.start()  # a pause another worker recorded holds from the first request on
         if refresh is not None:
             await refresh(client, ledger, slugs, techniques)
-        yield Runner(
+        runner = Runner(
             ledger=ledger,
             client=client,
             downloader=downloader,
@@ -119,6 +122,46 @@ async def build_runner(
             shared=shared,
             lease=_lease(ledger, settings, client.deadline),
         )
+        runner.ctx.uploads = _asset_uploads(runner, settings, client, host, crash, seams)
+        yield runner
+
+
+def _upload_host(
+    settings: Settings, policy: RetryPolicy, seams: Seams, log: Callable[[str], None] | None
+) -> UploadHost:
+    """The key-less client for the upload hosts of local files' assets."""
+    return UploadHost(
+        api_key=settings.require_key(),
+        policy=policy,
+        concurrency=settings.upload_concurrency,
+        transport=seams.transport,
+        sleep=seams.net_sleep,
+        log=log,
+        plain_http=is_plain_loopback(settings.base_url),
+    )
+
+
+def _asset_uploads(
+    runner: Runner,
+    settings: Settings,
+    client: FloraClient,
+    host: UploadHost,
+    crash: CrashPoints,
+    seams: Seams,
+) -> AssetUploads:
+    """Each local file's upload, beside the runs, on the runner's ledger and committer."""
+    return AssetUploads(
+        ledger=runner.ctx.ledger,
+        committer=runner.ctx.committer,
+        client=client,
+        host=host,
+        crash=crash,
+        time_scale=settings.time_scale,
+        concurrency=settings.upload_concurrency,
+        pause_round=runner.ctx.pause_round,
+        sleep=seams.sleep,
+        clock=seams.clock,
+    )
 
 
 def _lease(ledger: LedgerBackend, settings: Settings, deadline: float) -> LeaseKeeper | None:
@@ -142,6 +185,7 @@ def batch_plans(
             output_dir=Path(row.output_dir),
             max_cost=amount(settings.max_cost) if settings.max_cost is not None else row.max_cost,
             retry_failed_runs=row.retry_failed_runs,
+            workspace_id=row.workspace_id,
         )
         if concurrency is None and row.concurrency:
             concurrency = int(row.concurrency)

@@ -29,6 +29,7 @@ from floraq.crashpoints import CrashPoints
 from floraq.downloads import Downloader
 from floraq.errors import ApiError, AuthError, DiskError
 from floraq.ledger import JobRecord, LedgerBackend
+from floraq.runner.assets import AssetUploads
 from floraq.runner.commit import GroupCommitter
 from floraq.runner.lease import LeaseKeeper
 from floraq.runner.poll_gate import PollGate
@@ -70,6 +71,7 @@ class BatchPlan:
     output_dir: Path
     max_cost: Decimal | None
     retry_failed_runs: int
+    workspace_id: str | None = None  # where its local files are uploaded
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +145,7 @@ class RunContext:
     lease: LeaseKeeper | None = None  # a worker on a shared (PostgreSQL) ledger
     unclaimed: set[int] = field(default_factory=set)  # leased queued rows not yet claimed
     claims_moved: asyncio.Event | None = None  # set when one of them is claimed (or not)
+    uploads: AssetUploads | None = None  # local files' assets (runner.assets)
 
     # -- stopping -----------------------------------------------------------------------
 

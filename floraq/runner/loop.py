@@ -41,6 +41,7 @@ from floraq.runner.context import (
     poll_rate_floor,
 )
 from floraq.runner.fetch import download
+from floraq.runner.gate import inputs_ready
 from floraq.runner.lease import LeaseKeeper, lease_tasks
 from floraq.runner.limits import SharedRate
 from floraq.runner.poll import poll_until_done
@@ -134,6 +135,8 @@ class Runner:
                 task.cancel()
             if ctx.tasks:
                 await asyncio.gather(*ctx.tasks, return_exceptions=True)
+            if ctx.uploads is not None:
+                await ctx.uploads.aclose()
             ctx.poll_gate.close()
             if beat is not None and ctx.lease is not None:
                 beat.cancel()
@@ -247,6 +250,8 @@ async def _drive(ctx: RunContext, job: JobRecord) -> None:
     """
     while True:
         claimed = False
+        if job.state is JobState.QUEUED and not await inputs_ready(ctx, job):
+            return
         if job.state is JobState.QUEUED:
             intent = await claim(ctx, job)
             ctx.claim_settled(job.id)

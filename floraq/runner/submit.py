@@ -43,6 +43,7 @@ from floraq.errors import (
 )
 from floraq.ledger import JobRecord
 from floraq.runner.context import RunContext
+from floraq.runner.gate import with_asset_urls
 from floraq.runner.prices import MAX_REQUOTES, save_price
 
 
@@ -192,10 +193,17 @@ async def submit(
 
 
 def _inputs(ctx: RunContext, job: JobRecord) -> tuple[list[dict[str, str]], str | None]:
-    """The run's inputs, or why a row re-queued by hand no longer fits its technique."""
+    """The run's inputs, or why a row re-queued by hand no longer fits its technique.
+
+    A local file's content reference becomes its ready asset's URL (``gate.inputs_ready``
+    saw to it before the claim); the key stays the content's.
+    """
     technique = ctx.techniques[job.technique]
+    values = with_asset_urls(ctx, job)
+    if isinstance(values, str):
+        return [], values
     try:
-        return run_inputs(job.inputs, technique), None
+        return run_inputs(values, technique), None
     except ValueError as e:
         return [], str(e)
 

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from floraq.sandbox.api_directory import technique_not_found
+from floraq.sandbox.assets import ASSET_URL_BASE, AssetStatus
 from floraq.sandbox.config import Technique
 from floraq.sandbox.responses import (
     API_PREFIX,
@@ -49,6 +50,8 @@ class RunRoutes:
             return error_response(400, "invalid_json", "Request body must be a JSON object.")
         header_key = request.headers.get("idempotency-key") or None
         errors = validate_run_body(body, technique) + _key_errors(header_key, body)
+        if config.check_asset_inputs and not errors:
+            errors = self._asset_errors(body["inputs"], api_key)
         if errors:
             return validation_error(errors)
         body_key = body.get("idempotency_key")
@@ -63,6 +66,21 @@ class RunRoutes:
         if not state.can_afford(technique):
             return error_response(402, "insufficient_credits", "Insufficient credits.")
         return self._create(request, technique, body, key=key, api_key=api_key, same_as=same_as)
+
+    def _asset_errors(self, inputs: list[dict[str, Any]], api_key: str) -> list[FieldError]:
+        """Every input naming one of our assets must name a ready one of this key's."""
+        errors: list[FieldError] = []
+        now = self.state.now()
+        for n, item in enumerate(inputs):
+            value = item["value"]
+            if not value.startswith(ASSET_URL_BASE):
+                continue
+            asset = self.state.assets.by_url(value)
+            if asset is None or asset.api_key != api_key:
+                errors.append((f"inputs[{n}].value", "Unknown asset"))
+            elif asset.status(now) is not AssetStatus.READY:
+                errors.append((f"inputs[{n}].value", f"Asset {asset.asset_id} is not ready"))
+        return errors
 
     def _create(
         self,

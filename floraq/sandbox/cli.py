@@ -34,6 +34,30 @@ _SECONDS = click.FloatRange(min=0)
     help="Media host port (default: any free port).",
 )
 @click.option(
+    "--upload-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Upload host port, for assets (default: any free port).",
+)
+@click.option(
+    "--asset-ready-delay",
+    type=_SECONDS,
+    help="Seconds after an asset's complete before it shows ready.",
+)
+@click.option("--asset-failure-rate", type=_RATE, help="Fraction of completed assets that fail.")
+@click.option(
+    "--upload-ttl",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds an upload reservation lasts.",
+)
+@click.option("--upload-5xx-rate", type=_RATE, help="Fraction of uploads answered 503.")
+@click.option(
+    "--check-asset-inputs",
+    is_flag=True,
+    default=None,
+    help="Refuse runs whose asset inputs are not ready.",
+)
+@click.option(
     "--catalog",
     type=click.Path(exists=True, dir_okay=False),
     help="Technique catalog YAML (default: the packaged one).",
@@ -131,6 +155,7 @@ def sandbox_command(
     host: str,
     port: int,
     media_port: int,
+    upload_port: int,
     catalog: str | None,
     key: str,
     no_retry_after: bool,
@@ -160,7 +185,9 @@ def sandbox_command(
         expired_status=expired_status,
         create_status=create_status,
     )
-    server = SandboxServer(config, host=host, port=port, media_port=media_port)
+    server = SandboxServer(
+        config, host=host, port=port, media_port=media_port, upload_port=upload_port
+    )
     try:
         server.start()
     except OSError as exc:
@@ -211,6 +238,7 @@ def _serve_until_stopped(server: SandboxServer) -> None:
         secret = from_env is click.core.ParameterSource.ENVIRONMENT
         shown = "the value of FLORA_API_KEY" if secret else server.api_key
         click.echo(f"  API key:   {shown}", err=True)
+        click.echo(f"  upload URL: {server.upload_url}", err=True)
         sys.stderr.flush()
         server.wait()
     except KeyboardInterrupt:

@@ -35,8 +35,16 @@ _RATES = (
     "rate_429",
     "drop_rate",
     "truncate_rate",
+    "asset_failure_rate",
+    "upload_5xx_rate",
 )
-_NON_NEGATIVE = ("balance", "idempotency_window", "charged_cost_delay", "latency")
+_NON_NEGATIVE = (
+    "balance",
+    "idempotency_window",
+    "charged_cost_delay",
+    "latency",
+    "asset_ready_delay",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +91,11 @@ class SandboxConfig:
     drop_rate: float = 0.0  # connections dropped without an answer
     truncate_rate: float = 0.0  # media bodies cut short under a full Content-Length
     redirect_loop: bool = False  # every output URL answers 302 to itself
+    upload_ttl: float = 3600.0  # how long an asset's upload reservation takes an upload
+    asset_ready_delay: float = 0.0  # after complete, before the asset shows ready (or failed)
+    asset_failure_rate: float = 0.0  # completed uploads whose asset ends failed
+    upload_5xx_rate: float = 0.0  # uploads the upload host answers 503 (after reading them)
+    check_asset_inputs: bool = False  # a run refuses an asset URL whose asset is not ready
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -130,6 +143,8 @@ def _problems(config: SandboxConfig) -> list[str]:
         problems.append("url_ttl: must be > 0")
     if config.rate_limit_next_creates < 0:
         problems.append("rate_limit_next_creates: must be >= 0")
+    if not config.upload_ttl > 0:
+        problems.append("upload_ttl: must be > 0")
     if config.capacity < 1:
         problems.append("capacity: must be >= 1")
     if not config.api_keys or not all(config.api_keys):

@@ -35,6 +35,7 @@ class FaultDraws:
     def __init__(self, seed: int) -> None:
         self._api = random.Random(f"{seed}|faults")
         self._media = random.Random(f"{seed}|media")
+        self._upload = random.Random(f"{seed}|upload")
 
     def api_fault(self, config: SandboxConfig, *, creates_run: bool) -> Fault:
         """One API request's fault; five draws each time, so one rate never shifts another."""
@@ -46,6 +47,10 @@ class FaultDraws:
         if failed < config.error_5xx_rate:
             return Fault.UNKNOWN_ERROR if kind < 0.5 else Fault.UNAVAILABLE
         return Fault.NONE
+
+    def upload_fault(self, config: SandboxConfig) -> bool:
+        """Whether the upload host answers this upload 503."""
+        return self._upload.random() < config.upload_5xx_rate
 
     def truncation(self, config: SandboxConfig) -> float | None:
         """The fraction of a media body to send before hanging up, or None to send it all."""

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
+from floraq.sandbox.api_assets import AssetRoutes
 from floraq.sandbox.api_directory import DirectoryRoutes
 from floraq.sandbox.api_runs import API_KEY_SCOPE, RunRoutes
 from floraq.sandbox.inspection import InspectionRoutes
@@ -39,6 +40,7 @@ CREATE_RUN = "POST /techniques/{slug}/runs"
 def _routes(state: SandboxState) -> list[Route]:
     """Every route of the API app, FLORA's under ``API_PREFIX``, then the sandbox's own."""
     api, runs, inspection = DirectoryRoutes(state), RunRoutes(state), InspectionRoutes(state)
+    assets = AssetRoutes(state)
     return [
         Route(API_PREFIX + "/workspaces", api.workspaces),
         Route(API_PREFIX + "/projects", api.projects),
@@ -47,6 +49,11 @@ def _routes(state: SandboxState) -> list[Route]:
         Route(API_PREFIX + "/techniques/{slug}", api.get_technique),
         Route(API_PREFIX + "/techniques/{slug}/runs", runs.create_run, methods=["POST"]),
         Route(API_PREFIX + "/techniques/{slug}/runs/{run_id}", runs.get_run),
+        Route(API_PREFIX + "/assets", assets.create, methods=["POST"]),
+        Route(API_PREFIX + "/assets/{asset_id}", assets.get),
+        Route(API_PREFIX + "/assets/{asset_id}/complete", assets.complete, methods=["POST"]),
+        Route(API_PREFIX + "/assets/{asset_id}/retry", assets.retry, methods=["POST"]),
+        Route("/_sandbox/assets", inspection.assets),
         Route("/_sandbox/stats", inspection.stats),
         Route("/_sandbox/runs", inspection.runs),
         Route("/_sandbox/config", inspection.get_config),

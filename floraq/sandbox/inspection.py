@@ -24,6 +24,24 @@ class InspectionRoutes:
     async def runs(self, request: Request) -> Response:
         return JSONResponse(self.state.report())
 
+    async def assets(self, request: Request) -> Response:
+        """Every asset: its status, and the sha256, size and upload count of its bytes."""
+        now = self.state.now()
+        return JSONResponse(
+            [
+                {
+                    "asset_id": a.asset_id,
+                    "url": a.url,
+                    "status": a.status(now).value,
+                    "sha256": a.sha256,
+                    "size": a.size,
+                    "uploads": a.uploads,
+                    "file_name": a.file_name,
+                }
+                for a in self.state.assets.assets.values()
+            ]
+        )
+
     async def get_config(self, request: Request) -> Response:
         return JSONResponse(self.state.config.to_json())
 

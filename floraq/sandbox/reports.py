@@ -25,6 +25,13 @@ class Counters:
     downloads: int = 0
     media_requests: int = 0
     media_auth_rejections: int = 0
+    assets_created: int = 0
+    asset_replays: int = 0
+    upload_requests: int = 0
+    uploads: int = 0  # complete file bodies the upload host took
+    upload_bytes: int = 0
+    upload_auth_rejections: int = 0
+    upload_faults: int = 0  # uploads answered 503 by the upload_5xx_rate knob
     faults: Counter[str] = field(default_factory=Counter)
     max_in_flight: int = 0  # the most API requests being answered at once
 
@@ -47,6 +54,13 @@ def stats_json(
         "downloads": c.downloads,
         "media_requests": c.media_requests,
         "media_auth_rejections": c.media_auth_rejections,
+        "assets_created": c.assets_created,
+        "asset_replays": c.asset_replays,
+        "upload_requests": c.upload_requests,
+        "uploads": c.uploads,
+        "upload_bytes": c.upload_bytes,
+        "upload_auth_rejections": c.upload_auth_rejections,
+        "upload_faults": c.upload_faults,
         "faults": {name: c.faults[name] for name in FAULT_NAMES},
         "max_in_flight": c.max_in_flight,
         "schedule": {

@@ -26,9 +26,10 @@ SHUTDOWN_TIMEOUT = 5.0
 
 
 class SandboxServer:
-    """A running sandbox: API on one port, media host on another, both on ``host``.
+    """A running sandbox: API, media host and upload host on three ports of ``host``.
 
-    Use it as a context manager; ``port=0`` and ``media_port=0`` pick free ports.
+    Use it as a context manager; ``port=0``, ``media_port=0`` and ``upload_port=0`` pick
+    free ports.
     """
 
     def __init__(
@@ -38,10 +39,11 @@ class SandboxServer:
         host: str = DEFAULT_HOST,
         port: int = 0,
         media_port: int = 0,
+        upload_port: int = 0,
     ) -> None:
         self.config = config or SandboxConfig()
         self.host = host
-        self._ports = (port, media_port)
+        self._ports = (port, media_port, upload_port)
         self._servers: list[uvicorn.Server] = []
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
@@ -49,6 +51,7 @@ class SandboxServer:
         self._inspector_lock = threading.Lock()
         self.port = port
         self.media_port = media_port
+        self.upload_port = upload_port
 
     @property
     def root_url(self) -> str:
@@ -64,6 +67,16 @@ class SandboxServer:
         return f"http://{_url_host(self.host)}:{self.media_port}"
 
     @property
+    def upload_url(self) -> str:
+        """The upload host's root (assets' reservations point under it)."""
+        return f"http://{_url_host(self.host)}:{self.upload_port}"
+
+    def assets(self) -> list[dict[str, Any]]:
+        """Every asset with its uploaded bytes' sha256, as ``GET /_sandbox/assets``."""
+        result: list[dict[str, Any]] = self._call("GET", "/_sandbox/assets")
+        return result
+
+    @property
     def api_key(self) -> str:
         return self.config.api_keys[0]
 
@@ -75,9 +88,13 @@ class SandboxServer:
         try:
             for port in self._ports:
                 sockets.append(_bind(self.host, port))
-            self.port, self.media_port = (s.getsockname()[1] for s in sockets)
+            self.port, self.media_port, self.upload_port = (s.getsockname()[1] for s in sockets)
             state = SandboxState(
-                self.config, clock=time.monotonic, wall=time.time, media_base_url=self.media_url
+                self.config,
+                clock=time.monotonic,
+                wall=time.time,
+                media_base_url=self.media_url,
+                upload_base_url=self.upload_url,
             )
         except BaseException:
             for sock in sockets:

@@ -17,6 +17,7 @@ from typing import Any
 
 from floraq.errors import UsageError
 from floraq.sandbox import media
+from floraq.sandbox.assets import Asset, AssetStore
 from floraq.sandbox.billing import Billing, micros, usd
 from floraq.sandbox.clock import SandboxClock
 from floraq.sandbox.config import Catalog, Port, SandboxConfig, Technique, load_catalog
@@ -58,11 +59,13 @@ class SandboxState:
         clock: Callable[[], float],
         wall: Callable[[], float],
         media_base_url: str = "",
+        upload_base_url: str = "",
     ) -> None:
         self.initial_config = config
         self.config = config
         self.catalog: Catalog = load_catalog(config.catalog)
         self.media_base_url = media_base_url
+        self.upload_url = f"{upload_base_url}/api/v1/files/upload"
         self.clock = SandboxClock(clock, wall)
         self.clock.set_frozen(config.frozen_clock)
         self.in_flight = 0  # API requests being answered now (not reset: they are real)
@@ -84,6 +87,9 @@ class SandboxState:
         self.counters = Counters()
         self.faults = FaultDraws(self.config.seed)
         self._limited_creates = self.config.rate_limit_next_creates
+        self.assets = AssetStore(self.config.seed, self._secret + str(self._epoch).encode())
+        self.asset_keys = KeyStore()  # (kind|key) -> asset id
+        self.asset_key_bodies: dict[tuple[str, str], str] = {}  # -> the create's fingerprint
 
     def configure(self, changes: Mapping[str, object]) -> SandboxConfig:
         """Apply knob changes at once; ValueError (with every problem) leaves all unchanged."""
@@ -123,6 +129,19 @@ class SandboxState:
         window = self.config.idempotency_window
         run_id = self._keys.find(api_key, key, now=self.now(), window=window)
         return None if run_id is None else self.runs.get(run_id)
+
+    def find_asset_key(self, api_key: str, key: str) -> Asset | None:
+        """The asset an earlier asset request with this (kind-prefixed) key named."""
+        window = self.config.idempotency_window
+        asset_id = self.asset_keys.find(api_key, key, now=self.now(), window=window)
+        return None if asset_id is None else self.assets.assets.get(asset_id)
+
+    def asset_digest(self, url: str) -> str | None:
+        """The sha256 of the bytes uploaded to the asset ``url`` names, when it is ready."""
+        asset = self.assets.by_url(url)
+        if asset is None or asset.status(self.now()).value != "ready":
+            return None
+        return asset.sha256
 
     def can_afford(self, technique: Technique) -> bool:
         self.settle()
@@ -261,4 +280,11 @@ class SandboxState:
     def report(self) -> list[dict[str, Any]]:
         """Every run with the exact output bytes' sha256, as ``GET /_sandbox/runs`` returns."""
         now = self.now()
-        return [run_report(run, now) for run in self.runs.values()]
+        reports = [run_report(run, now) for run in self.runs.values()]
+        for report in reports:  # an input that is one of our assets: the bytes it holds
+            report["input_assets"] = {
+                item["id"]: self.asset_digest(item["value"])
+                for item in report["inputs"]
+                if self.assets.by_url(item["value"]) is not None
+            }
+        return reports
