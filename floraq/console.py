@@ -11,13 +11,13 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from decimal import Decimal
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
-from floraq.core.money import CostTotals, as_json, totals_by, usd
+from floraq import status_view
+from floraq.core.lifecycle import JobState
+from floraq.core.money import as_json, usd
 from floraq.core.problems import Problem
 from floraq.core.technique import Technique
 from floraq.core.text import one_line
@@ -31,8 +31,6 @@ from floraq.results import (
     RunResult,
     StatusResult,
     VerifyResult,
-    limit_json,
-    limit_line,
 )
 
 PLAIN_PROGRESS_EVERY = 5.0  # seconds between progress lines when not on a terminal
@@ -112,13 +110,13 @@ def run_summary(result: RunResult, *, quiet: bool = False) -> None:
     status = result.status
     states = _by_state(status)
     parts = [f"{state} {n}" for state, n in states.items() if n]
-    cost = _cost_text(status)
+    cost = status_view.cost_text(status)
     out(
         f"{', '.join(result.batches) or 'no batch'}: {status.total()} row(s):"
         f" {', '.join(parts) or 'nothing'}; {cost}"
     )
     if not quiet:
-        for line in _technique_cost_lines(status):
+        for line in status_view.technique_cost_lines(status):
             out(line)
     auth = result.report.auth_error
     if quiet:
@@ -140,95 +138,25 @@ def run_summary(result: RunResult, *, quiet: bool = False) -> None:
         err(f"{len(status.failures)} row(s) need a look: `floraq status` lists them")
 
 
-# -- status -------------------------------------------------------------------------------
+# -- status and batches (formatted by floraq.status_view) -----------------------------------
 
 
 def status(result: StatusResult) -> None:
-    _status_rows(result)
-    for limit in result.api_limits:  # what the next start under each workspace will use
-        out(limit_line(limit))
-
-
-def _status_rows(result: StatusResult) -> None:
-    per_batch: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
-    for count in result.counts:
-        per_batch[count.batch][count.technique][count.state] = count.count
-    if not per_batch:
-        out("no jobs in the ledger")
-        return
-    states = [s.value for s in JobState]
-    for batch, techniques in per_batch.items():
-        rows = [c for c in result.counts if c.batch == batch]
-        sub = StatusResult(counts=rows, failures=[])
-        out(f"batch {batch}: {sub.total()} row(s); {_cost_text(sub)}")
-        shown = [s for s in states if any(s in t for t in techniques.values())]
-        costs = sub.totals_by_technique()
-        out(
-            f"  {'technique':<26}"
-            + "".join(f" {s:>15}" for s in shown)
-            + f" {'charged':>12} {'estimated':>12}"
-        )
-        for slug, counts in techniques.items():
-            t = costs[(batch, slug)]
-            out(
-                f"  {slug:<26}"
-                + "".join(f" {counts.get(s, 0):>15}" for s in shown)
-                + f" {_money(t.charged, t.unsettled):>12} {_money(t.estimated):>12}"
-            )
-    for change in result.cost_changes:
-        out(f"warning: {change.describe()}")
-    for line in result.workers.lines() if result.workers is not None else []:
+    for line in status_view.status_lines(result):
         out(line)
-    if result.failures:
-        out("")
-        out("rows that need a look:")
-        for f in result.failures:
-            rid = f" request-id {f['request_id']}" if f.get("request_id") else ""
-            run = f" run {f['run_id']}" if f.get("run_id") else ""
-            tier = f" [{f['failure_tier']}]" if f.get("failure_tier") else ""
-            out(
-                f"  {f['location']}: {f['state']}{tier} {f.get('error_code') or ''}:"
-                f" {f.get('error_message') or ''}{run}{rid}"
-            )
 
 
 def status_json(result: StatusResult) -> None:
-    batches: dict[str, Any] = {}
-    for c in result.counts:
-        b = batches.setdefault(c.batch, {"rows": 0, "states": {}, "techniques": {}})
-        b["rows"] += c.count
-        b["states"][c.state] = b["states"].get(c.state, 0) + c.count
-        b["techniques"].setdefault(c.technique, {})[c.state] = c.count
-    for name, totals in totals_by((c.batch, c.totals) for c in result.counts).items():
-        batches[name].update(_totals_json(totals))
-    for (name, slug), totals in result.totals_by_technique().items():
-        batches[name].setdefault("technique_costs", {})[slug] = _totals_json(totals)
-    changes = [
-        {
-            "batch": c.batch,
-            "technique": c.technique,
-            "quotes": [{"run_cost": as_json(price), "rows": n} for price, n in c.quotes],
-            "run_cost": None if c.run_cost is None else as_json(c.run_cost),
-            "charged_other_than_quoted": c.differs,
-            "message": c.describe(),
-        }
-        for c in result.cost_changes
-    ]
-    data = {"batches": batches, "failures": result.failures, "cost_changes": changes}
-    data["api_limits"] = [limit_json(row) for row in result.api_limits]
-    if result.workers is not None:
-        data.update(result.workers.as_json())
-    out(json.dumps(data, indent=2, sort_keys=True, default=as_json))  # a row's Decimal cost
+    out(json.dumps(status_view.status_document(result), indent=2, sort_keys=True, default=as_json))
 
 
-def _totals_json(totals: CostTotals) -> dict[str, Any]:
-    """The money keys of ``status --json``, amounts as JSON numbers written from Decimal."""
-    return {
-        "charged_cost": as_json(totals.charged),
-        "estimated_cost": as_json(totals.estimated),
-        "unsettled_runs": totals.unsettled,
-        "charged_cost_is_floor": totals.is_floor,
-    }
+def batches(items: list[BatchSummary]) -> None:
+    for line in status_view.batches_lines(items):
+        out(line)
+
+
+def batches_json(items: list[BatchSummary]) -> None:
+    out(json.dumps(status_view.batches_document(items), indent=2, sort_keys=True))
 
 
 def techniques(items: list[Technique], *, detailed: bool) -> None:
@@ -298,28 +226,7 @@ def _by_state(status: StatusResult) -> dict[str, int]:
     return totals
 
 
-def _cost_text(status: StatusResult) -> str:
-    floor = f" (at least: {status.unsettled} charge(s) not settled yet)" if status.unsettled else ""
-    return f"charged {_money(status.charged)} USD{floor}, estimated {_money(status.estimated)} USD"
-
-
 # -- costs per technique ------------------------------------------------------------------
-
-
-def _technique_cost_lines(status: StatusResult) -> list[str]:
-    costs = status.totals_by_technique()
-    if len(costs) < 2:
-        return []
-    return [
-        f"  {s}: charged {_money(t.charged, t.unsettled)} USD, estimated {_money(t.estimated)} USD"
-        for (_, s), t in costs.items()
-    ]
-
-
-def _money(amount: Decimal, unsettled: int = 0) -> str:
-    """A cost as status shows it: 4 decimals, more when its micro-dollars are not zero (as the
-    report and status --json have it); ">=" marks a floor (charges not settled yet)."""
-    return f"{'>=' if unsettled else ''}{usd(amount, places=4)}"
 
 
 # -- export, retry, report, batches, verify -------------------------------------------------
@@ -366,39 +273,6 @@ def report_done(result: ReportResult) -> None:
             else ""
         )
     )
-
-
-def batches(items: list[BatchSummary]) -> None:
-    if not items:
-        out("no batches in the ledger")
-        return
-    out(
-        f"{'batch':<30} {'rows':>7} {'done':>7} {'problems':>9} {'active':>7}"
-        f" {'charged':>12} {'estimated':>12}  last activity"
-    )
-    for b in items:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.last_activity))
-        out(
-            f"{b.name:<30} {b.rows:>7} {b.states.get('downloaded', 0):>7}"
-            f" {b.count(PROBLEM_STATES):>9} {b.count(ACTIVE):>7}"
-            f" {_money(b.charged, b.unsettled):>12} {_money(b.estimated):>12}  {when}"
-        )
-
-
-def batches_json(items: list[BatchSummary]) -> None:
-    data = [
-        {
-            "batch": b.name,
-            "rows": b.rows,
-            "states": b.states,
-            "charged_cost": as_json(b.charged),
-            "charged_cost_is_floor": b.unsettled > 0,
-            "estimated_cost": as_json(b.estimated),
-            "last_activity": b.last_activity,
-        }
-        for b in items
-    ]
-    out(json.dumps({"batches": data}, indent=2, sort_keys=True))
 
 
 def verify(result: VerifyResult, *, quiet: bool = False) -> None:
