@@ -175,16 +175,7 @@ class SqliteReads(TotalsReads):
 
     def typical_durations(self, technique: str, limit: int = 50) -> list[float]:
         """Creation-to-completion seconds of this technique's recent runs, by the API's clock."""
-        rows = self.conn.execute(
-            """
-            SELECT (remote_completed_at - remote_created_at) / 1000.0 FROM jobs
-            WHERE technique = ? AND remote_completed_at IS NOT NULL
-                AND remote_created_at IS NOT NULL
-            ORDER BY id DESC LIMIT ?
-            """,
-            (technique, limit),
-        ).fetchall()
-        return [float(r[0]) for r in rows if r[0] is not None and r[0] >= 0]
+        return self._recent_spans(technique, "remote_created_at", limit)
 
     def typical_run_times(self, technique: str, limit: int = 50) -> list[float]:
         """Start-to-completion seconds of this technique's recent completed runs (API clock).
@@ -192,11 +183,14 @@ class SqliteReads(TotalsReads):
         Unlike ``typical_durations`` these leave out the wait for a slot, which depends on
         the night's queue, not on the technique.
         """
+        return self._recent_spans(technique, "remote_started_at", limit)
+
+    def _recent_spans(self, technique: str, since: str, limit: int) -> list[float]:
+        """Seconds from ``since`` (a column of API epoch ms) to completion, newest first."""
         rows = self.conn.execute(
-            """
-            SELECT (remote_completed_at - remote_started_at) / 1000.0 FROM jobs
-            WHERE technique = ? AND remote_completed_at IS NOT NULL
-                AND remote_started_at IS NOT NULL
+            f"""
+            SELECT (remote_completed_at - {since}) / 1000.0 FROM jobs
+            WHERE technique = ? AND remote_completed_at IS NOT NULL AND {since} IS NOT NULL
             ORDER BY id DESC LIMIT ?
             """,
             (technique, limit),
