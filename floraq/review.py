@@ -28,7 +28,7 @@ from floraq.files import atomic_text
 from floraq.ledger import JobView, LedgerBackend, QuoteGroup, StoredFile
 from floraq.ledger.leases import PgLeases
 from floraq.ledger_access import open_for_reading
-from floraq.report import Summary, page_name, write_report
+from floraq.report import Summary, page_name, remove_stale_pages, write_report
 from floraq.results import (
     BatchSummary,
     CostChange,
@@ -232,6 +232,7 @@ def report(
                     atomic_text(output.with_name(page_name(output.name, n)))
                 ),
             )
+        remove_stale_pages(output, writer.pages)
         return ReportResult(
             path=output,
             batches=names,

@@ -7,6 +7,7 @@ request the page makes is recorded, so the tests can check nothing left ``file:`
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,3 +183,19 @@ def test_report_marks_an_image_deleted_after_it_was_written(
         )
         == 0
     ), "the thumbnail is cached beside the outputs: it still shows"
+
+
+def test_a_shorter_report_removes_the_pages_a_longer_one_left(floraq: Floraq) -> None:
+    """report-2.html, report-3.html of an earlier, longer report would link to stale rows."""
+    report = report_batch(floraq)
+    for n in (2, 3):
+        shutil.copyfile(report, report.with_name(f"report-{n}.html"))
+    notes = report.with_name("report-4.html")
+    notes.write_text("my own notes, not a floraq page\n")
+    again = floraq("report", "-o", "reports/report.html")
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in report.parent.glob("report*.html")) == [
+        "report-4.html",
+        "report.html",
+    ]
+    assert notes.read_text() == "my own notes, not a floraq page\n"

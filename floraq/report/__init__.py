@@ -1,7 +1,14 @@
 """The HTML report (a contact sheet): ``write_report`` and its ``Summary`` input."""
 
 from floraq.report.cards import LocalInput
-from floraq.report.page import PAGE_ROWS, ReportWriter, Summary, page_name, write_report
+from floraq.report.page import (
+    PAGE_ROWS,
+    ReportWriter,
+    Summary,
+    page_name,
+    remove_stale_pages,
+    write_report,
+)
 from floraq.report.text import money
 from floraq.report.thumbs import cache_dir
 
@@ -13,5 +20,6 @@ __all__ = [
     "cache_dir",
     "money",
     "page_name",
+    "remove_stale_pages",
     "write_report",
 ]

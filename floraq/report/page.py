@@ -46,6 +46,28 @@ class Summary:
     notes: Sequence[str] = ()
 
 
+PAGE_START = '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+
+
+def remove_stale_pages(first: Path, pages: int) -> int:
+    """Delete the further pages an earlier, longer report left beside ``first``.
+
+    They would still link to rows this report no longer lists. Only floraq's own pages go
+    (a file that does not start like one stays), and the run stops at the first gap.
+    """
+    removed = 0
+    while True:
+        stale = first.with_name(page_name(first.name, pages + removed + 1))
+        try:
+            with stale.open(encoding="utf-8", errors="replace") as f:
+                if f.read(len(PAGE_START)) != PAGE_START:
+                    return removed
+            stale.unlink()
+        except FileNotFoundError:
+            return removed
+        removed += 1
+
+
 def page_name(first: str, number: int) -> str:
     """The file name of page ``number``: ``report.html``, ``report-2.html``, ..."""
     if number == 1:
@@ -113,8 +135,7 @@ class ReportWriter:
         title = self._title if number == 1 else f"{self._title} (page {number})"
         self._on_page = 0
         self._write(
-            '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta http-equiv="Content-Security-Policy" content="{clean(policy)}">\n'
+            f'{PAGE_START}<meta http-equiv="Content-Security-Policy" content="{clean(policy)}">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             '<meta name="referrer" content="no-referrer">\n'
             f"<title>{clean(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
