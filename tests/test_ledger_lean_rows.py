@@ -72,7 +72,7 @@ def test_built_values_are_stored_short_and_read_whole(new_ledger: NewLedger) -> 
     _run(led, 1, poll_url=poll, fingerprint="fp1", path="/out/portrait-enhancer/row1/image.png")
     [raw] = led.query("SELECT location, inputs_digest, poll_url, key_fingerprint FROM jobs")
     assert raw == {"location": "", "inputs_digest": "", "poll_url": None, "key_fingerprint": ""}
-    assert led.query("SELECT path FROM outputs") == [{"path": "portrait-enhancer/row1/image.png"}]
+    assert led.query("SELECT path FROM outputs") == [{"path": "*.png"}]
 
     record = led.job(1)
     assert (record.location, record.inputs_digest) == (job.location, job.inputs_digest)
@@ -102,6 +102,8 @@ def test_values_not_in_their_built_form_are_stored_as_given(new_ledger: NewLedge
     _run(led, 1, poll_url=f"{BASE}/techniques/portrait-enhancer/runs/run_1", fingerprint="fp1",
          path="/out/portrait-enhancer/row1/image.png")  # fmt: skip
     _run(led, 2, poll_url=other_host, fingerprint="fp2", path="/elsewhere/image.png")
+    led.insert_jobs([_job(4)])
+    _run(led, 4, poll_url="x", fingerprint="fp1", path="/out/portrait-enhancer/other/image.png")
     raw = led.query(
         "SELECT location, inputs_digest, poll_url, key_fingerprint FROM jobs ORDER BY id"
     )
@@ -114,6 +116,11 @@ def test_values_not_in_their_built_form_are_stored_as_given(new_ledger: NewLedge
     )  # fmt: skip
     assert led.job(3).location == _job(3, location=raw[2]["location"]).location
     assert [o.path for o in led.outputs(2)] == ["/elsewhere/image.png"]
+    assert [o.path for o in led.outputs(4)] == ["/out/portrait-enhancer/other/image.png"]
+    paths = led.query("SELECT path FROM outputs ORDER BY id")
+    assert [p["path"] for p in paths] == [
+        "*.png", "/elsewhere/image.png", "portrait-enhancer/other/image.png",
+    ]  # fmt: skip
 
 
 def test_a_moved_output_dir_keeps_the_files_where_they_were(new_ledger: NewLedger) -> None:
@@ -203,3 +210,24 @@ def test_a_ledger_at_0010_migrates_and_reads_the_same(tmp_path: Path) -> None:
     )  # fmt: skip
     led.insert_jobs([_job(9)])  # new rows of an old ledger are lean
     assert led.query("SELECT location FROM jobs WHERE row_number = 9") == [{"location": ""}]
+
+
+def test_pages_of_jobs_use_the_batch_and_state_index_or_the_id_order() -> None:
+    """The batch-and-state index leaves downloaded rows out (most of a finished batch):
+    pages of other states still seek it, and pages of downloaded rows read in id order
+    (never a sort of the whole batch per page)."""
+    from floraq.ledger.lean_rows import in_batches, in_states
+
+    led = Ledger.in_memory()
+
+    def plan(states: list[str]) -> str:
+        sql = (
+            f"EXPLAIN QUERY PLAN SELECT * FROM jobs WHERE {in_batches(['b'], states)}"
+            f" AND {in_states(states)} AND id > ? ORDER BY id LIMIT ?"
+        )
+        return " | ".join(r[3] for r in led.conn.execute(sql, ["b", *states, 0, 500]))
+
+    assert "USING INDEX jobs_batch_state" in plan(["queued", "submitted"])
+    assert plan(["downloaded"]) == "SEARCH jobs USING INTEGER PRIMARY KEY (rowid>?)"
+    [index] = led.query("SELECT sql FROM sqlite_master WHERE name = 'jobs_batch_state'")
+    assert index["sql"].endswith("WHERE state != 'downloaded'")

@@ -15,31 +15,35 @@ got. Each rule stores the short form only when rebuilding it gives the exact val
   A server that answers another URL (another host or path) has it stored as it came.
 - ``jobs.key_fingerprint`` is ``''`` when it is the batch's (``batches.key_fingerprint``,
   the first fingerprint a row of the batch was claimed under; never changed after).
-- ``outputs.path`` is relative to its batch's ``output_dir`` when the file is under it;
-  ``OUTPUT_PATH`` is the one expression every reader of ``outputs.path`` goes through.
+- ``outputs.path`` is ``*<ext>`` when the file is ``<output_dir>/<technique>/<row_key>/
+  <output_id><ext>`` (the runner's folders), else relative to its batch's ``output_dir``
+  when under it; ``OUTPUT_PATH`` is the one expression every reader of it goes through.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from floraq.core.keys import canonical_json, encode_basestring
 from floraq.ledger.base import SqliteBase
+from floraq.ledger.lean_step import UNINDEXED_STATE
 from floraq.ledger.records import from_row
 
 R = TypeVar("R")
 
 REBUILT = ""  # a column whose value the rules rebuild (never a real location or digest)
 
-# The stored path made whole again (``o`` an outputs row, ``b`` its batch).
+# The stored path made whole (``o`` an outputs row, ``j`` its job, ``b`` their batch).
 OUTPUT_PATH = (
     "CASE WHEN o.path IS NULL OR o.path LIKE '/%' THEN o.path"
+    " WHEN o.path LIKE '*%' THEN b.output_dir || '/' || j.technique || '/' || j.row_key"
+    " || '/' || o.output_id || substr(o.path, 2)"
     " ELSE b.output_dir || '/' || o.path END"
 )
-# Outputs with what their path is relative to, for ``OUTPUT_PATH``.
-OUTPUTS_JOINED = "outputs o JOIN jobs oj ON oj.id = o.job_id JOIN batches b ON b.name = oj.batch"
+# Outputs with what their path is built from, for ``OUTPUT_PATH``.
+OUTPUTS_JOINED = "outputs o JOIN jobs j ON j.id = o.job_id JOIN batches b ON b.name = j.batch"
 
 
 def inputs_text(inputs: Mapping[str, Any]) -> str:
@@ -74,17 +78,42 @@ def built(parts: tuple[str, str], row_number: int, csv_line: int | None) -> str:
     return where if csv_line is None else f"{where} ({csv} line {csv_line})"
 
 
+def in_states(states: Sequence[str], column: str = "state") -> str:
+    """SQL for ``column IN (states)`` (bound as ``states``), saying so when the states
+    leave out the one the batch-and-state index does not hold, so the index serves it."""
+    sql = f"{column} IN ({', '.join('?' * len(states))})"
+    if UNINDEXED_STATE not in states:
+        sql += f" AND {column} != '{UNINDEXED_STATE}'"
+    return sql
+
+
+def in_batches(batches: Sequence[str], states: Sequence[str]) -> str:
+    """SQL for ``batch IN (batches)`` in a page of jobs in ``states``, in id order.
+
+    When the states include the one the batch-and-state index leaves out, the batch is
+    not looked up by index (``|| ''``): the page is read in id order and stops at its
+    limit, where the batch prefix of UNIQUE (batch, technique, row_key) would sort every
+    row of the batch for each page.
+    """
+    column = "batch || ''" if UNINDEXED_STATE in states else "batch"
+    return f"{column} IN ({', '.join('?' * len(batches))})"
+
+
 def poll_suffix(technique: str, run_id: str) -> str:
     return f"/techniques/{technique}/runs/{run_id}"
 
 
-def relative_path(path: str, output_dir: str) -> str:
-    """``path`` as stored: relative to ``output_dir`` when under it (``OUTPUT_PATH``
-    rebuilds it), else as given."""
+def stored_path(path: str, output_dir: str, technique: str, row_key: str, output_id: str) -> str:
+    """``path`` as stored: ``*<ext>`` for ``<output_dir>/<technique>/<row_key>/<output_id><ext>``,
+    else relative to ``output_dir`` when under it, else whole (``OUTPUT_PATH`` reverses it)."""
     prefix = output_dir + "/"
-    if output_dir.startswith("/") and path.startswith(prefix) and len(path) > len(prefix):
-        return path[len(prefix) :]
-    return path
+    if not (output_dir.startswith("/") and path.startswith(prefix) and len(path) > len(prefix)):
+        return path
+    relative = path[len(prefix) :]
+    folder = f"{technique}/{row_key}/{output_id}"
+    if relative.startswith(folder) and "/" not in relative[len(folder) :]:
+        return "*" + relative[len(folder) :]
+    return path if relative.startswith("*") else relative
 
 
 class LeanRows(SqliteBase):
@@ -203,18 +232,20 @@ class LeanRows(SqliteBase):
         )
         return REBUILT if self._batch_fingerprint(batch) == fingerprint else fingerprint
 
-    def _stored_path(self, job_id: int, path: str) -> str:
+    def _stored_path(self, job_id: int, output_id: str, path: str) -> str:
         row = self.conn.execute(
-            "SELECT b.output_dir FROM jobs j JOIN batches b ON b.name = j.batch WHERE j.id = ?",
+            "SELECT b.output_dir, j.technique, j.row_key FROM jobs j"
+            " JOIN batches b ON b.name = j.batch WHERE j.id = ?",
             (job_id,),
         ).fetchone()
-        return path if row is None else relative_path(path, row[0])
+        return path if row is None else stored_path(path, row[0], row[1], row[2], output_id)
 
-    def _pin_paths(self, batch: str, output_dir: str) -> None:
+    def _pin_paths(self, batch: str) -> None:
         """Before a batch's ``output_dir`` changes: its files stay where they are, so the
-        paths stored relative to the old folder are made whole."""
+        paths stored against the old folder are made whole (while the batch still has it)."""
         self.conn.execute(
-            "UPDATE outputs SET path = ? || '/' || path WHERE path IS NOT NULL"
-            " AND path NOT LIKE '/%' AND job_id IN (SELECT id FROM jobs WHERE batch = ?)",
-            (output_dir, batch),
+            f"UPDATE outputs SET path = (SELECT {OUTPUT_PATH} FROM {OUTPUTS_JOINED}"
+            " WHERE o.id = outputs.id) WHERE path IS NOT NULL AND path NOT LIKE '/%'"
+            " AND job_id IN (SELECT id FROM jobs WHERE batch = ?)",
+            (batch,),
         )

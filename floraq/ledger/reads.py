@@ -20,7 +20,14 @@ from floraq.core.lifecycle import (
 from floraq.core.money import from_micros
 from floraq.errors import LedgerError
 from floraq.ledger.base import chunks, marks, values
-from floraq.ledger.lean_rows import OUTPUT_PATH, OUTPUTS_JOINED, REBUILT, digest_of
+from floraq.ledger.lean_rows import (
+    OUTPUT_PATH,
+    OUTPUTS_JOINED,
+    REBUILT,
+    digest_of,
+    in_batches,
+    in_states,
+)
 from floraq.ledger.records import (
     BatchRecord,
     JobRecord,
@@ -116,8 +123,8 @@ class SqliteReads(TotalsReads):
             return []
         return self._all(
             JobRecord,
-            f"SELECT * FROM jobs WHERE batch IN ({marks(batches)})"
-            f" AND state IN ({marks(state_list)}) AND id > ? ORDER BY id LIMIT ?",
+            f"SELECT * FROM jobs WHERE {in_batches(batches, state_list)}"
+            f" AND {in_states(state_list)} AND id > ? ORDER BY id LIMIT ?",
             [*batches, *state_list, after_id, limit],
         )
 
@@ -171,7 +178,7 @@ class SqliteReads(TotalsReads):
             SELECT batch, technique, location, row_key, state, run_id, error_code,
                 error_message, error_fields, failure_tier, request_id, attempt,
                 charged_micros, prior_charged_micros, job_number, row_number, csv_line
-            FROM jobs WHERE batch IN ({marks(batches)}) AND state IN ({marks(problems)})
+            FROM jobs WHERE batch IN ({marks(batches)}) AND {in_states(problems)}
             ORDER BY id
             """,
             [*batches, *problems],
@@ -224,11 +231,11 @@ class SqliteReads(TotalsReads):
         """A page of jobs with their outputs, in id order, for exports and reports."""
         if not batches:
             return []
-        sql = f"SELECT * FROM jobs WHERE batch IN ({marks(batches)}) AND id > ?"
+        state_list = values(states) if states is not None else []
+        sql = f"SELECT * FROM jobs WHERE {in_batches(batches, state_list)} AND id > ?"
         params: list[Any] = [*batches, after_id]
         if states is not None:
-            state_list = values(states)
-            sql += f" AND state IN ({marks(state_list)})"
+            sql += f" AND {in_states(state_list)}"
             params += state_list
         if technique is not None:
             sql += " AND technique = ?"

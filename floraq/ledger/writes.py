@@ -47,7 +47,7 @@ class SqliteWrites(SqliteReads):
                 "SELECT output_dir FROM batches WHERE name = ?", (name,)
             ).fetchone()
             if before is not None and before[0] != output_dir:
-                self._pin_paths(name, before[0])
+                self._pin_paths(name)
             self.conn.execute(
                 """
                 INSERT INTO batches (name, manifest_path, output_dir, concurrency,
@@ -281,7 +281,7 @@ class SqliteWrites(SqliteReads):
     ) -> None:
         fence, held = self._fence("job_id")
         with self.transaction():
-            path = self._stored_path(job_id, path)
+            path = self._stored_path(job_id, output_id, path)
             cur = self.conn.execute(
                 f"""
                 UPDATE outputs SET state = ?, path = ?, bytes = ?, sha256 = ?,
