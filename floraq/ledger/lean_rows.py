@@ -123,12 +123,14 @@ class LeanRows(SqliteBase):
         super().__init__(*args, **kwargs)
         self._sources: dict[tuple[str, int], tuple[str, str]] = {}
         self._bases: dict[int, str] = {}
+        self._base_ids: dict[str, int] = {}
         self._fingerprints: dict[str, str] = {}
 
     def _forget(self) -> None:
         """After a rollback: what was read in it may not have been committed."""
         self._sources.clear()
         self._bases.clear()
+        self._base_ids.clear()
         self._fingerprints.clear()
 
     # -- reads --------------------------------------------------------------------------
@@ -219,17 +221,21 @@ class LeanRows(SqliteBase):
         if not url.endswith(suffix) or len(url) == len(suffix):
             return url, None
         base = url[: -len(suffix)]
-        self.conn.execute(
-            "INSERT INTO poll_bases (base) VALUES (?) ON CONFLICT (base) DO NOTHING", (base,)
-        )
-        found = self.conn.execute("SELECT id FROM poll_bases WHERE base = ?", (base,)).fetchone()
-        return None, int(found[0])
+        if base not in self._base_ids:  # once per base (and again after a rollback)
+            self.conn.execute(
+                "INSERT INTO poll_bases (base) VALUES (?) ON CONFLICT (base) DO NOTHING", (base,)
+            )
+            found = self.conn.execute("SELECT id FROM poll_bases WHERE base = ?", (base,))
+            self._base_ids[base] = int(found.fetchone()[0])
+        return None, self._base_ids[base]
 
     def _lean_fingerprint(self, batch: str, fingerprint: str) -> str:
-        self.conn.execute(
-            "UPDATE batches SET key_fingerprint = ? WHERE name = ? AND key_fingerprint IS NULL",
-            (fingerprint, batch),
-        )
+        if self._fingerprints.get(batch) is None:  # the batch's is written once, then kept
+            self.conn.execute(
+                "UPDATE batches SET key_fingerprint = ? WHERE name = ? AND key_fingerprint IS NULL",
+                (fingerprint, batch),
+            )
+            self._fingerprints.pop(batch, None)
         return REBUILT if self._batch_fingerprint(batch) == fingerprint else fingerprint
 
     def _stored_path(self, job_id: int, output_id: str, path: str) -> str:
