@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from ledgers import AnyLedger, NewLedger
 from sqlite_utils import Database
 
 from floraq.core.keys import row_keys
 from floraq.core.lifecycle import JobState
 from floraq.export import Columns, csv_record, json_record
-from floraq.ledger import Ledger, NewJob
+from floraq.ledger import Ledger, NewJob, PostgresLedger, pg_schema
 from floraq.ledger.migrations import migrations
 from floraq.ledger.sqlite import SqliteLedger
 from floraq.review import status_of
@@ -140,17 +142,27 @@ def test_a_moved_output_dir_keeps_the_files_where_they_were(new_ledger: NewLedge
 
 
 def _ledger_at_0010(path: Path) -> None:
-    """A ledger as floraq wrote it at step 0010: every value whole."""
+    """A SQLite ledger as floraq wrote it at step 0010: every value whole."""
     conn = sqlite3.connect(path)
     migrations.apply(Database(conn), stop_before="0011_lean_rows")
-    conn.execute(
+    _fill_0010(conn.execute)
+    conn.commit()
+    conn.close()
+
+
+def _fill_0010(execute: Callable[..., Any]) -> None:
+    """Rows in several states, with outputs, an event and a problem, in 0010's columns."""
+    execute(
         "INSERT INTO batches (name, manifest_path, output_dir, retry_failed_runs, created_at,"
         " updated_at) VALUES ('old', '/m/jobs.yaml', '/out', 1, 1.0, 1.0)"
     )
-    conn.execute("INSERT INTO techniques VALUES ('t', '{}', 1.0, 50000)")
+    execute(
+        "INSERT INTO techniques (slug, definition, fetched_at, run_cost_micros)"
+        " VALUES ('t', '{}', 1.0, 50000)"
+    )
     for n, state in enumerate(("downloaded", "failed", "downloaded", "queued"), 1):
         run = None if state == "queued" else f"run_{n}"
-        conn.execute(
+        execute(
             "INSERT INTO jobs (batch, technique, job_number, row_number, csv_line, location,"
             " row_key, inputs, inputs_digest, idempotency_key, state, run_id, poll_url,"
             " request_id, error_code, key_fingerprint, estimated_micros, charged_micros,"
@@ -163,22 +175,20 @@ def _ledger_at_0010(path: Path) -> None:
              "boom" if state == "failed" else None, run and "fp", 50000 if run else None,
              int(n == 3)),
         )  # fmt: skip
-    conn.execute(
+    execute(
         "INSERT INTO events (at, job_id, batch, kind, detail) VALUES (1.0, 3, 'old', 'queued', ?)",
         (json.dumps({"location": f"{STEM}, row 3 (rows.csv line 4)"}),),
     )
     for n in (1, 3):
-        conn.execute(
+        execute(
             "INSERT INTO outputs (job_id, output_id, type, url, url_seen_at, state, path,"
             " bytes, sha256, downloaded_at) VALUES (?, 'image', 'imageUrl', ?, 2.0,"
             " 'downloaded', ?, 3, 'ab', 4.5)",
             (n, f"https://m/{n}.png", f"/out/t/r{n}/image.png"),
         )
-    conn.commit()
-    conn.close()
 
 
-def _shown(led: SqliteLedger) -> dict[str, Any]:
+def _shown(led: AnyLedger) -> dict[str, Any]:
     """What `status --json`, `export` (CSV and JSONL), `verify` and `history` read."""
     views = led.job_views(["old"])
     columns = Columns(inputs=tuple(led.input_ids(["old"])), outputs=tuple(led.output_ids(["old"])))
@@ -210,6 +220,30 @@ def test_a_ledger_at_0010_migrates_and_reads_the_same(tmp_path: Path) -> None:
     )  # fmt: skip
     led.insert_jobs([_job(9)])  # new rows of an old ledger are lean
     assert led.query("SELECT location FROM jobs WHERE row_number = 9") == [{"location": ""}]
+
+
+def test_a_postgres_ledger_at_0010_migrates_and_reads_the_same(
+    postgres_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PostgreSQL twin of step 0011 on a ledger at 0010: the same reads, paths made
+    relative."""
+    steps = pg_schema.STEPS
+    assert steps[-1][0] == "0011_lean_rows"
+    monkeypatch.setattr(pg_schema, "STEPS", steps[:-1])
+    led = PostgresLedger.open(postgres_schema)
+    try:
+        with led.transaction():
+            _fill_0010(led.conn.execute)
+        before = _shown(led)
+        monkeypatch.setattr(pg_schema, "STEPS", steps)
+        led.migrate()
+        assert pg_schema.pending(pg_schema.applied_steps(led.pg)) == []
+        assert _shown(led) == before
+        assert before["files"][0].path == "/out/t/r1/image.png"
+        paths = led.query("SELECT path FROM outputs ORDER BY id")
+        assert paths[0] == {"path": "t/r1/image.png"}
+    finally:
+        led.close()
 
 
 def test_pages_of_jobs_use_the_batch_and_state_index_or_the_id_order() -> None:
