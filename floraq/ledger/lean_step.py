@@ -13,7 +13,7 @@ _DIR = (
     " WHERE j.id = outputs.job_id)"
 )
 
-# Old rows' paths under their batch's output_dir, made relative (as ``relative_path``).
+# Old rows' paths under their batch's output_dir, made relative (as ``lean_rows.stored_path`` does).
 RELATIVE_PATHS = (
     f"UPDATE outputs SET path = substr(path, length({_DIR}) + 2)"
     f" WHERE path IS NOT NULL AND {_DIR} LIKE '/%'"
