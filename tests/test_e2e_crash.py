@@ -21,6 +21,7 @@ import pytest
 from conftest import Floraq, output_files, served_outputs, sha256, status_json
 
 from floraq.crashpoints import POINTS
+from floraq.ledger.lean_rows import OUTPUT_PATH, OUTPUTS_JOINED
 from floraq.sandbox import SandboxServer
 
 IMG = "https://storage.googleapis.com/floraq-crash/{n}.jpg"
@@ -63,8 +64,9 @@ def assert_sound(floraq: Floraq, sandbox: SandboxServer, rows: int) -> dict[str,
             assert job["run_id"] is None
     served = served_outputs(sandbox)
     outputs = floraq.query(
-        "SELECT j.idempotency_key, o.output_id, o.path, o.sha256, o.state FROM outputs o"
-        " JOIN jobs j ON j.id = o.job_id WHERE j.state = 'downloaded'"
+        f"SELECT j.idempotency_key, o.output_id, {OUTPUT_PATH} AS path, o.sha256, o.state"
+        " FROM outputs o JOIN jobs j ON j.id = o.job_id JOIN batches b ON b.name = j.batch"
+        " WHERE j.state = 'downloaded'"
     )
     for out in outputs:
         path = Path(out["path"])
@@ -101,7 +103,12 @@ def test_crash_point_then_resume_never_pays_twice(
     crashed = floraq("submit", str(jobs), FLORAQ_CRASH_AT=f"{point}:5")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     files = output_files(floraq.cwd / "outputs")
-    recorded = {o["path"] for o in floraq.query("SELECT path FROM outputs WHERE path IS NOT NULL")}
+    recorded = {
+        o["path"]
+        for o in floraq.query(
+            f"SELECT {OUTPUT_PATH} AS path FROM {OUTPUTS_JOINED} WHERE o.path IS NOT NULL"
+        )
+    }
     if point == "mid_download":  # it died with half a file, under its .part name only
         assert any(p.name.endswith(".part") for p in files)
     if point == "after_rename_before_commit":  # a complete file the ledger does not know yet

@@ -11,6 +11,7 @@ from pathlib import Path
 from conftest import Floraq, floraq_against, served_outputs, sha256, status_json
 
 from floraq.errors import ExitCode
+from floraq.ledger.lean_rows import OUTPUT_PATH
 from floraq.sandbox import SandboxServer
 
 POSTS = "POST /techniques/{slug}/runs"
@@ -103,8 +104,8 @@ def test_a_folder_that_becomes_a_file_stops_the_batch_with_exit_7_then_resume_fi
     assert floraq.states() == {"downloaded": len(SKUS)}
     served = served_outputs(sandbox)
     outputs = floraq.query(
-        "SELECT o.path, o.sha256, o.output_id, j.idempotency_key FROM outputs o"
-        " JOIN jobs j ON j.id = o.job_id"
+        f"SELECT {OUTPUT_PATH} AS path, o.sha256, o.output_id, j.idempotency_key FROM outputs o"
+        " JOIN jobs j ON j.id = o.job_id JOIN batches b ON b.name = j.batch"
     )
     assert len(outputs) == len(SKUS)
     for out in outputs:

@@ -23,6 +23,7 @@ import pytest
 from conftest import Floraq, floraq_against, served_outputs, sha256, status_json
 
 from floraq.errors import ExitCode
+from floraq.ledger.lean_rows import OUTPUT_PATH
 from floraq.sandbox import SandboxServer
 
 NOBODY = 65534
@@ -135,8 +136,8 @@ def test_an_output_dir_made_read_only_stops_downloads_with_exit_7_then_resume_fi
     assert user_cli.states() == {"downloaded": len(SKUS)}
     served = served_outputs(sandbox)
     rows = user_cli.query(
-        "SELECT o.path, o.sha256, o.output_id, j.idempotency_key FROM outputs o"
-        " JOIN jobs j ON j.id = o.job_id"
+        f"SELECT {OUTPUT_PATH} AS path, o.sha256, o.output_id, j.idempotency_key FROM outputs o"
+        " JOIN jobs j ON j.id = o.job_id JOIN batches b ON b.name = j.batch"
     )
     assert len(rows) == len(SKUS)
     for row in rows:

@@ -13,6 +13,7 @@ from pathlib import Path
 from conftest import Floraq, served_outputs, sha256, status_json
 
 from floraq.errors import ExitCode
+from floraq.ledger.lean_rows import OUTPUT_PATH
 from floraq.sandbox import SandboxServer
 
 PROMPTS = ["a kite", "a lighthouse"]
@@ -66,8 +67,8 @@ def test_a_redirect_loop_is_download_failed_everywhere_and_retry_fetches_it(
     assert floraq.states() == {"downloaded": 2}
     served = served_outputs(sandbox)
     rows = floraq.query(
-        "SELECT o.path, o.sha256, o.output_id, j.idempotency_key, j.attempt FROM outputs o"
-        " JOIN jobs j ON j.id = o.job_id"
+        f"SELECT {OUTPUT_PATH} AS path, o.sha256, o.output_id, j.idempotency_key, j.attempt"
+        " FROM outputs o JOIN jobs j ON j.id = o.job_id JOIN batches b ON b.name = j.batch"
     )
     assert len(rows) == len(PROMPTS)
     for row in rows:

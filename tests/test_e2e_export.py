@@ -10,6 +10,7 @@ from pathlib import Path
 
 from conftest import Floraq, sha256
 
+from floraq.ledger.lean_rows import OUTPUT_PATH, OUTPUTS_JOINED
 from floraq.sandbox import SandboxServer
 
 IMG = "https://storage.googleapis.com/floraq-demo/{n}.jpg"
@@ -132,7 +133,9 @@ def test_verify_finds_missing_and_changed_files_and_resume_fetches_them(
 ) -> None:
     """verify exits 1 listing both; `resume --redownload-missing` restores the exact bytes."""
     assert floraq("submit", str(mixed_batch(floraq, rows=3))).returncode == 1
-    files = floraq.query("SELECT path, sha256 FROM outputs WHERE state = 'downloaded'")
+    files = floraq.query(
+        f"SELECT {OUTPUT_PATH} AS path, o.sha256 FROM {OUTPUTS_JOINED} WHERE o.state = 'downloaded'"
+    )
     gone, edited = Path(files[0]["path"]), Path(files[1]["path"])
     gone.unlink()
     edited.write_bytes(b"edited by hand")
@@ -158,7 +161,7 @@ def test_redownload_repolls_the_run_when_the_saved_url_has_expired(
         jobs=[{"technique": "portrait-enhancer", "rows": [{"input_image": IMG.format(n=1)}]}],
     )
     assert floraq("submit", str(manifest)).returncode == 0
-    file = floraq.query("SELECT path, sha256 FROM outputs")[0]
+    file = floraq.query(f"SELECT {OUTPUT_PATH} AS path, o.sha256 FROM {OUTPUTS_JOINED}")[0]
     Path(file["path"]).unlink()
     time.sleep(0.6)
     polls = sandbox.stats()["requests"]["GET /techniques/{slug}/runs/{run_id}"]

@@ -285,7 +285,7 @@ def test_failed_runs_are_tiered_and_only_retry_now_is_rerun(
         r["inputs"]: (r["state"], r["failure_tier"], r["attempt"])
         for r in floraq.query("SELECT inputs, state, failure_tier, attempt FROM jobs")
     }
-    tiers = {name: got[f'{{"prompt": "{prompt}"}}'] for name, prompt in prompts.items()}
+    tiers = {name: got[f'{{"prompt":"{prompt}"}}'] for name, prompt in prompts.items()}
     assert tiers == {
         "timeout": ("failed", "retry_now", 1 + retries),
         "moderated": ("failed", "change_input", 1),

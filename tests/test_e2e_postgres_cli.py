@@ -22,6 +22,7 @@ from ledgers import fresh_schema, postgres_url
 from test_e2e_crash import manifest
 
 from floraq.errors import ExitCode
+from floraq.ledger.lean_rows import OUTPUT_PATH
 from floraq.ledger.pg_connection import masked
 from floraq.sandbox import SandboxServer
 
@@ -76,8 +77,8 @@ def test_submit_status_and_a_second_worker_on_a_postgres_ledger(
     served = served_outputs(sandbox)
     outputs = pg_query(
         pg_url,
-        "SELECT j.idempotency_key, o.output_id, o.path, o.sha256 FROM outputs o"
-        " JOIN jobs j ON j.id = o.job_id",
+        f"SELECT j.idempotency_key, o.output_id, {OUTPUT_PATH} AS path, o.sha256 FROM outputs o"
+        " JOIN jobs j ON j.id = o.job_id JOIN batches b ON b.name = j.batch",
     )
     assert len(outputs) == len(served) and sandbox.stats()["runs_created"] == 6
     for out in outputs:

@@ -16,6 +16,7 @@ from test_e2e_crash import manifest
 from test_e2e_postgres_cli import PASSWORD, assert_no_password, pg_query
 
 from floraq.errors import ExitCode, LedgerConnectionLost
+from floraq.ledger.lean_rows import OUTPUT_PATH
 from floraq.ledger.pg_connection import PgConnection, masked
 from floraq.sandbox import SandboxServer
 
@@ -89,8 +90,8 @@ def test_a_dropped_connection_is_one_line_and_resume_finishes(
     served = served_outputs(sandbox)
     outputs = pg_query(
         pg_url,
-        "SELECT j.idempotency_key, o.output_id, o.path, o.sha256 FROM outputs o"
-        " JOIN jobs j ON j.id = o.job_id",
+        f"SELECT j.idempotency_key, o.output_id, {OUTPUT_PATH} AS path, o.sha256 FROM outputs o"
+        " JOIN jobs j ON j.id = o.job_id JOIN batches b ON b.name = j.batch",
     )
     assert len(outputs) == len(served)
     for row in outputs:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from conftest import Floraq
 
+from floraq.ledger.lean_rows import OUTPUT_PATH
 from floraq.sandbox import SandboxServer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -166,8 +167,8 @@ def test_report_marks_an_image_deleted_after_it_was_written(
     """An output deleted after the report was written shows as a broken image in its detail."""
     report = report_batch(floraq)
     gone = floraq.query(
-        "SELECT o.path, j.row_key FROM outputs o JOIN jobs j ON j.id = o.job_id"
-        " WHERE o.type = 'imageUrl' LIMIT 1"
+        f"SELECT {OUTPUT_PATH} AS path, j.row_key FROM outputs o JOIN jobs j ON j.id = o.job_id"
+        " JOIN batches b ON b.name = j.batch WHERE o.type = 'imageUrl' LIMIT 1"
     )[0]
     Path(gone["path"]).unlink()
     browser.open(report)

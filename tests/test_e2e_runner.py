@@ -10,6 +10,7 @@ from pathlib import Path
 
 from conftest import Floraq, served_outputs, sha256, status_json
 
+from floraq.ledger.lean_rows import OUTPUT_PATH
 from floraq.sandbox import SandboxServer
 
 IMG = "https://storage.googleapis.com/floraq-demo/{n}.jpg"
@@ -59,8 +60,8 @@ def test_batch_of_200_rows_downloads_every_output_verified(
     assert done.returncode == 0, done.stderr
     served = served_outputs(sandbox)
     outputs = floraq.query(
-        "SELECT j.idempotency_key, o.output_id, o.path, o.sha256 FROM outputs o"
-        " JOIN jobs j ON j.id = o.job_id"
+        f"SELECT j.idempotency_key, o.output_id, {OUTPUT_PATH} AS path, o.sha256 FROM outputs o"
+        " JOIN jobs j ON j.id = o.job_id JOIN batches b ON b.name = j.batch"
     )
     assert len(outputs) == 200 == len(served)
     for out in outputs:

@@ -26,6 +26,7 @@ from test_e2e_crash import manifest
 from test_e2e_postgres_cli import pg_query
 
 from floraq.errors import ExitCode
+from floraq.ledger.lean_rows import OUTPUT_PATH
 from floraq.sandbox import SandboxServer
 
 LEASE = "4"  # seconds: a stopped or killed worker's rows pass on quickly (and a loaded
@@ -85,8 +86,9 @@ def assert_batch_sound(cli: Floraq, sandbox: SandboxServer, url: str, rows: int)
     served = served_outputs(sandbox)
     outputs = pg_query(
         url,
-        "SELECT j.idempotency_key, o.output_id, o.path, o.sha256 FROM outputs o"
-        " JOIN jobs j ON j.id = o.job_id WHERE j.state = 'downloaded'",
+        f"SELECT j.idempotency_key, o.output_id, {OUTPUT_PATH} AS path, o.sha256 FROM outputs o"
+        " JOIN jobs j ON j.id = o.job_id JOIN batches b ON b.name = j.batch"
+        " WHERE j.state = 'downloaded'",
     )
     for out in outputs:
         expected = served[f"{out['idempotency_key']}/{out['output_id']}"]

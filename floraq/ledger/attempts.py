@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 
 from floraq.core.lifecycle import JobState, OutputState
 from floraq.ledger.assets import LedgerAssets
+from floraq.ledger.lean_rows import OUTPUT_PATH, OUTPUTS_JOINED
 from floraq.ledger.records import JobFields
 
 # A new attempt starts without any of these: they describe the run of the old one.
@@ -59,8 +60,8 @@ class LedgerAttempts(LedgerAssets):
             outputs = [
                 dict(o)
                 for o in self.conn.execute(
-                    "SELECT output_id, type, url, state, path, bytes, sha256 FROM outputs"
-                    " WHERE job_id = ? ORDER BY id",
+                    f"SELECT o.output_id, o.type, o.url, o.state, {OUTPUT_PATH} AS path,"
+                    f" o.bytes, o.sha256 FROM {OUTPUTS_JOINED} WHERE o.job_id = ? ORDER BY o.id",
                     (job_id,),
                 )
             ]

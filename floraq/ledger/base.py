@@ -100,6 +100,7 @@ class SqliteBase:
         except BaseException as e:
             if self.conn.in_transaction:  # a failed COMMIT may have rolled back already
                 self.conn.execute("ROLLBACK")
+            self._forget()
             if isinstance(e, Exception) and _disk_trouble(e):
                 raise self._disk_error(e) from e
             raise
@@ -120,6 +121,7 @@ class SqliteBase:
                 yield
             except BaseException:
                 self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                self._forget()
                 self.conn.execute(f"RELEASE SAVEPOINT {name}")
                 raise
             finally:
@@ -134,8 +136,15 @@ class SqliteBase:
         """
         return "", []
 
+    def _forget(self) -> None:
+        """Drop what was cached from reads of a transaction that rolled back."""
+
+    def _record(self, cls: type[R], row: Any) -> R:
+        """A record from a row (the lean rows' reads rebuild columns first)."""
+        return from_row(cls, row)
+
     def _all(self, cls: type[R], sql: str, params: Sequence[Any] = ()) -> list[R]:
-        return [from_row(cls, r) for r in self.conn.execute(sql, params).fetchall()]
+        return [self._record(cls, r) for r in self.conn.execute(sql, params).fetchall()]
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Rows as dicts, for tests and operators; floraq itself uses the typed methods."""

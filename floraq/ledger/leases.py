@@ -26,6 +26,7 @@ from floraq.core.lifecycle import ACTIVE, JobState
 from floraq.errors import LeaseLost
 from floraq.ledger.attempts import LedgerAttempts
 from floraq.ledger.base import marks, values
+from floraq.ledger.lean_rows import in_states
 from floraq.ledger.records import JobRecord
 
 NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"  # the server's clock, epoch seconds
@@ -164,7 +165,7 @@ class PgLeases(LedgerAttempts):
                 f"""
                 UPDATE jobs SET lease_owner = ? WHERE id IN (
                     SELECT j.id FROM jobs j
-                    WHERE j.batch IN ({marks(batches)}) AND j.state IN ({marks(state_list)})
+                    WHERE j.batch IN ({marks(batches)}) AND {in_states(state_list, "j.state")}
                       AND j.lease_owner IS DISTINCT FROM ?
                       AND NOT EXISTS (SELECT 1 FROM workers w
                           WHERE w.id = j.lease_owner AND w.lease_until > {NOW})
@@ -185,7 +186,7 @@ class PgLeases(LedgerAttempts):
             return 0
         row = self.conn.execute(
             f"SELECT COUNT(*) FROM jobs j JOIN workers w ON w.id = j.lease_owner"
-            f" WHERE j.batch IN ({marks(batches)}) AND j.state IN ({marks(state_list)})"
+            f" WHERE j.batch IN ({marks(batches)}) AND {in_states(state_list, 'j.state')}"
             f" AND w.id IS DISTINCT FROM ? AND w.heartbeat_at < {NOW} - ?",
             [*batches, *state_list, self.worker, after],
         ).fetchone()
@@ -202,7 +203,7 @@ class PgLeases(LedgerAttempts):
         row = self.conn.execute(
             f"SELECT COUNT(w.id), COUNT(*) - COUNT(w.id) FROM jobs j LEFT JOIN workers w"
             f" ON w.id = j.lease_owner AND w.lease_until > {NOW}"
-            f" WHERE j.batch IN ({marks(batches)}) AND j.state IN ({marks(active)})",
+            f" WHERE j.batch IN ({marks(batches)}) AND {in_states(active, 'j.state')}",
             [*batches, *active],
         ).fetchone()
         return int(row[0]), int(row[1])
@@ -224,7 +225,7 @@ class PgLeases(LedgerAttempts):
             f"SELECT w.id, w.host, w.pid, w.heartbeat_at, {NOW} - w.heartbeat_at AS age,"
             f" w.lease_until - {NOW} AS lease_left,"
             f" COUNT(j.id) AS n FROM workers w LEFT JOIN jobs j ON j.lease_owner = w.id"
-            f" AND j.state IN ({marks(active)}) AND {where}"
+            f" AND {in_states(active, 'j.state')} AND {where}"
             " GROUP BY w.id, w.host, w.pid, w.heartbeat_at, w.lease_until ORDER BY w.started_at",
             [*active, *batches],
         ).fetchall()

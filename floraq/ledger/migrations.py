@@ -10,6 +10,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from floraq.errors import LedgerError
+from floraq.ledger import lean_step
 
 migrations = Migrations("floraq")
 
@@ -406,6 +407,13 @@ def m0010_polling(db: Database) -> None:
     # have a slot, without the wait in the queue, is what the next night's poll schedule
     # starts from (core.poll_aim.first_look).
     db.execute("ALTER TABLE jobs ADD COLUMN remote_started_at INTEGER")
+
+
+@migrations(name="0011_lean_rows")
+def m0011_lean_rows(db: Database) -> None:
+    # Rows store only what cannot be rebuilt (floraq.ledger.lean_rows; the step: lean_step).
+    for statement in lean_step.statements(identity="INTEGER PRIMARY KEY"):
+        db.execute(statement)
 
 
 # Every step this floraq knows, in order: a ledger that has applied one not listed here was

@@ -20,6 +20,14 @@ from floraq.core.lifecycle import (
 from floraq.core.money import from_micros
 from floraq.errors import LedgerError
 from floraq.ledger.base import chunks, marks, values
+from floraq.ledger.lean_rows import (
+    OUTPUT_PATH,
+    OUTPUTS_JOINED,
+    REBUILT,
+    digest_of,
+    in_batches,
+    in_states,
+)
 from floraq.ledger.records import (
     BatchRecord,
     JobRecord,
@@ -29,6 +37,12 @@ from floraq.ledger.records import (
     from_row,
 )
 from floraq.ledger.totals import TotalsReads
+
+# An OutputRecord's columns, its path made whole (from ``OUTPUTS_JOINED``).
+_OUTPUT_COLUMNS = (
+    "o.job_id, o.output_id, o.type, o.url, o.url_seen_at, o.state,"
+    f" {OUTPUT_PATH} AS path, o.bytes, o.sha256"
+)
 
 
 class SqliteReads(TotalsReads):
@@ -63,10 +77,11 @@ class SqliteReads(TotalsReads):
         found: dict[str, str] = {}
         for part in chunks(row_keys):
             sql = (
-                "SELECT row_key, inputs_digest FROM jobs WHERE batch = ? AND technique = ?"
+                "SELECT row_key, inputs_digest, inputs FROM jobs WHERE batch = ? AND technique = ?"
                 f" AND row_key IN ({marks(part)})"
             )
-            found.update((r[0], r[1]) for r in self.conn.execute(sql, [batch, technique, *part]))
+            for r in self.conn.execute(sql, [batch, technique, *part]):
+                found[r[0]] = r[1] if r[1] != REBUILT else digest_of(r[2])
         return found
 
     def folders_of_other_batches(
@@ -108,8 +123,8 @@ class SqliteReads(TotalsReads):
             return []
         return self._all(
             JobRecord,
-            f"SELECT * FROM jobs WHERE batch IN ({marks(batches)})"
-            f" AND state IN ({marks(state_list)}) AND id > ? ORDER BY id LIMIT ?",
+            f"SELECT * FROM jobs WHERE {in_batches(batches, state_list)}"
+            f" AND {in_states(state_list)} AND id > ? ORDER BY id LIMIT ?",
             [*batches, *state_list, after_id, limit],
         )
 
@@ -121,7 +136,9 @@ class SqliteReads(TotalsReads):
 
     def outputs(self, job_id: int) -> list[OutputRecord]:
         return self._all(
-            OutputRecord, "SELECT * FROM outputs WHERE job_id = ? ORDER BY id", (job_id,)
+            OutputRecord,
+            f"SELECT {_OUTPUT_COLUMNS} FROM {OUTPUTS_JOINED} WHERE o.job_id = ? ORDER BY o.id",
+            (job_id,),
         )
 
     def committed_cost(self, batch: str) -> Decimal:
@@ -156,16 +173,21 @@ class SqliteReads(TotalsReads):
         if not batches:
             return []
         problems = values(PROBLEM_STATES)
-        return self.query(
+        rows = self.conn.execute(
             f"""
             SELECT batch, technique, location, row_key, state, run_id, error_code,
                 error_message, error_fields, failure_tier, request_id, attempt,
-                charged_micros, prior_charged_micros
-            FROM jobs WHERE batch IN ({marks(batches)}) AND state IN ({marks(problems)})
+                charged_micros, prior_charged_micros, job_number, row_number, csv_line
+            FROM jobs WHERE batch IN ({marks(batches)}) AND {in_states(problems)}
             ORDER BY id
             """,
             [*batches, *problems],
-        )
+        ).fetchall()
+        shown = [self.whole(r) for r in rows]
+        for row in shown:
+            for column in ("job_number", "row_number", "csv_line"):
+                del row[column]
+        return shown
 
     def job_id_for_key(self, key: str) -> int:
         row = self.conn.execute("SELECT id FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
@@ -209,11 +231,11 @@ class SqliteReads(TotalsReads):
         """A page of jobs with their outputs, in id order, for exports and reports."""
         if not batches:
             return []
-        sql = f"SELECT * FROM jobs WHERE batch IN ({marks(batches)}) AND id > ?"
+        state_list = values(states) if states is not None else []
+        sql = f"SELECT * FROM jobs WHERE {in_batches(batches, state_list)} AND id > ?"
         params: list[Any] = [*batches, after_id]
         if states is not None:
-            state_list = values(states)
-            sql += f" AND state IN ({marks(state_list)})"
+            sql += f" AND {in_states(state_list)}"
             params += state_list
         if technique is not None:
             sql += " AND technique = ?"
@@ -223,11 +245,12 @@ class SqliteReads(TotalsReads):
         for part in chunks(list(outputs)):
             for o in self._all(
                 OutputRecord,
-                f"SELECT * FROM outputs WHERE job_id IN ({marks(part)}) ORDER BY id",
+                f"SELECT {_OUTPUT_COLUMNS} FROM {OUTPUTS_JOINED}"
+                f" WHERE o.job_id IN ({marks(part)}) ORDER BY o.id",
                 part,
             ):
                 outputs[o.job_id].append(o)
-        return [from_row(JobView, r, outputs=tuple(outputs[r["id"]])) for r in rows]
+        return [from_row(JobView, self.whole(r), outputs=tuple(outputs[r["id"]])) for r in rows]
 
     def input_ids(self, batches: Sequence[str], technique: str | None = None) -> list[str]:
         """Every input id the rows of these batches use, in the order techniques declare them."""
@@ -278,7 +301,8 @@ class SqliteReads(TotalsReads):
         own output.
         """
         rows = self.conn.execute(
-            "SELECT url, path FROM outputs WHERE state = ? AND path IS NOT NULL",
+            f"SELECT o.url, {OUTPUT_PATH} AS path FROM {OUTPUTS_JOINED}"
+            " WHERE o.state = ? AND o.path IS NOT NULL",
             (OutputState.DOWNLOADED.value,),
         )
         return {r[0]: r[1] for r in rows}
@@ -292,9 +316,10 @@ class SqliteReads(TotalsReads):
         return self._all(
             StoredFile,
             f"""
-            SELECT o.id, o.job_id, o.output_id, o.path, o.bytes, o.sha256, j.batch,
-                j.technique, j.row_key, j.location
-            FROM outputs o JOIN jobs j ON j.id = o.job_id
+            SELECT o.id, o.job_id, o.output_id, {OUTPUT_PATH} AS path, o.bytes, o.sha256,
+                j.batch, j.technique, j.row_key, j.location, j.job_number, j.row_number,
+                j.csv_line
+            FROM outputs o JOIN jobs j ON j.id = o.job_id JOIN batches b ON b.name = j.batch
             WHERE j.batch IN ({marks(batches)}) AND o.state = ?
                 AND o.path IS NOT NULL AND o.id > ?
             ORDER BY o.id LIMIT ?

@@ -16,7 +16,8 @@ from typing import Any
 
 from floraq.core.lifecycle import RUN_FINISHED, USUAL_PATH, JobState
 from floraq.core.money import from_micros, to_micros
-from floraq.ledger.base import SqliteBase, marks, values
+from floraq.ledger.base import marks, values
+from floraq.ledger.lean_rows import LeanRows
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +120,7 @@ def _state_totals(r: Any) -> StateTotals:
     )
 
 
-class TotalsReads(SqliteBase):
+class TotalsReads(LeanRows):
     """Totals per batch, technique and state or quote; a job's whole trail."""
 
     def state_counts(self, batches: Sequence[str]) -> list[StateTotals]:
@@ -161,7 +162,7 @@ class TotalsReads(SqliteBase):
             for row in self.conn.execute(
                 f"SELECT {USUAL_COLUMNS} FROM jobs j WHERE j.id = ? AND j.logged = 0", (job_id,)
             ).fetchall()
-            for kind, at, detail in usual_events(row)
+            for kind, at, detail in usual_events(self.whole(row))
         ]  # fmt: skip
         for e in self.conn.execute(
             "SELECT at, batch, kind, detail FROM events WHERE job_id = ? ORDER BY id", (job_id,)

@@ -6,15 +6,15 @@ Every method joins an open transaction (the runner's group commit) or opens its 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
-from json.encoder import encode_basestring
 from typing import Any, Unpack
 
 from floraq.core.lifecycle import USUAL_MOVES, JobState, OutputState, check_transition
 from floraq.core.money import to_micros
 from floraq.errors import LeaseLost, LedgerError
 from floraq.ledger.base import chunks
+from floraq.ledger.lean_rows import REBUILT, location_parts
 from floraq.ledger.reads import SqliteReads
 from floraq.ledger.records import JobFields, NewJob, column_values
 from floraq.ledger.totals import USUAL_COLUMNS, usual_events
@@ -43,6 +43,11 @@ class SqliteWrites(SqliteReads):
         now = self.clock()
         cap = None if max_cost is None else to_micros(max_cost)
         with self.transaction():
+            before = self.conn.execute(
+                "SELECT output_dir FROM batches WHERE name = ?", (name,)
+            ).fetchone()
+            if before is not None and before[0] != output_dir:
+                self._pin_paths(name)
             self.conn.execute(
                 """
                 INSERT INTO batches (name, manifest_path, output_dir, concurrency,
@@ -78,27 +83,13 @@ class SqliteWrites(SqliteReads):
         ``location`` are what the "queued" event said (``logged = 0``, see ``move``).
         """
         now = self.clock()
-        rows = [
-            (
-                job.batch,
-                job.technique,
-                job.job_number,
-                job.row_number,
-                job.csv_line,
-                job.location,
-                job.row_key,
-                _inputs_text(job.inputs),
-                job.inputs_digest,
-                job.idempotency_key,
-                JobState.QUEUED.value,
-                to_micros(job.estimated_cost),
-                now,
-                now,
-            )
-            for job in jobs
-        ]
+        jobs = list(jobs)
         inserted = 0
         with self.transaction():
+            rows = [
+                (*values, JobState.QUEUED.value, cost, now, now)
+                for values, cost in self._lean_rows(jobs)
+            ]
             for part in chunks(rows, _INSERT_ROWS):
                 cur = self.conn.execute(
                     "INSERT INTO jobs (batch, technique, job_number, row_number, csv_line,"
@@ -111,6 +102,24 @@ class SqliteWrites(SqliteReads):
                 inserted += len(cur.fetchall())
         return inserted
 
+    def _lean_rows(self, jobs: list[NewJob]) -> Iterator[tuple[tuple[Any, ...], int]]:
+        """Each job's first ten columns as stored (``lean_rows``), and its quote in micros."""
+        parts = [location_parts(j.location, j.row_number, j.csv_line) for j in jobs]
+        wanted: dict[tuple[str, int], tuple[str, str]] = {}
+        for job, found in zip(jobs, parts, strict=True):
+            if found is not None:
+                wanted.setdefault((job.batch, job.job_number), found)
+        sources = self._job_sources(wanted) if wanted else {}
+        for job, found in zip(jobs, parts, strict=True):
+            location, text, digest = self._lean_job(job)
+            if found is not None and sources.get((job.batch, job.job_number)) == found:
+                location = REBUILT
+            yield (
+                (job.batch, job.technique, job.job_number, job.row_number, job.csv_line,
+                 location, job.row_key, text, digest, job.idempotency_key),
+                to_micros(job.estimated_cost),
+            )  # fmt: skip
+
     def move(
         self, job_id: int, current: JobState, new: JobState, **fields: Unpack[JobFields]
     ) -> None:
@@ -120,7 +129,7 @@ class SqliteWrites(SqliteReads):
         cost follows the state, so there is no separate release.
         """
         check_transition(current, new)
-        columns = column_values(fields)
+        columns = self._lean_columns(job_id, column_values(fields))
         assignments = "".join(f", {name} = ?" for name in columns)
         fence, held = self._fence()
         told = (current, new) in USUAL_MOVES
@@ -154,13 +163,13 @@ class SqliteWrites(SqliteReads):
         ).fetchone()
         if row is None:
             return
-        for kind, at, detail in usual_events(row):
+        for kind, at, detail in usual_events(self.whole(row)):
             self._event(job_id, row["batch"] if kind == "queued" else None, kind, detail, at=at)
         self.conn.execute("UPDATE jobs SET logged = 1 WHERE id = ?", (job_id,))
 
     def update(self, job_id: int, **fields: Unpack[JobFields]) -> None:
         """Record progress that does not change the state (polls, progress, late cost)."""
-        columns = column_values(fields)
+        columns = self._lean_columns(job_id, column_values(fields))
         assignments = "".join(f", {name} = ?" for name in columns)
         fence, held = self._fence()
         with self.transaction():
@@ -272,6 +281,7 @@ class SqliteWrites(SqliteReads):
     ) -> None:
         fence, held = self._fence("job_id")
         with self.transaction():
+            path = self._stored_path(job_id, output_id, path)
             cur = self.conn.execute(
                 f"""
                 UPDATE outputs SET state = ?, path = ?, bytes = ?, sha256 = ?,
@@ -309,19 +319,6 @@ class SqliteWrites(SqliteReads):
                 f"UPDATE outputs SET state = ?{set_error} WHERE job_id = ? AND output_id = ?",
                 [state.value, *([error] if error is not None else []), job_id, output_id],
             )
-
-
-def _inputs_text(inputs: Mapping[str, str]) -> str:
-    """The inputs column: JSON with sorted keys and raw UTF-8 (as always stored)."""
-    if all(type(k) is str and type(v) is str for k, v in inputs.items()):
-        return (
-            "{"
-            + ", ".join(
-                f"{encode_basestring(k)}: {encode_basestring(inputs[k])}" for k in sorted(inputs)
-            )
-            + "}"
-        )
-    return json.dumps(dict(inputs), sort_keys=True, ensure_ascii=False)
 
 
 def _plain(value: object) -> str:
