@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 from floraq.api import FloraClient
 from floraq.core.keys import row_keys
-from floraq.core.manifest import Manifest, Row
+from floraq.core.manifest import JobSpec, Manifest, Row
 from floraq.core.problems import Problem
+from floraq.core.row_fast import FastRows
 from floraq.core.technique import Technique
 from floraq.core.validation import check_row
 from floraq.errors import NotFound
@@ -81,37 +82,76 @@ def check_rows(
     a ``SeenRows`` store on disk, so memory does not grow with the manifest.
     """
     files = files or LocalFiles()
+    output_dir = str(manifest.output_dir)
     with SeenRows() as seen:
         for job in manifest.jobs:
             technique = techniques.get(job.technique)
             buffered: list[Problem | Checked] = []  # in row order, problems as they came
             rows = 0
+            check = _RowCheck(manifest, job, technique, files) if technique else None
             input_ids = [i.id for i in technique.inputs] if technique else None
             for item in iter_job_rows(manifest, job, input_ids=input_ids):
                 if isinstance(item, Problem):
                     buffered.append(item)
                     continue
-                if technique is None:
+                if check is None:
                     continue
-                base = row_base(
-                    manifest.folder, job.csv.path if job.csv else None, item.csv_line is not None
-                )
-                checked = _checked(
-                    manifest.batch, item, technique, files.row_files(item, technique, base)
-                )
-                buffered.extend(checked.warnings)
+                checked = check(item)
+                if checked.warnings:
+                    buffered.extend(checked.warnings)
                 buffered.append(checked)
                 rows += 1
                 if rows >= INSERT_CHUNK:
                     settled = _against_earlier(buffered, seen, job.technique, problems, stats)
-                    yield from against_ledger(settled, ledger, str(manifest.output_dir))
+                    yield from against_ledger(settled, ledger, output_dir)
                     buffered, rows = [], 0
             settled = _against_earlier(buffered, seen, job.technique, problems, stats)
-            yield from against_ledger(settled, ledger, str(manifest.output_dir))
+            yield from against_ledger(settled, ledger, output_dir)
+
+
+class _RowCheck:
+    """One job's rows checked: on the short path (``FastRows``) when it may answer, else
+    the generic one; what both need is decided here once, not per row."""
+
+    def __init__(
+        self, manifest: Manifest, job: JobSpec, technique: Technique, files: LocalFiles
+    ) -> None:
+        self.batch, self.technique, self.files = manifest.batch, technique, files
+        self.fast = FastRows(
+            batch=manifest.batch, technique=technique, remote=files.remote is not None
+        )
+        csv_path = job.csv.path if job.csv else None
+        self.bases = (  # where relative paths start: inline rows, CSV rows
+            row_base(manifest.folder, csv_path, False),
+            row_base(manifest.folder, csv_path, True),
+        )
+
+    def __call__(self, row: Row) -> Checked:
+        keys = self.fast.keys(row.values, row.key)
+        if keys is None:
+            base = self.bases[row.csv_line is not None]
+            local = self.files.row_files(row, self.technique, base)
+            return _checked(self.batch, row, self.technique, local)
+        technique = self.technique
+        job = NewJob(
+            batch=self.batch,
+            technique=technique.slug,
+            job_number=row.job,
+            row_number=row.number,
+            csv_line=row.csv_line,
+            location=row.location,
+            row_key=row.key if row.key is not None else keys.row_key,
+            inputs=dict(row.values),
+            inputs_digest=keys.inputs_digest,
+            idempotency_key=keys.idempotency_key,
+            estimated_cost=technique.run_cost,
+        )
+        return Checked(job=job, errors=[])
 
 
 def _checked(batch: str, row: Row, technique: Technique, local: RowFiles) -> Checked:
-    """One row checked on its own, with its first-attempt key and output folder.
+    """One row checked on its own (the generic path), with its first-attempt key and
+    output folder.
 
     Its local files are content references in ``local.values``: the key, the digest and
     the folder name cover what the files hold, not where they are.
@@ -190,7 +230,7 @@ def _against_earlier(
                 owners[folder] = entry.job.location
                 new_folders.append((technique, folder, entry.job.location))
         settled.append(entry)
-    seen.add(new_keys, new_folders)
+    seen.add(new_keys, new_folders, new=True)  # each looked up above, and kept once
     return settled
 
 
