@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from floraq.api import FloraClient
-from floraq.core.keys import row_keys
+from floraq.core.keys import ROW_KEY_HEX_CHARS, row_keys
 from floraq.core.manifest import JobSpec, Manifest, Row
 from floraq.core.problems import Problem
 from floraq.core.row_fast import FastRows
@@ -140,10 +140,10 @@ class _RowCheck:
             row_number=row.number,
             csv_line=row.csv_line,
             location=row.location,
-            row_key=row.key if row.key is not None else keys.row_key,
+            row_key=row.key if row.key is not None else keys[1][:ROW_KEY_HEX_CHARS],
             inputs=dict(row.values),
-            inputs_digest=keys.inputs_digest,
-            idempotency_key=keys.idempotency_key,
+            inputs_digest=keys[1],
+            idempotency_key=keys[2],
             estimated_cost=technique.run_cost,
         )
         return Checked(job=job, errors=[])

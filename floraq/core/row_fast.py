@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from floraq.core.keys import RowKeyer, RowKeys
+from floraq.core.keys import RowKeyer
 from floraq.core.technique import Technique
 from floraq.core.validation import (
     CONTROL_CHARS,
@@ -39,9 +39,9 @@ class FastRows:
         self.keyer = RowKeyer(batch=batch, technique=technique.slug, ids=ids)
         self._hosts: dict[str, bool] = {}  # host as written -> documented
 
-    def keys(self, values: Mapping[str, object], key: str | None) -> RowKeys | None:
-        """The row's keys if it has exactly the technique's inputs and no problem at all;
-        None: check it the generic way."""
+    def keys(self, values: Mapping[str, object], key: str | None) -> tuple[str, str, str] | None:
+        """The row's ``RowKeys`` fields (inputs JSON, digest, key) if it has exactly the
+        technique's inputs and no problem at all; None: check it the generic way."""
         if not self.usable or len(values) != len(self.slots):
             return None
         for input_id, media in self.slots:
@@ -50,7 +50,7 @@ class FastRows:
                 return None
         if key is not None and SAFE_NAME.fullmatch(key) is None:
             return None
-        return self.keyer(values)  # type: ignore[arg-type]  # every value is a str: checked
+        return self.keyer.parts(values)  # type: ignore[arg-type]  # every value is a str: checked
 
     def _fine(self, value: str, media: bool) -> bool:
         """Whether the generic checks would find nothing to say about this value."""
