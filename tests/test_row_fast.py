@@ -57,6 +57,22 @@ TRICKY: list[tuple[Any, Any, str | None]] = [
     ("https://storage.googleapis.com/a b.jpg", "whitespace", None),
     ("https://storage.googleapis.com/a\u3000b.jpg", "unicode whitespace", None),
     ("https:///a.jpg", "no host", None),
+    ("https://cdn.flora.ai", "no path", None),
+    ("https://cdn.flora.ai?x=1", "a query, no path", None),
+    ("https://cdn.flora.ai#", "a bare fragment", None),
+    ("https://cdn.flora.ai:443/x", "a port", None),
+    ("https://cdn.flora.ai@evil.example/x", "user part", None),
+    ("https://cdn.flora.ai/a\tb", "a tab", None),
+    ("https://cdn.flora.ai/a\nb", "a newline", None),
+    ("https://cdn.flora.ai/a\u00a0b", "no-break space", None),
+    ("https://cdn.flora.ai/é", "unicode path", None),
+    ("https://cdñ.flora.ai/x", "unicode host", None),
+    ("http\u017f://cdn.flora.ai/x", "long s (matches (?i)s)", None),
+    ("hTtPs://cdn.FLORA.ai./x", "mixed case, trailing dot", None),
+    ("https://-.flora.ai/", "odd host", None),
+    ("https://cdn_x.flora.ai/", "underscore", None),
+    (" https://cdn.flora.ai/x", "leading space", None),
+    ("https://cdn.flora.ai/x ", "trailing space", None),
     ("ftp://storage.googleapis.com/a.jpg", "ftp", None),
     ("https://" + "a" * 8200 + ".flora.ai/", "too long", None),
     ("https://cdn.flora.ai/\x07bell", "a control character", None),
@@ -123,7 +139,7 @@ def test_the_short_path_gives_the_generic_result(tmp_path: Path) -> None:
         assert (got.job, got.errors, got.warnings, got.files) == (
             generic.job, generic.errors, generic.warnings, generic.files,
         ), row.location  # fmt: skip
-    assert answered == 6  # the first six rows are fine, and only those
+    assert answered == 6 + 7  # the first six rows, and the seven fine odd URLs
 
 
 def test_upload_remote_and_repeated_ids_take_the_generic_path() -> None:

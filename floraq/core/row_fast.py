@@ -11,6 +11,7 @@ leaves to the generic path, so the two give the same result. A test compares the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from floraq.core.keys import RowKeyer
@@ -25,6 +26,29 @@ from floraq.core.validation import (
 )
 
 _HOSTS_KEPT = 4096  # hosts remembered per job (a batch has a handful)
+_HOST = re.compile(r"[A-Za-z0-9.-]+")
+_ASCII_SPACE = (" ", "\t", "\n", "\r")  # what \s finds in ASCII once controls are out
+
+
+def _plain_host(value: str) -> str | None:
+    r"""``PLAIN_HTTPS.fullmatch(value).group(1)``, found without scanning the whole URL by
+    regex when it is ASCII (the usual case); None when it does not match.
+
+    Only for a value with no control character (checked before): in ASCII, ``\S`` then
+    refuses exactly space, tab, CR and LF. Any other value asks the regex itself.
+    """
+    if not value.isascii():
+        plain = PLAIN_HTTPS.fullmatch(value)
+        return None if plain is None else plain.group(1)
+    if value[:8].lower() != "https://" or any(c in value for c in _ASCII_SPACE):
+        return None
+    found = _HOST.match(value, 8)
+    if found is None:
+        return None
+    end = found.end()
+    if end < len(value) and value[end] not in "/?#":
+        return None
+    return found.group()
 
 
 class FastRows:
@@ -60,10 +84,9 @@ class FastRows:
             return len(value) <= MAX_TEXT_LENGTH
         if "://" not in value or value.startswith("file://") or len(value) > MAX_URL_LENGTH:
             return False  # a local file (read from disk), or a problem
-        plain = PLAIN_HTTPS.fullmatch(value)
-        if plain is None:
+        host = _plain_host(value)
+        if host is None:
             return False
-        host = plain.group(1)
         known = self._hosts.get(host)
         if known is None:
             if len(self._hosts) >= _HOSTS_KEPT:
