@@ -40,7 +40,7 @@ def queue_rows(
     replaces that record: it moves to ``replaced``, so it no longer counts as a row that
     needs a look.
     """
-    with ledger.bulk(), ledger.transaction():
+    with ledger.transaction():
         workspace_id = _workspace_of(ledger, manifest, plan)
         queue = _Queue(ledger, manifest.batch, workspace_id, reupload)
         late: list[Problem] = []

@@ -32,10 +32,6 @@ class PostgresLedger(PgLeases, LedgerLimits):
     _DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"  # one clock for every machine
     _LOCK_ROW = " FOR UPDATE"
 
-    def bulk(self) -> contextlib.AbstractContextManager[None]:
-        """Nothing to tune for a bulk write: the server's buffers are its own."""
-        return contextlib.nullcontext()
-
     def __init__(
         self, conn: PgConnection, *, url: str, clock: Callable[[], float] = time.time
     ) -> None:

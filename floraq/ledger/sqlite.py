@@ -9,11 +9,10 @@ half-way). Every job move is checked against the lifecycle table and appended to
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -26,8 +25,6 @@ from floraq.ledger.migrations import migrations, refuse_if_foreign
 from floraq.lock import ensure_private_dir, writable
 
 BUSY_TIMEOUT_MS = 10_000
-# KiB of page cache while a batch is queued (default: 2 MB); within submit's memory budget
-BULK_CACHE_KIB = 8 * 1024
 
 
 class SqliteLedger(LedgerAttempts, LedgerLimits):
@@ -116,17 +113,6 @@ class SqliteLedger(LedgerAttempts, LedgerLimits):
             migrations.apply(self.db)
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"cannot migrate the ledger: {e}") from None
-
-    @contextlib.contextmanager
-    def bulk(self) -> Iterator[None]:
-        """A roomier page cache while many rows go in at once (``submit``'s queue): the
-        random ``idempotency_key`` index outgrows the default 2 MB in a large batch."""
-        before = self.sqlite.execute("PRAGMA cache_size").fetchone()[0]
-        self.sqlite.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
-        try:
-            yield
-        finally:
-            self.sqlite.execute(f"PRAGMA cache_size = {int(before)}")
 
     def close(self) -> None:
         self.sqlite.close()
