@@ -1,8 +1,8 @@
-"""Admission: manifest rows checked alone, against each other and the ledger, then queued.
+"""Admission: manifest rows checked alone, against each other and against the ledger.
 
 Rows stream through a chunk at a time, so memory stays flat however long the manifest:
 duplicates and shared output folders are looked up in an on-disk ``SeenRows`` store.
-Nothing here sends a run; ``queue_rows`` is the only writer, and only of new rows.
+Nothing here writes or sends: ``floraq.queueing`` queues the rows checked here.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from floraq.core.problems import Problem
 from floraq.ledger import NewJob
 from floraq.local_inputs import LocalFile
 
-SPOOL_CHUNK = 2000  # rows per pickled block
+SPOOL_CHUNK = 500  # rows per pickled block (more would add to the peak memory, not speed)
 
 
 def _encoded(checked: Checked) -> tuple[Any, ...]:
