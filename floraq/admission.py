@@ -1,21 +1,21 @@
-"""Admission: manifest rows checked alone, against each other and the ledger, then queued.
+"""Admission: manifest rows checked alone, against each other and against the ledger.
 
 Rows stream through a chunk at a time, so memory stays flat however long the manifest:
 duplicates and shared output folders are looked up in an on-disk ``SeenRows`` store.
-Nothing here sends a run; ``queue_rows`` is the only writer, and only of new rows.
+Nothing here writes or sends: ``floraq.queueing`` queues the rows checked here.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from floraq.api import FloraClient
-from floraq.core.keys import row_keys
-from floraq.core.lifecycle import JobState
-from floraq.core.manifest import Manifest, Row
+from floraq.core.keys import ROW_KEY_HEX_CHARS, row_keys
+from floraq.core.manifest import JobSpec, Manifest, Row
 from floraq.core.problems import Problem
+from floraq.core.row_fast import FastRows
 from floraq.core.technique import Technique
 from floraq.core.validation import check_row
 from floraq.errors import NotFound
@@ -58,9 +58,8 @@ async def fetch_techniques(
 
 @dataclass(slots=True)
 class Checked:
-    """A row, the ledger job it would become, and what stops it (filled in as checks run)."""
+    """A row as the ledger job it would become, and what stops it (filled in as checks run)."""
 
-    row: Row
     job: NewJob
     errors: list[Problem]
     warnings: list[Problem] = field(default_factory=list)
@@ -83,37 +82,76 @@ def check_rows(
     a ``SeenRows`` store on disk, so memory does not grow with the manifest.
     """
     files = files or LocalFiles()
+    output_dir = str(manifest.output_dir)
     with SeenRows() as seen:
         for job in manifest.jobs:
             technique = techniques.get(job.technique)
             buffered: list[Problem | Checked] = []  # in row order, problems as they came
             rows = 0
+            check = _RowCheck(manifest, job, technique, files) if technique else None
             input_ids = [i.id for i in technique.inputs] if technique else None
             for item in iter_job_rows(manifest, job, input_ids=input_ids):
                 if isinstance(item, Problem):
                     buffered.append(item)
                     continue
-                if technique is None:
+                if check is None:
                     continue
-                base = row_base(
-                    manifest.folder, job.csv.path if job.csv else None, item.csv_line is not None
-                )
-                checked = _checked(
-                    manifest.batch, item, technique, files.row_files(item, technique, base)
-                )
-                buffered.extend(checked.warnings)
+                checked = check(item)
+                if checked.warnings:
+                    buffered.extend(checked.warnings)
                 buffered.append(checked)
                 rows += 1
                 if rows >= INSERT_CHUNK:
                     settled = _against_earlier(buffered, seen, job.technique, problems, stats)
-                    yield from _against_ledger(settled, ledger, str(manifest.output_dir))
+                    yield from against_ledger(settled, ledger, output_dir)
                     buffered, rows = [], 0
             settled = _against_earlier(buffered, seen, job.technique, problems, stats)
-            yield from _against_ledger(settled, ledger, str(manifest.output_dir))
+            yield from against_ledger(settled, ledger, output_dir)
+
+
+class _RowCheck:
+    """One job's rows checked: on the short path (``FastRows``) when it may answer, else
+    the generic one; what both need is decided here once, not per row."""
+
+    def __init__(
+        self, manifest: Manifest, job: JobSpec, technique: Technique, files: LocalFiles
+    ) -> None:
+        self.batch, self.technique, self.files = manifest.batch, technique, files
+        self.fast = FastRows(
+            batch=manifest.batch, technique=technique, remote=files.remote is not None
+        )
+        csv_path = job.csv.path if job.csv else None
+        self.bases = (  # where relative paths start: inline rows, CSV rows
+            row_base(manifest.folder, csv_path, False),
+            row_base(manifest.folder, csv_path, True),
+        )
+
+    def __call__(self, row: Row) -> Checked:
+        keys = self.fast.keys(row.values, row.key)
+        if keys is None:
+            base = self.bases[row.csv_line is not None]
+            local = self.files.row_files(row, self.technique, base)
+            return _checked(self.batch, row, self.technique, local)
+        technique = self.technique
+        job = NewJob(
+            batch=self.batch,
+            technique=technique.slug,
+            job_number=row.job,
+            row_number=row.number,
+            csv_line=row.csv_line,
+            location=row.location,
+            row_key=row.key if row.key is not None else keys[1][:ROW_KEY_HEX_CHARS],
+            inputs=dict(row.values),
+            inputs_digest=keys[1],
+            idempotency_key=keys[2],
+            estimated_cost=technique.run_cost,
+        )
+        return Checked(job=job, errors=[])
 
 
 def _checked(batch: str, row: Row, technique: Technique, local: RowFiles) -> Checked:
-    """One row checked on its own, with its first-attempt key and output folder.
+    """One row checked on its own (the generic path), with its first-attempt key and
+    output folder.
 
     Its local files are content references in ``local.values``: the key, the digest and
     the folder name cover what the files hold, not where they are.
@@ -141,7 +179,7 @@ def _checked(batch: str, row: Row, technique: Technique, local: RowFiles) -> Che
         estimated_cost=technique.run_cost,
     )
     warnings = [p for p in problems if p.severity == "warning"]
-    return Checked(row=row, job=job, errors=errors, warnings=warnings, files=local.files)
+    return Checked(job=job, errors=errors, warnings=warnings, files=local.files)
 
 
 def _against_earlier(
@@ -171,7 +209,7 @@ def _against_earlier(
                 stats["duplicates"] += 1
                 problems.append(
                     Problem(
-                        entry.row.location,
+                        entry.job.location,
                         "duplicate of an earlier row (same technique and inputs): submitted once",
                         "warning",
                     )
@@ -183,20 +221,20 @@ def _against_earlier(
             if other is not None:
                 entry.errors.append(
                     Problem(
-                        entry.row.location,
+                        entry.job.location,
                         f"writes the same output folder {technique}/{folder} as {other};"
                         " give each row a distinct key",
                     )
                 )
             else:
-                owners[folder] = entry.row.location
-                new_folders.append((technique, folder, entry.row.location))
+                owners[folder] = entry.job.location
+                new_folders.append((technique, folder, entry.job.location))
         settled.append(entry)
-    seen.add(new_keys, new_folders)
+    seen.add(new_keys, new_folders, new=True)  # each looked up above, and kept once
     return settled
 
 
-def _against_ledger(
+def against_ledger(
     pending: list[Checked], ledger: LedgerBackend | None, output_dir: str
 ) -> list[Checked]:
     """Rows the ledger already knows, in ways that would cost money or overwrite files.
@@ -222,7 +260,7 @@ def _against_ledger(
             if digest is not None and digest != checked.job.inputs_digest:
                 checked.errors.append(
                     Problem(
-                        checked.row.location,
+                        checked.job.location,
                         f"this row (key {key!r}) changed since it was submitted in this batch;"
                         " give it a new key, or use a new batch name and output_dir",
                     )
@@ -230,7 +268,7 @@ def _against_ledger(
             elif key in taken:
                 checked.errors.append(
                     Problem(
-                        checked.row.location,
+                        checked.job.location,
                         f"its output folder {technique}/{key} already holds the files of"
                         f" batch {taken[key]!r}; set another output_dir for this batch",
                     )
@@ -245,8 +283,13 @@ def check_manifest(
     *,
     ledger: LedgerBackend | None,
     files: LocalFiles | None = None,
+    keep: Callable[[Checked], None] | None = None,
 ) -> PlanResult:
-    """Every row checked; the costs, and the local files the valid rows name."""
+    """Every row checked; the costs, and the local files the valid rows name.
+
+    ``keep`` is handed every checked row (valid or not, duplicates left out), in row
+    order: ``submit`` spools them to queue from, so no row is checked twice.
+    """
     stats: Counter[str] = Counter()
     rows_by_slug: Counter[str] = Counter()
     files = files or LocalFiles()
@@ -256,6 +299,8 @@ def check_manifest(
         if not checked.errors:
             rows_by_slug[checked.job.technique] += 1
             uploads.update((f.sha256, f) for f in checked.files.values())
+        if keep is not None:
+            keep(checked)
     costs = [
         TechniqueCost(slug=slug, rows=rows_by_slug[slug], run_cost=technique.run_cost)
         for slug, technique in techniques.items()
@@ -269,121 +314,6 @@ def check_manifest(
         local_files=files,
         uploads=uploads,
     )
-
-
-def queue_rows(
-    ledger: LedgerBackend,
-    manifest: Manifest,
-    techniques: dict[str, Technique],
-    *,
-    skip_invalid: bool,
-    plan: PlanResult | None = None,
-    reupload: bool = False,
-) -> int:
-    """Stream every valid row into the ledger in chunks; invalid ones as rejected if asked.
-
-    A row whose place in the manifest holds an earlier rejection with other inputs (fixed
-    since a ``--skip-invalid`` run, or changed after FLORA refused it) replaces that record:
-    it moves to ``replaced``, so it no longer counts as a row that needs a look.
-    """
-    files, workspace_id = _uploads_of(ledger, manifest, plan)
-    inserted = 0
-    chunk: list[NewJob] = []
-    rejected: list[tuple[NewJob, str]] = []
-    scratch: list[Problem] = []
-    stale = _rejections_by_place(ledger, manifest.batch)
-    candidates: list[tuple[int, tuple[str, str]]] = []
-    # (technique, inputs digest) of the rejected records that rows read still have: only
-    # those are asked about, so memory follows the rejections, not the manifest.
-    asked = {old for entries in stale.values() for _, old in entries}
-    present: set[tuple[str, str]] = set()
-    contents: dict[str, LocalFile] = {}
-    rows = check_rows(manifest, dict(techniques), scratch, ledger, Counter(), files)
-    for checked in rows:
-        job = checked.job
-        if asked and (job.technique, job.inputs_digest) in asked:
-            present.add((job.technique, job.inputs_digest))
-        if checked.errors and not skip_invalid:
-            continue
-        if not checked.errors:  # only a valid row replaces: an invalid one is its own record
-            candidates.extend(
-                (job_id, old)
-                for job_id, old in stale.pop(job.location, ())
-                if old != (job.technique, job.inputs_digest)
-            )
-        if checked.errors:
-            rejected.append((checked.job, "; ".join(p.message for p in checked.errors)))
-            continue
-        chunk.append(checked.job)
-        contents.update((f.sha256, f) for f in checked.files.values())
-        if len(chunk) >= INSERT_CHUNK:
-            inserted += _insert(ledger, chunk, contents, workspace_id, reupload)
-            chunk = []
-    inserted += _insert(ledger, chunk, contents, workspace_id, reupload)
-    for job, message in rejected:
-        if ledger.insert_jobs([job]):
-            ledger.move(
-                ledger.job_id_for_key(job.idempotency_key),
-                JobState.QUEUED,
-                JobState.REJECTED,
-                error_code="invalid_row",
-                error_message=message,
-            )
-    # A rejected record whose inputs are still in the manifest (at another place) stays.
-    replaced = [job_id for job_id, old in candidates if old not in present]
-    with ledger.transaction():
-        for job_id in replaced:
-            ledger.move(job_id, JobState.REJECTED, JobState.REPLACED)
-    return inserted
-
-
-def _uploads_of(
-    ledger: LedgerBackend, manifest: Manifest, plan: PlanResult | None
-) -> tuple[LocalFiles | None, str | None]:
-    """The files the plan checked (hashed already) and their workspace, saved on the batch."""
-    if plan is None:
-        return None, None
-    if plan.workspace_id is not None:
-        ledger.set_batch_workspace(manifest.batch, plan.workspace_id)
-    return plan.local_files, plan.workspace_id
-
-
-def _insert(
-    ledger: LedgerBackend,
-    jobs: list[NewJob],
-    contents: dict[str, LocalFile],
-    workspace_id: str | None,
-    reupload: bool,
-) -> int:
-    """Queue a chunk of rows, their local files' contents known first (so a row never
-    names a content the uploader cannot find)."""
-    if contents:
-        if workspace_id is None:
-            raise ValueError("rows with local files need a workspace")
-        ledger.remember_files(
-            workspace_id,
-            [(f.sha256, f.path, f.size, f.content_type) for f in contents.values()],
-            fresh=reupload,
-        )
-        contents.clear()
-    return ledger.insert_jobs(jobs)
-
-
-def _rejections_by_place(
-    ledger: LedgerBackend, batch: str
-) -> dict[str, list[tuple[int, tuple[str, str]]]]:
-    """The batch's rejected rows by manifest location: (job id, (technique, inputs digest)).
-
-    Compared by inputs, not by key: a rejected row retried to a later attempt has another
-    key but the same inputs, and is not "fixed" by the unchanged manifest.
-    """
-    found: dict[str, list[tuple[int, tuple[str, str]]]] = defaultdict(list)
-    after = 0
-    while page := ledger.jobs(batches=[batch], states=[JobState.REJECTED], after_id=after):
-        for job in page:
-            found[job.location].append((job.id, (job.technique, job.inputs_digest)))
-        after = page[-1].id
-    return found
 
 
 def still_invalid(ledger: LedgerBackend, job: JobRecord) -> str | None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
 
 from floraq import destination
-from floraq.admission import check_manifest, fetch_techniques, queue_rows, still_invalid
+from floraq.admission import Checked, check_manifest, fetch_techniques, still_invalid
 from floraq.api import FloraClient, log_request
 from floraq.core.keys import idempotency_key
 from floraq.core.lifecycle import ACTIVE, PROBLEM_STATES, JobState
@@ -38,11 +38,13 @@ from floraq.ledger.leases import PgLeases
 from floraq.ledger_access import locked_ledger, read_if_there, require_ledger
 from floraq.local_uploads import choose_upload_workspace, local_files_for
 from floraq.manifest_files import load_manifest
+from floraq.queueing import queue_rows
 from floraq.results import PlanResult, RetryKind, RetryResult, RunResult, StatusResult
 from floraq.retry import RetryPolicy
 from floraq.review import pages, selected
 from floraq.review import redownload_missing as _redownload_missing
 from floraq.review import status_of as _status
+from floraq.row_spool import RowSpool
 from floraq.runner import Progress, RunReport, build_runner
 from floraq.settings import Settings
 
@@ -89,6 +91,7 @@ def _checked(
     manifest: Manifest,
     techniques: dict[str, Technique | None],
     problems: list[Problem],
+    keep: Callable[[Checked], None] | None = None,
 ) -> PlanResult:
     """Every row checked, against the ledger too if there is one (read, never written).
 
@@ -98,7 +101,9 @@ def _checked(
     try:
         folder = _folder_problems(settings, manifest, reader)
         files = local_files_for(settings, manifest)
-        result = check_manifest(manifest, techniques, folder + problems, ledger=reader, files=files)
+        result = check_manifest(
+            manifest, techniques, folder + problems, ledger=reader, files=files, keep=keep
+        )
         result.folder_problems = folder
         result.read_ledger = reader is not None
         if result.uploads:
@@ -154,37 +159,22 @@ def submit(
     with interrupted_as(again):
         manifest = load_manifest(manifest_path)
     techniques, problems = _fetch(settings, manifest, interrupted=again)
-    with interrupted_as(again):
-        checked = _checked(settings, manifest, techniques, problems)
-    if checked.errors and (checked.folder_problems or not skip_invalid):
-        raise ManifestError(checked.problems)
-    known = {slug: t for slug, t in techniques.items() if t is not None}
-    unread = _unread(settings, checked)
-    with locked_ledger(settings) as ledger:
-        if unread:  # an older ledger, migrated just now: check against it before queueing
-            workspace = checked.workspace_id
-            files = checked.local_files
-            checked = check_manifest(manifest, techniques, problems, ledger=ledger, files=files)
-            checked.workspace_id = workspace
-            if checked.errors and not skip_invalid:
-                raise ManifestError(checked.problems)
+    with RowSpool() as spool:
         with interrupted_as(again):
-            inserted = _queue(
-                ledger, manifest, manifest_path, known, skip_invalid, checked, reupload
-            )
-        result = _run_batches(settings, ledger, [manifest.batch], wait=wait, progress=progress)
-        result.inserted = inserted
-        result.plan = checked
-        return result
-
-
-def _unread(settings: Settings, checked: PlanResult) -> bool:
-    """A ledger is there that the read-only check could not read (an older schema)."""
-    if checked.read_ledger:
-        return False
-    if settings.ledger_url is None:
-        return settings.ledger_path.exists()
-    return True  # a server's schema: check again under the lock, after migrating
+            checked = _checked(settings, manifest, techniques, problems, keep=spool.add)
+        if checked.errors and (checked.folder_problems or not skip_invalid):
+            raise ManifestError(checked.problems)
+        known = {slug: t for slug, t in techniques.items() if t is not None}
+        with locked_ledger(settings) as ledger:
+            with interrupted_as(again):  # the rows are checked: queue them (one transaction)
+                inserted = _queue(
+                    ledger, manifest, manifest_path, known, spool, checked, skip_invalid, reupload
+                )
+            spool.close()
+            result = _run_batches(settings, ledger, [manifest.batch], wait=wait, progress=progress)
+    result.inserted = inserted
+    result.plan = checked
+    return result
 
 
 def _queue(
@@ -192,24 +182,35 @@ def _queue(
     manifest: Manifest,
     manifest_path: Path,
     techniques: dict[str, Technique],
-    skip_invalid: bool,
+    spool: RowSpool,
     checked: PlanResult,
-    reupload: bool = False,
+    skip_invalid: bool,
+    reupload: bool,
 ) -> int:
-    """Record the batch and its techniques, then queue its new rows; how many were new."""
-    for slug, technique in techniques.items():
-        ledger.save_technique(slug, technique.to_api(), technique.run_cost)
-    ledger.save_batch(
-        manifest.batch,
-        manifest_path=str(manifest_path.resolve()),
-        output_dir=str(manifest.output_dir),
-        concurrency=manifest.concurrency,
-        max_cost=_cap(manifest.max_cost),
-        retry_failed_runs=manifest.retry_failed_runs,
-    )
-    return queue_rows(
-        ledger, manifest, techniques, skip_invalid=skip_invalid, plan=checked, reupload=reupload
-    )
+    """Record the batch and its techniques, then queue its new rows; how many were new.
+
+    One transaction (``queue_rows`` joins it): a row the ledger refuses now, or a signal,
+    leaves nothing behind.
+    """
+    with ledger.transaction():
+        for slug, technique in techniques.items():
+            ledger.save_technique(slug, technique.to_api(), technique.run_cost)
+        ledger.save_batch(
+            manifest.batch,
+            manifest_path=str(manifest_path.resolve()),
+            output_dir=str(manifest.output_dir),
+            concurrency=manifest.concurrency,
+            max_cost=_cap(manifest.max_cost),
+            retry_failed_runs=manifest.retry_failed_runs,
+        )
+        return queue_rows(
+            ledger,
+            manifest,
+            spool.rows(),
+            skip_invalid=skip_invalid,
+            plan=checked,
+            reupload=reupload,
+        )
 
 
 def resume(

@@ -121,7 +121,7 @@ def _records(lines: Iterable[bytes]) -> Iterator[tuple[int, list[str]]]:
             return
         except csv.Error as error:
             raise _BadCsv(reader.line_num, _csv_error_message(error)) from None
-        if any(field.strip() for field in record):
+        if any(map(str.strip, record)):
             yield start, record
 
 

@@ -29,7 +29,7 @@ MAX_TEXT_LENGTH = 100_000  # characters of a text input before floraq warns
 # A URL that ``urlsplit`` would read as https, a plain host (no user, port or brackets) and
 # no whitespace: checked by this one match instead of a parse. Anything else takes the
 # full path, so both give the same answer (a test compares them).
-_PLAIN_HTTPS = re.compile(r"(?i:https)://([A-Za-z0-9.-]+)(?:[/?#]\S*)?")
+PLAIN_HTTPS = re.compile(r"(?i:https)://([A-Za-z0-9.-]+)(?:[/?#]\S*)?")
 _WHITESPACE = re.compile(r"\s")  # what str.isspace says, one character at a time
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -168,7 +168,7 @@ def _check_value(row: Row, slot: TechniqueIO, value: object) -> list[Problem]:
 def _check_url(at: str, value: str) -> list[Problem]:
     if len(value) > MAX_URL_LENGTH:
         return [Problem(at, f"URL is {len(value):,} characters long (at most {MAX_URL_LENGTH:,})")]
-    plain = _PLAIN_HTTPS.fullmatch(value)
+    plain = PLAIN_HTTPS.fullmatch(value)
     if plain is not None:
         return _host_warning(at, plain.group(1).lower())
     return _parsed_url_problems(at, value)

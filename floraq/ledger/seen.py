@@ -45,17 +45,22 @@ class _Kind:
                 found.update(self.conn.execute(sql, part))
         return found
 
-    def add(self, items: Iterable[tuple[str, str]]) -> None:
+    def add(self, items: Iterable[tuple[str, str]], *, new: bool = False) -> None:
         """Remember (value, location) pairs; a value added before keeps its first location.
 
         Callers have just looked their values up, so only the filter's few "maybe"s are
-        looked up again on disk.
+        looked up again on disk; with ``new`` the caller vouches that none was found and
+        none comes twice, and nothing is looked up.
         """
         buffer, bits = self.buffer, self.bits
-        fresh = [(v, at) for v, at in items if v not in buffer]
-        on_disk = self.lookup(v for v, _ in fresh) if self.runs else {}
+        if new:
+            fresh = items if isinstance(items, list) else list(items)
+            on_disk: dict[str, str] = {}
+        else:
+            fresh = [(v, at) for v, at in items if v not in buffer]
+            on_disk = self.lookup(v for v, _ in fresh) if self.runs else {}
         for value, location in fresh:
-            if value in on_disk or value in buffer:
+            if not new and (value in on_disk or value in buffer):
                 continue
             buffer[value] = location
             h = hash(value)
@@ -113,10 +118,16 @@ class SeenRows:
         wanted = {_claim(technique, f): f for f in folders}
         return {wanted[v]: at for v, at in self._folders.lookup(list(wanted)).items()}
 
-    def add(self, keys: Iterable[str], folders: Iterable[tuple[str, str, str]]) -> None:
-        """Remember keys and (technique, folder, location) claims; the first claim stays."""
-        self._keys.add((key, "") for key in keys)
-        self._folders.add((_claim(t, f), at) for t, f, at in folders)
+    def add(
+        self, keys: Iterable[str], folders: Iterable[tuple[str, str, str]], *, new: bool = False
+    ) -> None:
+        """Remember keys and (technique, folder, location) claims; the first claim stays.
+
+        ``new``: the caller has just asked about every one (``known_keys``,
+        ``folder_owners``) and found none, nor any twice, so nothing is asked again.
+        """
+        self._keys.add([(key, "") for key in keys], new=new)
+        self._folders.add([(_claim(t, f), at) for t, f, at in folders], new=new)
 
 
 def _claim(technique: str, folder: str) -> str:
