@@ -15,7 +15,7 @@ from ledgers import fresh_schema, postgres_url
 from test_e2e_crash import manifest
 from test_e2e_postgres_cli import PASSWORD, assert_no_password, pg_query
 
-from floraq.errors import ExitCode, LedgerConnectionLost
+from floraq.errors import ExitCode, LedgerConnectionLost, LedgerRefused
 from floraq.ledger.pg_connection import PgConnection, masked
 from floraq.sandbox import SandboxServer
 
@@ -101,13 +101,18 @@ def test_a_dropped_connection_is_one_line_and_resume_finishes(
 
 
 def test_a_statement_timeout_is_not_taken_for_a_lost_connection(pg_url: str) -> None:
-    """An OperationalError of a live session (here a cancelled statement) stays itself: only
-    a session that is gone becomes the one-line "lost the connection"."""
+    """An OperationalError of a live session (here a cancelled statement) is a refusal said
+    as itself (``LedgerRefused``, one line): only a session that is gone becomes the
+    one-line "lost the connection"."""
     conn = PgConnection.connect(pg_url)
     try:
         conn.execute("SET statement_timeout = 10")
-        with pytest.raises(psycopg.errors.QueryCanceled):
+        with pytest.raises(LedgerRefused) as refused:
             conn.execute("SELECT pg_sleep(1)")
+        assert not isinstance(refused.value, LedgerConnectionLost)
+        assert str(refused.value).startswith(
+            f"the PostgreSQL ledger {masked(pg_url)} refused a statement (canceling statement"
+        )
         assert conn.execute("SELECT 1").fetchone()[0] == 1  # still usable
         conn.execute("SET application_name = 'floraq-about-to-go'")
         with psycopg.connect(postgres_url(), autocommit=True) as admin:

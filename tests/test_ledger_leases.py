@@ -6,12 +6,13 @@ the server's clock would do on its own), so no test waits on a clock.
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 from test_ledger import new_job
 from test_ledger_postgres import together
 
 from floraq.core.lifecycle import JobState
-from floraq.errors import ExitCode, LeaseLost
+from floraq.errors import ExitCode, LeaseLost, LedgerRefused
 from floraq.ledger import PostgresLedger
 
 QUEUED = (JobState.QUEUED,)
@@ -126,4 +127,32 @@ def test_workers_view_and_release(postgres_schema: str) -> None:
     [row] = setup.query("SELECT state, lease_owner FROM jobs WHERE id = ?", (first.id,))
     assert row == {"state": "queued", "lease_owner": None}
     for ledger in (setup, a, b, c):
+        ledger.close()
+
+
+def test_a_statement_timeout_is_said_as_itself_and_the_lease_and_row_stay(
+    postgres_schema: str,
+) -> None:
+    """A worker's write that waits past the server's ``statement_timeout`` (another session
+    holds the row's lock) is refused as that (exit 8, one line), not as a lost lease: the
+    worker still holds its lease and the row, and the same write goes through afterwards."""
+    setup = batch_of(postgres_schema, 1)
+    a = PostgresLedger.open(postgres_schema)
+    worker, _ = a.register_worker(60)
+    [job] = a.lease_jobs(batches=["b"], states=QUEUED, limit=1)
+    a.conn.execute("SET statement_timeout = 200")  # as a DBA's role or database setting would
+    with psycopg.connect(postgres_schema) as blocker:  # a transaction left open on the row
+        blocker.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (job.id,))
+        with pytest.raises(LedgerRefused) as refused:
+            a.move(job.id, JobState.QUEUED, JobState.SUBMITTING, submitting_at=1.0)
+    message = str(refused.value)
+    assert not isinstance(refused.value, LeaseLost) and refused.value.exit_code == 8
+    assert "refused a statement (canceling statement due to statement timeout)" in message
+    assert "\n" not in message and message.endswith("then `floraq resume`")
+    [row] = setup.query("SELECT lease_owner, state FROM jobs WHERE id = ?", (job.id,))
+    assert row == {"lease_owner": worker, "state": "queued"}
+    assert a.renew_lease(60) is not None  # the lease is live: nothing passed to another worker
+    a.move(job.id, JobState.QUEUED, JobState.SUBMITTING, submitting_at=1.0)
+    assert setup.job(job.id).state is JobState.SUBMITTING
+    for ledger in (setup, a):
         ledger.close()

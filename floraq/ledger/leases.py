@@ -5,7 +5,9 @@ its heartbeat. It leases a page of jobs with ``FOR UPDATE SKIP LOCKED`` (unlease
 rows whose owner's lease has passed) by writing its id into ``jobs.lease_owner``. Every
 move it then commits is fenced (``_fence``): the same statement checks that the row is
 still its own and its lease still live, so a worker that stalled past its lease cannot
-write over the worker that took its rows. Every time is the server's clock
+write over the worker that took its rows; that refusal (``LeaseLost``) is the only lost
+lease: a statement the server refuses on a live session (a ``statement_timeout``) is
+``LedgerRefused``, a broken session ``LedgerConnectionLost``. Every time is the server's clock
 (``clock_timestamp()``), never a worker's: machines whose clocks disagree still agree on
 who holds what.
 """
@@ -15,15 +17,11 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-
 from floraq.core.lifecycle import ACTIVE, JobState
-from floraq.errors import LeaseLost
 from floraq.ledger.attempts import LedgerAttempts
 from floraq.ledger.base import marks, values
 from floraq.ledger.records import JobRecord
@@ -96,19 +94,6 @@ class PgLeases(LedgerAttempts):
         self.conn.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
         self.worker = worker
         return worker, lease_seconds
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """As every ledger's; for a worker, a lost connection is a lost lease (LeaseLost)."""
-        if self.worker is None:
-            with super().transaction():
-                yield
-            return
-        try:
-            with super().transaction():
-                yield
-        except psycopg.OperationalError as e:
-            raise LeaseLost(f"this worker lost its connection to the ledger ({e})") from None
 
     def new_attempt(
         self,

@@ -18,7 +18,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import RowMaker
 
 from floraq.core.text import one_line
-from floraq.errors import LedgerConnectionLost, LedgerError
+from floraq.errors import LedgerConnectionLost, LedgerError, LedgerRefused
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT_S = 10  # an unreachable server is a one-line error, not a long hang
@@ -134,18 +134,14 @@ class PgConnection:
                 return self.raw.execute(sql)
             return self.raw.execute(_placeholders(sql), parameters)
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            if self._is_lost(e):
-                raise self._lost(e) from None
-            raise
+            raise self._failed(e) from None
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
         try:
             with self.raw.cursor() as cur:
                 cur.executemany(_placeholders(sql), list(parameters))
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            if self._is_lost(e):
-                raise self._lost(e) from None
-            raise
+            raise self._failed(e) from None
 
     def _is_lost(self, e: psycopg.Error) -> bool:
         """Whether ``e`` means the session is gone (not a lock timeout or a conflict)."""
@@ -153,10 +149,20 @@ class PgConnection:
             return True
         return (e.sqlstate or "").startswith(_LOST_SQLSTATES)
 
-    def _lost(self, e: psycopg.Error) -> LedgerConnectionLost:
-        """The break said in one line: the server's first line, the URL's password cut out."""
+    def _failed(self, e: psycopg.Error) -> Exception:
+        """What a failed statement is, in one line: a session that is gone
+        (``LedgerConnectionLost``), a statement the live session's server refused
+        (``LedgerRefused``: a timeout, a lock wait, a deadlock), else ``e`` itself."""
+        if self._is_lost(e):
+            return LedgerConnectionLost(masked(self._url), self._first_line(e))
+        if isinstance(e, psycopg.OperationalError):
+            return LedgerRefused(masked(self._url), self._first_line(e))
+        return e
+
+    def _first_line(self, e: psycopg.Error) -> str:
+        """The server's first line, the URL's password cut out."""
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        return LedgerConnectionLost(masked(self._url), scrubbed(first, self._url))
+        return scrubbed(first, self._url)
 
     def close(self) -> None:
         self.raw.close()
