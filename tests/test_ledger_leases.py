@@ -105,11 +105,19 @@ def test_workers_view_and_release(postgres_schema: str) -> None:
     assert (views[worker_a].rows, views[worker_a].expired) == (3, False)
     assert 0 < views[worker_a].lease_left <= 60
     assert (views[worker_b].rows, views[worker_b].expired) == (2, True)
-    assert b.stale_elsewhere(batches=["b"], states=QUEUED, after=30) == 0  # A beats
-    assert b.stale_elsewhere(batches=["b"], states=QUEUED, after=-1) == 3
+    def left_for(ledger: PostgresLedger, after: float) -> int:
+        return ledger.left_elsewhere(batches=["b"], states=(), queued_batches=["b"], after=after)
+
+    assert left_for(b, after=30) == 0  # A beats: its rows are its own to drive
+    assert left_for(b, after=-1) == 3  # A has not beaten "for -1 s": it may be dead
+    assert left_for(a, after=30) == 2  # B's lease passed: A may take B's rows
+    assert a.left_elsewhere(batches=["b"], states=QUEUED, queued_batches=[], after=30) == 2
+    assert a.left_elsewhere(batches=[], states=(), queued_batches=[], after=30) == 0
 
     a.release_worker()
     assert a.worker is None
+    # A's rows handed back are nobody's: left for B (and for anyone else) to take.
+    assert left_for(b, after=30) == 3
     assert {v.id for v in setup.workers(["b"])} == {worker_b}
     owners = setup.query("SELECT lease_owner, COUNT(*) AS n FROM jobs GROUP BY lease_owner")
     assert sorted((r["lease_owner"] or "", r["n"]) for r in owners) == sorted(

@@ -160,19 +160,35 @@ class PgLeases(LedgerAttempts):
                 [self.worker, *batches, *state_list, self.worker, self.worker, limit],
             )
 
-    def stale_elsewhere(
-        self, *, batches: Sequence[str], states: Iterable[JobState], after: float
+    def left_elsewhere(
+        self,
+        *,
+        batches: Sequence[str],
+        states: Iterable[JobState],
+        queued_batches: Sequence[str],
+        after: float,
     ) -> int:
-        """Rows in ``states`` held by another worker that has not beaten for ``after``
-        seconds (it may be dead: once its lease passes they are this worker's to take)."""
+        """Rows this worker may still have to drive, though none is its own: in ``states``
+        (of ``batches``), or queued (of ``queued_batches``), and held by no live worker (no
+        owner: one that ended handed them back; or an owner whose lease passed), or by a
+        worker that has not beaten for ``after`` seconds (it may be dead: once its lease
+        passes they are this worker's to take)."""
         state_list = values(states)
-        if not batches or not state_list:
+        wanted = []
+        params: list[Any] = []
+        if batches and state_list:
+            wanted.append(f"(j.batch IN ({marks(batches)}) AND j.state IN ({marks(state_list)}))")
+            params += [*batches, *state_list]
+        if queued_batches:
+            wanted.append(f"(j.batch IN ({marks(queued_batches)}) AND j.state = ?)")
+            params += [*queued_batches, JobState.QUEUED.value]
+        if not wanted:
             return 0
         row = self.conn.execute(
-            f"SELECT COUNT(*) FROM jobs j JOIN workers w ON w.id = j.lease_owner"
-            f" WHERE j.batch IN ({marks(batches)}) AND j.state IN ({marks(state_list)})"
-            f" AND w.id IS DISTINCT FROM ? AND w.heartbeat_at < {NOW} - ?",
-            [*batches, *state_list, self.worker, after],
+            f"SELECT COUNT(*) FROM jobs j LEFT JOIN workers w ON w.id = j.lease_owner"
+            f" WHERE ({' OR '.join(wanted)}) AND j.lease_owner IS DISTINCT FROM ?"
+            f" AND (w.id IS NULL OR w.lease_until <= {NOW} OR w.heartbeat_at < {NOW} - ?)",
+            [*params, self.worker, after],
         ).fetchone()
         return int(row[0])
 
