@@ -105,6 +105,7 @@ def test_workers_view_and_release(postgres_schema: str) -> None:
     assert (views[worker_a].rows, views[worker_a].expired) == (3, False)
     assert 0 < views[worker_a].lease_left <= 60
     assert (views[worker_b].rows, views[worker_b].expired) == (2, True)
+
     def left_for(ledger: PostgresLedger, after: float) -> int:
         return ledger.left_elsewhere(batches=["b"], states=(), queued_batches=["b"], after=after)
 
