@@ -373,7 +373,8 @@ class LedgerRefused(LedgerError):
 
     exit_code = ExitCode.LEDGER_LOST
 
-    def __init__(self, shown: str, reason: str) -> None:
+    def __init__(self, shown: str, reason: str, *, retryable: bool = False) -> None:
+        self.retryable = retryable  # a deadlock or serialization failure: run it again
         super().__init__(
             f"the PostgreSQL ledger {shown} refused a statement ({reason}): nothing committed"
             " is lost; check the server's limits (statement_timeout, lock_timeout), then"

@@ -25,6 +25,9 @@ CONNECT_TIMEOUT_S = 10  # an unreachable server is a one-line error, not a long 
 # SQLSTATE classes of a session that is gone: connection exceptions, and the server
 # ending it (admin shutdown, crash shutdown, cannot connect now).
 _LOST_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+# SQLSTATE class of a transaction the server rolled back to break a conflict (a deadlock, a
+# serialization failure): running it again is the cure.
+_ROLLED_BACK = "40"
 
 _USERINFO_PASSWORD = re.compile(r"(://[^:/@?#]*):[^@/?#]*@")
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
@@ -170,7 +173,8 @@ class PgConnection:
         if self._is_lost(e):
             return LedgerConnectionLost(masked(self._url), self._first_line(e))
         if isinstance(e, psycopg.OperationalError):
-            return LedgerRefused(masked(self._url), self._first_line(e))
+            retryable = (e.sqlstate or "").startswith(_ROLLED_BACK)
+            return LedgerRefused(masked(self._url), self._first_line(e), retryable=retryable)
         return e
 
     def _first_line(self, e: psycopg.Error) -> str:
