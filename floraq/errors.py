@@ -366,6 +366,22 @@ class LedgerConnectionLost(LedgerError):
         )
 
 
+class LedgerRefused(LedgerError):
+    """The PostgreSQL ledger's server refused a statement on a live session (a
+    ``statement_timeout`` or ``lock_timeout`` it enforces, a deadlock): that transaction is
+    rolled back, every earlier commit is kept. Said as itself, never as a lost lease."""
+
+    exit_code = ExitCode.LEDGER_LOST
+
+    def __init__(self, shown: str, reason: str, *, retryable: bool = False) -> None:
+        self.retryable = retryable  # a deadlock or serialization failure: run it again
+        super().__init__(
+            f"the PostgreSQL ledger {shown} refused a statement ({reason}): nothing committed"
+            " is lost; check the server's limits (statement_timeout, lock_timeout), then"
+            " `floraq resume`"
+        )
+
+
 class LedgerBusy(LedgerError):
     """Another floraq process holds this ledger's lock."""
 

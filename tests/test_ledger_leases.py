@@ -6,12 +6,13 @@ the server's clock would do on its own), so no test waits on a clock.
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 from test_ledger import new_job
 from test_ledger_postgres import together
 
 from floraq.core.lifecycle import JobState
-from floraq.errors import ExitCode, LeaseLost
+from floraq.errors import ExitCode, LeaseLost, LedgerRefused
 from floraq.ledger import PostgresLedger
 
 QUEUED = (JobState.QUEUED,)
@@ -104,11 +105,20 @@ def test_workers_view_and_release(postgres_schema: str) -> None:
     assert (views[worker_a].rows, views[worker_a].expired) == (3, False)
     assert 0 < views[worker_a].lease_left <= 60
     assert (views[worker_b].rows, views[worker_b].expired) == (2, True)
-    assert b.stale_elsewhere(batches=["b"], states=QUEUED, after=30) == 0  # A beats
-    assert b.stale_elsewhere(batches=["b"], states=QUEUED, after=-1) == 3
+
+    def left_for(ledger: PostgresLedger, after: float) -> int:
+        return ledger.left_elsewhere(batches=["b"], states=(), queued_batches=["b"], after=after)
+
+    assert left_for(b, after=30) == 0  # A beats: its rows are its own to drive
+    assert left_for(b, after=-1) == 3  # A has not beaten "for -1 s": it may be dead
+    assert left_for(a, after=30) == 2  # B's lease passed: A may take B's rows
+    assert a.left_elsewhere(batches=["b"], states=QUEUED, queued_batches=[], after=30) == 2
+    assert a.left_elsewhere(batches=[], states=(), queued_batches=[], after=30) == 0
 
     a.release_worker()
     assert a.worker is None
+    # A's rows handed back are nobody's: left for B (and for anyone else) to take.
+    assert left_for(b, after=30) == 3
     assert {v.id for v in setup.workers(["b"])} == {worker_b}
     owners = setup.query("SELECT lease_owner, COUNT(*) AS n FROM jobs GROUP BY lease_owner")
     assert sorted((r["lease_owner"] or "", r["n"]) for r in owners) == sorted(
@@ -126,4 +136,32 @@ def test_workers_view_and_release(postgres_schema: str) -> None:
     [row] = setup.query("SELECT state, lease_owner FROM jobs WHERE id = ?", (first.id,))
     assert row == {"state": "queued", "lease_owner": None}
     for ledger in (setup, a, b, c):
+        ledger.close()
+
+
+def test_a_statement_timeout_is_said_as_itself_and_the_lease_and_row_stay(
+    postgres_schema: str,
+) -> None:
+    """A worker's write that waits past the server's ``statement_timeout`` (another session
+    holds the row's lock) is refused as that (exit 8, one line), not as a lost lease: the
+    worker still holds its lease and the row, and the same write goes through afterwards."""
+    setup = batch_of(postgres_schema, 1)
+    a = PostgresLedger.open(postgres_schema)
+    worker, _ = a.register_worker(60)
+    [job] = a.lease_jobs(batches=["b"], states=QUEUED, limit=1)
+    a.conn.execute("SET statement_timeout = 200")  # as a DBA's role or database setting would
+    with psycopg.connect(postgres_schema) as blocker:  # a transaction left open on the row
+        blocker.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (job.id,))
+        with pytest.raises(LedgerRefused) as refused:
+            a.move(job.id, JobState.QUEUED, JobState.SUBMITTING, submitting_at=1.0)
+    message = str(refused.value)
+    assert not isinstance(refused.value, LeaseLost) and refused.value.exit_code == 8
+    assert "refused a statement (canceling statement due to statement timeout)" in message
+    assert "\n" not in message and message.endswith("then `floraq resume`")
+    [row] = setup.query("SELECT lease_owner, state FROM jobs WHERE id = ?", (job.id,))
+    assert row == {"lease_owner": worker, "state": "queued"}
+    assert a.renew_lease(60) is not None  # the lease is live: nothing passed to another worker
+    a.move(job.id, JobState.QUEUED, JobState.SUBMITTING, submitting_at=1.0)
+    assert setup.job(job.id).state is JobState.SUBMITTING
+    for ledger in (setup, a):
         ledger.close()

@@ -5,7 +5,9 @@ its heartbeat. It leases a page of jobs with ``FOR UPDATE SKIP LOCKED`` (unlease
 rows whose owner's lease has passed) by writing its id into ``jobs.lease_owner``. Every
 move it then commits is fenced (``_fence``): the same statement checks that the row is
 still its own and its lease still live, so a worker that stalled past its lease cannot
-write over the worker that took its rows. Every time is the server's clock
+write over the worker that took its rows; that refusal (``LeaseLost``) is the only lost
+lease: a statement the server refuses on a live session (a ``statement_timeout``) is
+``LedgerRefused``, a broken session ``LedgerConnectionLost``. Every time is the server's clock
 (``clock_timestamp()``), never a worker's: machines whose clocks disagree still agree on
 who holds what.
 """
@@ -15,15 +17,11 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-
 from floraq.core.lifecycle import ACTIVE, JobState
-from floraq.errors import LeaseLost
 from floraq.ledger.attempts import LedgerAttempts
 from floraq.ledger.base import marks, values
 from floraq.ledger.lean_rows import in_states
@@ -98,19 +96,6 @@ class PgLeases(LedgerAttempts):
         self.worker = worker
         return worker, lease_seconds
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """As every ledger's; for a worker, a lost connection is a lost lease (LeaseLost)."""
-        if self.worker is None:
-            with super().transaction():
-                yield
-            return
-        try:
-            with super().transaction():
-                yield
-        except psycopg.OperationalError as e:
-            raise LeaseLost(f"this worker lost its connection to the ledger ({e})") from None
-
     def new_attempt(
         self,
         job_id: int,
@@ -176,19 +161,38 @@ class PgLeases(LedgerAttempts):
                 [self.worker, *batches, *state_list, self.worker, self.worker, limit],
             )
 
-    def stale_elsewhere(
-        self, *, batches: Sequence[str], states: Iterable[JobState], after: float
+    def left_elsewhere(
+        self,
+        *,
+        batches: Sequence[str],
+        states: Iterable[JobState],
+        queued_batches: Sequence[str],
+        after: float,
     ) -> int:
-        """Rows in ``states`` held by another worker that has not beaten for ``after``
-        seconds (it may be dead: once its lease passes they are this worker's to take)."""
+        """Rows this worker may still have to drive, though none is its own: in ``states``
+        (of ``batches``), or queued (of ``queued_batches``), and held by no live worker (no
+        owner: one that ended handed them back; or an owner whose lease passed), or by a
+        worker that has not beaten for ``after`` seconds (it may be dead: once its lease
+        passes they are this worker's to take)."""
         state_list = values(states)
-        if not batches or not state_list:
+        wanted = []
+        params: list[Any] = []
+        if batches and state_list:
+            wanted.append(f"(j.batch IN ({marks(batches)}) AND {in_states(state_list, 'j.state')})")
+            params += [*batches, *state_list]
+        if queued_batches:
+            queued = [JobState.QUEUED.value]
+            wanted.append(
+                f"(j.batch IN ({marks(queued_batches)}) AND {in_states(queued, 'j.state')})"
+            )
+            params += [*queued_batches, *queued]
+        if not wanted:
             return 0
         row = self.conn.execute(
-            f"SELECT COUNT(*) FROM jobs j JOIN workers w ON w.id = j.lease_owner"
-            f" WHERE j.batch IN ({marks(batches)}) AND {in_states(state_list, 'j.state')}"
-            f" AND w.id IS DISTINCT FROM ? AND w.heartbeat_at < {NOW} - ?",
-            [*batches, *state_list, self.worker, after],
+            f"SELECT COUNT(*) FROM jobs j LEFT JOIN workers w ON w.id = j.lease_owner"
+            f" WHERE ({' OR '.join(wanted)}) AND j.lease_owner IS DISTINCT FROM ?"
+            f" AND (w.id IS NULL OR w.lease_until <= {NOW} OR w.heartbeat_at < {NOW} - ?)",
+            [*params, self.worker, after],
         ).fetchone()
         return int(row[0])
 

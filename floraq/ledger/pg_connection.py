@@ -10,21 +10,24 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-import psycopg
-from psycopg.pq import TransactionStatus
-from psycopg.rows import RowMaker
-
 from floraq.core.text import one_line
-from floraq.errors import LedgerConnectionLost, LedgerError
+from floraq.errors import LedgerConnectionLost, LedgerError, LedgerRefused
+
+if TYPE_CHECKING:  # psycopg is imported when a PostgreSQL ledger is opened, not before:
+    import psycopg  # every command on a SQLite ledger starts without it
+    from psycopg.rows import RowMaker
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT_S = 10  # an unreachable server is a one-line error, not a long hang
 # SQLSTATE classes of a session that is gone: connection exceptions, and the server
 # ending it (admin shutdown, crash shutdown, cannot connect now).
 _LOST_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+# SQLSTATE class of a transaction the server rolled back to break a conflict (a deadlock, a
+# serialization failure): running it again is the cure.
+_ROLLED_BACK = "40"
 
 _USERINFO_PASSWORD = re.compile(r"(://[^:/@?#]*):[^@/?#]*@")
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
@@ -110,6 +113,8 @@ class PgConnection:
     @classmethod
     def connect(cls, url: str) -> PgConnection:
         """Connect to ``url``; any failure is a LedgerError naming the masked URL."""
+        import psycopg
+
         try:
             params = psycopg.conninfo.conninfo_to_dict(url)
             params.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
@@ -125,6 +130,8 @@ class PgConnection:
     @property
     def in_transaction(self) -> bool:
         """Inside BEGIN … COMMIT; False on a broken connection (nothing there to roll back)."""
+        from psycopg.pq import TransactionStatus
+
         status = self.raw.info.transaction_status
         return status not in (TransactionStatus.IDLE, TransactionStatus.UNKNOWN)
 
@@ -133,19 +140,21 @@ class PgConnection:
             if not parameters:
                 return self.raw.execute(sql)
             return self.raw.execute(_placeholders(sql), parameters)
-        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            if self._is_lost(e):
-                raise self._lost(e) from None
-            raise
+        except Exception as e:
+            failed = self._failed(e)
+            if failed is e:
+                raise
+            raise failed from None
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
         try:
             with self.raw.cursor() as cur:
                 cur.executemany(_placeholders(sql), list(parameters))
-        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            if self._is_lost(e):
-                raise self._lost(e) from None
-            raise
+        except Exception as e:
+            failed = self._failed(e)
+            if failed is e:
+                raise
+            raise failed from None
 
     def _is_lost(self, e: psycopg.Error) -> bool:
         """Whether ``e`` means the session is gone (not a lock timeout or a conflict)."""
@@ -153,10 +162,25 @@ class PgConnection:
             return True
         return (e.sqlstate or "").startswith(_LOST_SQLSTATES)
 
-    def _lost(self, e: psycopg.Error) -> LedgerConnectionLost:
-        """The break said in one line: the server's first line, the URL's password cut out."""
+    def _failed(self, e: Exception) -> Exception:
+        """What a failed statement is, in one line: a session that is gone
+        (``LedgerConnectionLost``), a statement the live session's server refused
+        (``LedgerRefused``: a timeout, a lock wait, a deadlock), else ``e`` itself."""
+        import psycopg
+
+        if not isinstance(e, psycopg.OperationalError | psycopg.InterfaceError):
+            return e
+        if self._is_lost(e):
+            return LedgerConnectionLost(masked(self._url), self._first_line(e))
+        if isinstance(e, psycopg.OperationalError):
+            retryable = (e.sqlstate or "").startswith(_ROLLED_BACK)
+            return LedgerRefused(masked(self._url), self._first_line(e), retryable=retryable)
+        return e
+
+    def _first_line(self, e: psycopg.Error) -> str:
+        """The server's first line, the URL's password cut out."""
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        return LedgerConnectionLost(masked(self._url), scrubbed(first, self._url))
+        return scrubbed(first, self._url)
 
     def close(self) -> None:
         self.raw.close()

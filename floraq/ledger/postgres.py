@@ -14,8 +14,6 @@ import contextlib
 import time
 from collections.abc import Callable
 
-import psycopg
-
 from floraq.errors import LedgerBusy, LedgerError
 from floraq.ledger import pg_schema
 from floraq.ledger.leases import PgLeases
@@ -55,6 +53,8 @@ class PostgresLedger(PgLeases, LedgerLimits):
     @classmethod
     def open_readonly(cls, url: str) -> PostgresLedger | None:
         """A read-only session on an up-to-date ledger; None if there is no ledger there yet."""
+        import psycopg  # loaded by connect; not at import: a SQLite ledger never needs it
+
         conn = PgConnection.connect(url)
         try:
             conn.execute("SET default_transaction_read_only = on")
@@ -73,6 +73,8 @@ class PostgresLedger(PgLeases, LedgerLimits):
 
     def migrate(self) -> list[str]:
         """Apply the pending schema steps; the names this call applied."""
+        import psycopg
+
         try:
             return pg_schema.apply(self.pg, self.shown)
         except psycopg.Error as e:
@@ -114,6 +116,8 @@ class PostgresLedger(PgLeases, LedgerLimits):
     def close(self) -> None:
         """Let go of the ledger lock first (at once, not when the server notices the
         closed connection), so the next process is never turned away by a race."""
+        import psycopg
+
         with contextlib.suppress(psycopg.Error, LedgerError):  # a lost session has no locks
             self.pg.execute("SELECT pg_advisory_unlock_all()")
         self.pg.close()

@@ -12,10 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from floraq.errors import LedgerRefused
 from floraq.ledger import LedgerBackend
 
 T = TypeVar("T")
 _Pending = list[tuple[Callable[[], Any], asyncio.Future[Any]]]
+CONFLICT_RETRIES = 3  # times an op the server rolled back for a conflict is run again
 
 
 class GroupCommitter:
@@ -23,7 +25,9 @@ class GroupCommitter:
 
     The common path runs every op of the turn in one transaction without savepoints; only
     if one raises is the turn rolled back and re-run with a savepoint per op, so a bad op
-    cannot undo its neighbours. Ops are ledger calls only, so running one again is safe.
+    cannot undo its neighbours. Ops are ledger calls only, so running one again is safe:
+    an op the server rolled back to break a deadlock with another worker (their group
+    commits update shared total rows in their own orders) is run again in its savepoint.
     """
 
     def __init__(self, ledger: LedgerBackend) -> None:
@@ -81,15 +85,23 @@ class GroupCommitter:
 
     def _one_by_one(self, pending: _Pending) -> list[Any]:
         """Every op in its own savepoint of one transaction: a failing op is undone alone."""
-        outcomes: list[Any] = []
         with self.ledger.transaction():
-            for op, _ in pending:
-                try:
-                    with self.ledger.savepoint():
-                        outcomes.append(_Done(op()))
-                except Exception as e:
-                    outcomes.append(e)
-        return outcomes
+            return [self._in_savepoint(op) for op, _ in pending]
+
+    def _in_savepoint(self, op: Callable[[], Any]) -> Any:
+        """One op, undone alone if it raises; run again when the server refused it only to
+        break a conflict with another worker's transaction (a deadlock on shared rows)."""
+        tries = 0
+        while True:
+            try:
+                with self.ledger.savepoint():
+                    return _Done(op())
+            except LedgerRefused as e:
+                if not e.retryable or tries == CONFLICT_RETRIES:
+                    return e
+                tries += 1
+            except Exception as e:
+                return e
 
     @staticmethod
     def _settle(pending: _Pending, outcomes: list[Any]) -> None:

@@ -118,8 +118,8 @@ async def lease_tasks(
     In-flight rows (a dead worker's: their runs may exist) fill every free slot; queued
     rows are leased a few at a time (``CLAIM_WINDOW``), as this worker claims them, so
     the workers share a batch instead of the first one leasing all of it. The worker ends
-    when it has no task left and no row is held by a worker that stopped beating (those
-    it waits for: their lease passes, then it takes them over).
+    when it has no task left and no row it drives is held by no live worker or by a worker
+    that stopped beating (those it waits for: their lease passes, then it takes them over).
     """
     ctx.claims_moved = asyncio.Event()
     window = CLAIM_WINDOW * ctx.config.concurrency
@@ -140,12 +140,10 @@ async def lease_tasks(
             started += 1
         if started:
             continue
-        if not ctx.tasks and not lease.ledger.stale_elsewhere(
-            batches=names,
-            states=_wanted(ctx, names),
-            after=lease.seconds / HEARTBEATS_PER_LEASE * 1.5,
-        ):
-            return
+        if not ctx.tasks:
+            if not _left_elsewhere(ctx, lease, names):
+                return
+            next_look = 0.0  # some may be takeable by the next turn: look for them then
         await _until_something_moves(ctx, look_again)
 
 
@@ -169,12 +167,20 @@ def _lease_page(
     return page
 
 
-def _wanted(ctx: RunContext, names: list[str]) -> tuple[JobState, ...]:
-    """The states this worker drives now: in flight (only sending with --no-wait), queued."""
-    states = _IN_FLIGHT if ctx.config.wait else (JobState.SUBMITTING,)
-    if any(not ctx.submitting_stopped(name) for name in names):
-        states = (*states, JobState.QUEUED)
-    return states
+def _left_elsewhere(ctx: RunContext, lease: LeaseKeeper, names: list[str]) -> int:
+    """Rows of the states this worker drives (in flight, only sending with --no-wait; queued,
+    of the batches still open) that no live worker holds, or whose worker stopped beating.
+
+    Rows nobody holds count too: a worker that ends hands its rows back, and a worker whose
+    lease lapsed hands back those nobody had taken yet; ending then would leave rows this
+    worker could take (and its exit code would count them as undone).
+    """
+    return lease.ledger.left_elsewhere(
+        batches=names,
+        states=_IN_FLIGHT if ctx.config.wait else (JobState.SUBMITTING,),
+        queued_batches=[name for name in names if not ctx.submitting_stopped(name)],
+        after=lease.seconds / HEARTBEATS_PER_LEASE * 1.5,
+    )
 
 
 async def _until_something_moves(ctx: RunContext, timeout: float) -> None:
