@@ -25,6 +25,7 @@ Every time is in the caller's seconds; nothing here reads a clock.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 
@@ -164,3 +165,18 @@ def plan_pending(
     if spread > after / 2 and poll_at - now > 2 * floor:
         return min(policy.pending_max, max(floor, (poll_at - now) / 2)), False
     return wait, True
+
+
+def start_by_completions(*, ahead: int, since: float, freed: Sequence[float]) -> float | None:
+    """When a waiting run starts, from the completions seen; None until enough are seen.
+
+    On a first-come, first-served server whose slots our runs fill, each completion starts
+    the run at the head of the queue. A run with ``ahead`` runs (itself included) to start
+    after the moment ``since`` starts at the ``ahead``-th completion after it (``freed``:
+    completion times, sorted; same clock as ``since``). ``ahead`` <= 0: by ``since``.
+    """
+    if ahead <= 0:
+        return since
+    first = bisect.bisect_right(freed, since)
+    at = first + ahead - 1
+    return freed[at] if at < len(freed) else None

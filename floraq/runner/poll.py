@@ -55,6 +55,9 @@ class _Watch:
     window: tuple[float, float] | None = None  # soonest and latest end the answers allow
     linear: bool | None = None  # its answers agree with linear progress (None: one answer)
     first_prediction: tuple[float, float] | None = None  # (answered at, soonest end), for trust
+    created: int | None = None  # the server's created_at (epoch ms): its place in the queue
+    offset: float = 0.0  # our clock minus the server's, through created_at and submitted
+    pending_server: float | None = None  # when it last said `pending`, on the server's clock
 
 
 async def poll_until_done(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRecord:
@@ -67,6 +70,7 @@ async def poll_until_done(ctx: RunContext, job: JobRecord, first: RunInfo | None
         return await _poll(ctx, job, first)
     finally:
         ctx.queue.pop(job.id, None)
+        ctx.server_queue.gone(job.id)
 
 
 async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRecord:
@@ -76,11 +80,15 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
     submitted = job.submitted_at or ctx.clock()
     rounds = 0
     watch = _Watch(position=next(ctx.sent))
+    _place(ctx, watch, info, submitted)
     since: float | None = None  # the first answer of this process
     while info is None or not is_finished(info):
-        delay, poll_then = _delay(ctx, job, watch, polls, submitted)
-        await ctx.sleep(delay)
-        if not poll_then:
+        delay, poll_then, on_freed = _delay(ctx, job, watch, polls, submitted)
+        if on_freed:  # woken by a completion, or after ``delay``
+            await ctx.server_queue.sleep_until_freed(ctx.sleep, delay)
+        else:
+            await ctx.sleep(delay)
+        if not poll_then or _not_its_turn(ctx, job, watch, polls):
             continue  # woke to think again: what other runs saw since may change the plan
         due = ctx.clock()
         await ctx.poll_gate.admit(_rank(watch, due), due)
@@ -117,6 +125,27 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
     return retry or replace(job, state=JobState.FAILED, polls=polls)
 
 
+def _place(ctx: RunContext, watch: _Watch, info: RunInfo | None, submitted: float) -> None:
+    """Put the run in the server's queue order once an answer gives its ``created_at``."""
+    if watch.created is not None or info is None or info.created_at is None:
+        return
+    watch.created, watch.offset = info.created_at, submitted - info.created_at / 1000.0
+    ctx.server_queue.sent(info.created_at)
+
+
+def _not_its_turn(ctx: RunContext, job: JobRecord, watch: _Watch, polls: int) -> bool:
+    """A run not yet answered whose turn in the server's queue has not come by the
+    completions seen (a run created before it said `pending`): it waits with them, unpolled."""
+    queue = ctx.server_queue
+    if polls != job.polls or watch.created is None or job.id in ctx.queue or not queue.tells():
+        return False
+    start = queue.start_of(watch.created, None)
+    if start is not None and start + watch.offset <= ctx.clock():
+        return False
+    ctx.queue[job.id] = watch.position
+    return True
+
+
 def _polled_enough(ctx: RunContext, polls: int, seconds: float) -> bool:
     """Leave the run for the next `resume`: ``max_polls`` polls, or as long as they would
     take at ``max_interval`` (fewer, longer waits must not hold the ledger longer)."""
@@ -130,10 +159,14 @@ def _observe(
 ) -> None:
     """Update what is known of the run's timing from one poll answer, received at ``now``."""
     last, watch.window = watch.window, None
+    _place(ctx, watch, info, submitted)
     if info.status == RunStatus.PENDING:
         watch.pending, watch.waited = True, True
         watch.pending_polls, watch.pending_at = watch.pending_polls + 1, now
         ctx.queue[job.id] = watch.position
+        if watch.created is not None:
+            watch.pending_server = now - watch.offset
+            ctx.server_queue.pending(job.id, watch.created, watch.pending_server)
         return
     watch.pending, watch.pending_polls = False, 0
     ctx.queue.pop(job.id, None)
@@ -144,8 +177,11 @@ def _observe(
     watch.started = started if started is not None else (watch.started or submitted)
     if started is None:
         return
-    if first_seen and (watch.waited or started - submitted > ctx.poll_policy.min_interval):
+    waited = watch.waited or started - submitted > ctx.poll_policy.min_interval
+    if first_seen and waited:
         ctx.starts.append((watch.position, started))  # the queue reached it then
+    if watch.created is not None and info.started_at is not None:
+        ctx.server_queue.running(job.id, watch.created, info.started_at / 1000.0, waited)
     window = progress_window(progress=info.progress, running_for=now - started)
     if window is None:
         return
@@ -176,6 +212,7 @@ def _learn_end(
     if info.completed_at is None:
         return
     ctx.completions.append(info.completed_at / 1000.0)
+    ctx.server_queue.finished(job.id, info.completed_at / 1000.0)
     ctx.poll_gate.set_rate(
         budget_rate(poll_rate_floor(ctx.config), completion_rate(list(ctx.completions)))
     )
@@ -195,8 +232,9 @@ def _rank(watch: _Watch, now: float) -> PollRank:
 
 def _delay(
     ctx: RunContext, job: JobRecord, watch: _Watch, polls: int, submitted: float
-) -> tuple[float, bool]:
-    """How long to wait, and whether to poll then: the best estimate known, else the ramp."""
+) -> tuple[float, bool, bool]:
+    """How long to wait, whether to poll then, and whether a completion ends the wait
+    early: the best estimate known, else the ramp."""
     policy = ctx.poll_policy
     now = ctx.clock()
     look = first_look(list(ctx.run_times.get(job.technique, ())), policy)
@@ -205,20 +243,41 @@ def _delay(
         if trust is None and watch.linear:
             trust = 1.0  # not yet known for the technique, but this run's answers agree
         soonest, latest = (max(0.0, end - now) for end in watch.window)
-        return aim_running(policy, soonest=soonest, latest=latest, trust=trust), True
+        return aim_running(policy, soonest=soonest, latest=latest, trust=trust), True, False
     fresh = polls == job.polls and watch.started is None
     if fresh and ctx.queue:
         ctx.queue[job.id] = watch.position  # others wait for a slot: so will it
     if job.id in ctx.queue:
+        freed = _by_completions(ctx, watch, now, look)
+        if freed is not None:
+            return freed
         queued = _queued(ctx, watch, now)
         if queued is not None:
             start, spread = queued
-            return plan_pending(policy, now=now, start=start, spread=spread, look=look)
+            return (*plan_pending(policy, now=now, start=start, spread=spread, look=look), False)
     if look is not None and not watch.pending:
         due = (watch.started if watch.started is not None else submitted) + look
         if due - now > policy.min_interval:
-            return due - now, True
-    return _fallback(ctx, job, watch, polls, now - submitted), True
+            return due - now, True, False
+    return _fallback(ctx, job, watch, polls, now - submitted), True, False
+
+
+def _by_completions(
+    ctx: RunContext, watch: _Watch, now: float, look: float | None
+) -> tuple[float, bool, bool] | None:
+    """A waiting run's plan from the completions seen (``runner.poll_queue``), or None.
+
+    Its start known: poll ``first_look`` after it. Not yet: wait for the next completion
+    (at most ``pending_max``) and think again, without a request.
+    """
+    queue, policy = ctx.server_queue, ctx.poll_policy
+    if watch.created is None or not queue.tells():
+        return None
+    start = queue.start_of(watch.created, watch.pending_server)
+    if start is None:
+        return policy.pending_max, False, True
+    after = policy.max_interval if look is None else look
+    return max(0.0, start + watch.offset + after - now), True, False
 
 
 def _queued(ctx: RunContext, watch: _Watch, now: float) -> tuple[float, float] | None:

@@ -1,0 +1,116 @@
+"""`ServerQueue`: this process's runs in the server's queue, and when each waiting one starts.
+
+The server serves its queue first come, first served, by creation (``created_at``); every
+completion of a run frees a slot for the run at its head. So once one waiting run has been
+seen started (an anchor: its ``created_at`` and ``started_at``), each completion after that
+start starts the next of our runs behind it, and a waiting run's start is known from the
+completions alone, with no poll of it (``core.poll_aim.start_by_completions``). Before any
+start is seen, the earliest-created run seen ``pending`` stands in: it starts at the first
+completion after that answer. Times are the server's seconds (its ``created_at``,
+``started_at`` and ``completed_at``), so our clock's lags do not enter.
+
+If other clients' runs share the slots, our runs start sooner than this says and are seen
+later, never lost: the estimate only schedules polls, and a run that is still ``pending``
+when polled waits for the next completion after that answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from floraq.core.poll_aim import start_by_completions
+
+
+class ServerQueue:
+    """Creation order, completions and the latest start seen of this process's runs."""
+
+    def __init__(self) -> None:
+        self._created: list[int] = []  # created_at (epoch ms) of every run sent or polled
+        self._freed: list[float] = []  # completed_at (s) since the anchor, sorted
+        self._anchor: tuple[int, float] | None = None  # (created_at ms, started_at s)
+        self._mark: tuple[int, float] | None = None  # earliest created seen pending, and when
+        self._running: set[int] = set()  # job ids whose last answer said running
+        self._signal = asyncio.Event()
+
+    def sent(self, created_ms: int) -> None:
+        """A run of ours is in the server's queue (or was): its place in creation order."""
+        bisect.insort(self._created, created_ms)
+
+    def pending(self, job_id: int, created_ms: int, server_now: float) -> None:
+        """A run answered ``pending`` at about ``server_now`` (the server's seconds)."""
+        self._running.discard(job_id)
+        if self._anchor is None and (self._mark is None or created_ms < self._mark[0]):
+            self._mark = (created_ms, server_now)
+
+    def running(self, job_id: int, created_ms: int, started: float, waited: bool) -> None:
+        """A run answered ``running``; a run that waited is an anchor if it started last."""
+        self._running.add(job_id)
+        if not waited or (self._anchor is not None and started <= self._anchor[1]):
+            return
+        self._anchor, self._mark = (created_ms, started), None
+        del self._freed[: bisect.bisect_right(self._freed, started)]
+
+    def finished(self, job_id: int, completed: float) -> None:
+        """A run of ours ended at ``completed`` (server seconds): a slot freed then."""
+        self._running.discard(job_id)
+        if self._anchor is None or completed > self._anchor[1]:
+            bisect.insort(self._freed, completed)
+        self._signal.set()
+        self._signal = asyncio.Event()
+
+    def gone(self, job_id: int) -> None:
+        """The run is no longer polled by this process (finished, failed or left)."""
+        self._running.discard(job_id)
+
+    def start_of(self, created_ms: int, not_before: float | None) -> float | None:
+        """When (server seconds) the run created at ``created_ms`` starts, or None: not yet known.
+
+        ``not_before`` is when it last answered ``pending``: it starts at a completion after
+        that. None also when nothing can tell (no anchor, or none of our runs is running
+        to free a slot, so the slots are held by others).
+        """
+        basis = self._basis(created_ms) if self.tells() else None
+        if basis is None:
+            return None
+        ahead, since = basis
+        start = start_by_completions(ahead=ahead, since=since, freed=self._freed)
+        if start is None or not_before is None or start > not_before:
+            return start
+        return start_by_completions(ahead=1, since=not_before, freed=self._freed)
+
+    def tells(self) -> bool:
+        """Whether completions will say when waiting runs start: an anchor (or a run seen
+        pending) is known, and some run of ours is running or has ended since (our runs
+        hold slots; waiting behind others' runs only, ours would wait in vain)."""
+        known = self._anchor is not None or self._mark is not None
+        return known and bool(self._running or self._freed)
+
+    def _basis(self, created_ms: int) -> tuple[int, float] | None:
+        """(runs to start, itself included, after a moment; that moment), or None."""
+        rank = bisect.bisect_right(self._created, created_ms)
+        if self._anchor is not None:
+            created, started = self._anchor
+            return rank - bisect.bisect_right(self._created, created), started
+        if self._mark is not None:
+            created, since = self._mark
+            return rank - bisect.bisect_left(self._created, created), since
+        return None
+
+    def next_completion(self) -> Coroutine[Any, Any, bool]:
+        """What to await for the next completion of one of our runs (from this call on)."""
+        return self._signal.wait()
+
+    async def sleep_until_freed(
+        self, sleep: Callable[[float], Awaitable[None]], delay: float
+    ) -> None:
+        """``sleep(delay)``, or less: until the next completion of one of our runs."""
+        waits = {asyncio.ensure_future(sleep(delay)), asyncio.ensure_future(self.next_completion())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)

@@ -1,0 +1,104 @@
+"""A waiting run's start from the completions seen (core.poll_aim, runner.poll_queue)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from floraq.core.poll_aim import start_by_completions
+from floraq.runner.poll_queue import ServerQueue
+
+FREED = [10.0, 12.0, 15.0, 15.5, 20.0]
+
+
+def test_each_completion_after_the_moment_starts_the_next_run() -> None:
+    assert start_by_completions(ahead=1, since=11.0, freed=FREED) == 12.0
+    assert start_by_completions(ahead=3, since=11.0, freed=FREED) == 15.5
+    assert start_by_completions(ahead=1, since=12.0, freed=FREED) == 15.0  # strictly after
+    assert start_by_completions(ahead=5, since=11.0, freed=FREED) is None  # not yet seen
+    assert start_by_completions(ahead=0, since=11.0, freed=FREED) == 11.0  # ahead of it
+
+
+def _queue(*created: int) -> ServerQueue:
+    queue = ServerQueue()
+    for ms in created:
+        queue.sent(ms)
+    return queue
+
+
+def test_before_any_start_the_earliest_pending_run_stands_in() -> None:
+    """Runs 1-2 run; 3-5 say pending at 2 s: 3 starts at the first completion after it."""
+    queue = _queue(1000, 1001, 1002, 1003, 1004)
+    assert not queue.tells()  # nothing seen yet
+    queue.running(1, 1000, 1.0, waited=False)
+    queue.running(2, 1001, 1.0, waited=False)
+    queue.pending(4, 1003, 2.1)
+    queue.pending(3, 1002, 2.0)
+    assert queue.tells()
+    assert queue.start_of(1002, not_before=2.0) is None  # no completion yet: wait
+    queue.finished(1, 7.0)
+    assert queue.start_of(1002, not_before=2.0) == 7.0
+    assert queue.start_of(1003, not_before=2.1) is None  # needs a second completion
+    queue.finished(2, 9.0)
+    assert queue.start_of(1003, not_before=2.1) == 9.0
+
+
+def test_a_waited_start_anchors_the_queue() -> None:
+    """Run 3 seen started at 7 s after waiting: completions after 7 s start 4, then 5."""
+    queue = _queue(1000, 1001, 1002, 1003, 1004)
+    queue.running(1, 1000, 1.0, waited=False)
+    queue.pending(3, 1002, 2.0)
+    queue.finished(2, 7.0)
+    queue.running(3, 1002, 7.0, waited=True)
+    queue.finished(1, 8.0)
+    assert queue.start_of(1003, not_before=None) == 8.0
+    assert queue.start_of(1004, not_before=None) is None
+    queue.finished(3, 11.0)
+    assert queue.start_of(1004, not_before=None) == 11.0
+    # still pending when polled at 12 s: it starts at a completion after that answer
+    assert queue.start_of(1004, not_before=12.0) is None
+    queue.finished(9, 13.0)
+    assert queue.start_of(1004, not_before=12.0) == 13.0
+
+
+def test_nothing_to_tell_when_none_of_ours_runs() -> None:
+    """Waiting behind others' runs only: our completions will not say when it starts."""
+    queue = _queue(1000, 1001)
+    queue.pending(1, 1000, 2.0)
+    assert not queue.tells()
+    assert queue.start_of(1000, not_before=2.0) is None
+    queue.running(2, 1001, 3.0, waited=False)
+    queue.gone(2)
+    assert not queue.tells()
+
+
+def test_a_completion_wakes_the_waiters() -> None:
+    async def main() -> bool:
+        queue = _queue(1000)
+        waiter = asyncio.ensure_future(queue.next_completion())
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        queue.finished(1, 5.0)
+        await asyncio.sleep(0)
+        return waiter.done()
+
+    assert asyncio.run(main())
+
+
+def test_a_completion_cuts_the_sleep_short() -> None:
+    """A run waiting for a slot wakes at our next completion, not at the end of its sleep."""
+
+    async def main() -> list[float]:
+        queue, slept = _queue(1000), []
+        forever = asyncio.Event()
+
+        async def sleep(seconds: float) -> None:
+            slept.append(seconds)
+            await forever.wait()  # a fake clock that never moves
+
+        waiter = asyncio.ensure_future(queue.sleep_until_freed(sleep, 300.0))
+        await asyncio.sleep(0)
+        queue.finished(1, 5.0)
+        await asyncio.wait_for(waiter, timeout=5)
+        return slept
+
+    assert asyncio.run(main()) == [300.0]
