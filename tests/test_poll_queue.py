@@ -102,3 +102,15 @@ def test_a_completion_cuts_the_sleep_short() -> None:
         return slept
 
     assert asyncio.run(main()) == [300.0]
+
+
+def test_runs_created_in_one_millisecond_are_never_put_late() -> None:
+    """Two runs created at 1002 ms: each may be the first served, so each says so."""
+    queue = _queue(1000, 1001, 1002, 1002, 1003)
+    queue.running(1, 1000, 1.0, waited=False)
+    queue.pending(2, 1001, 2.0)
+    queue.finished(1, 5.0)
+    queue.finished(9, 6.0)
+    assert queue.start_of(1001, not_before=2.0) == 5.0
+    assert queue.start_of(1002, not_before=None) == 6.0  # either of the two
+    assert queue.start_of(1003, not_before=None) is None  # behind both: a third completion

@@ -89,8 +89,13 @@ class ServerQueue:
         return known and bool(self._running or self._freed)
 
     def _basis(self, created_ms: int) -> tuple[int, float] | None:
-        """(runs to start, itself included, after a moment; that moment), or None."""
-        rank = bisect.bisect_right(self._created, created_ms)
+        """(runs to start, itself included, after a moment; that moment), or None.
+
+        Runs created in the same millisecond may be served in either order: a run counts
+        itself first among them, and the anchor's ties as started, so a start is never
+        put later than it can be (a poll that comes too soon is answered `pending`).
+        """
+        rank = bisect.bisect_left(self._created, created_ms) + 1
         if self._anchor is not None:
             created, started = self._anchor
             return rank - bisect.bisect_right(self._created, created), started
