@@ -19,6 +19,9 @@ when it ends) and one just after that end. This module turns what is known into 
   queue moves, so it starts about when the queue reaches its place (a low estimate is
   used), and its first poll waits for that plus ``first_look``. A run that starts sooner
   is seen late, never lost: the estimate only schedules polls.
+* ``start_by_completions``: the exact form of that estimate when our runs fill the
+  server's slots: each completion starts the next run in the queue, so a waiting run
+  starts at the completion its place calls for, and needs no poll until then.
 
 Every time is in the caller's seconds; nothing here reads a clock.
 """

@@ -84,11 +84,12 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
     since: float | None = None  # the first answer of this process
     while info is None or not is_finished(info):
         delay, poll_then, on_freed = _delay(ctx, job, watch, polls, submitted)
-        if on_freed:  # woken by a completion, or after ``delay``
-            await ctx.server_queue.sleep_until_freed(ctx.sleep, delay)
+        woken = False  # by a completion, which may say more of when it starts
+        if on_freed:
+            woken = await ctx.server_queue.sleep_until_freed(ctx.sleep, delay)
         else:
             await ctx.sleep(delay)
-        if not poll_then or _not_its_turn(ctx, job, watch, polls):
+        if woken or not poll_then or _not_its_turn(ctx, job, watch, polls):
             continue  # woke to think again: what other runs saw since may change the plan
         due = ctx.clock()
         await ctx.poll_gate.admit(_rank(watch, due), due)
@@ -136,11 +137,9 @@ def _place(ctx: RunContext, watch: _Watch, info: RunInfo | None, submitted: floa
 def _not_its_turn(ctx: RunContext, job: JobRecord, watch: _Watch, polls: int) -> bool:
     """A run not yet answered whose turn in the server's queue has not come by the
     completions seen (a run created before it said `pending`): it waits with them, unpolled."""
-    queue = ctx.server_queue
-    if polls != job.polls or watch.created is None or job.id in ctx.queue or not queue.tells():
+    if polls != job.polls or watch.created is None or job.id in ctx.queue:
         return False
-    start = queue.start_of(watch.created, None)
-    if start is not None and start + watch.offset <= ctx.clock():
+    if not ctx.server_queue.not_started(watch.created, watch.offset, ctx.clock()):
         return False
     ctx.queue[job.id] = watch.position
     return True
@@ -181,7 +180,14 @@ def _observe(
     if first_seen and waited:
         ctx.starts.append((watch.position, started))  # the queue reached it then
     if watch.created is not None and info.started_at is not None:
-        ctx.server_queue.running(job.id, watch.created, info.started_at / 1000.0, waited)
+        tolerance = ctx.poll_policy.target_latency / 2
+        ctx.server_queue.running(
+            job.id,
+            watch.created,
+            info.started_at / 1000.0,
+            waited=first_seen and waited,  # its start is news only once
+            tolerance=tolerance,
+        )
     window = progress_window(progress=info.progress, running_for=now - started)
     if window is None:
         return
@@ -248,9 +254,13 @@ def _delay(
     if fresh and ctx.queue:
         ctx.queue[job.id] = watch.position  # others wait for a slot: so will it
     if job.id in ctx.queue:
-        freed = _by_completions(ctx, watch, now, look)
-        if freed is not None:
-            return freed
+        if watch.created is not None:  # from the completions seen, if they tell
+            after = policy.max_interval if look is None else look
+            planned = ctx.server_queue.plan(
+                watch.created, watch.offset, watch.pending_server, now=now, after=after
+            )
+            if planned is not None:
+                return min(planned[0], policy.pending_max), planned[1], True
         queued = _queued(ctx, watch, now)
         if queued is not None:
             start, spread = queued
@@ -260,24 +270,6 @@ def _delay(
         if due - now > policy.min_interval:
             return due - now, True, False
     return _fallback(ctx, job, watch, polls, now - submitted), True, False
-
-
-def _by_completions(
-    ctx: RunContext, watch: _Watch, now: float, look: float | None
-) -> tuple[float, bool, bool] | None:
-    """A waiting run's plan from the completions seen (``runner.poll_queue``), or None.
-
-    Its start known: poll ``first_look`` after it. Not yet: wait for the next completion
-    (at most ``pending_max``) and think again, without a request.
-    """
-    queue, policy = ctx.server_queue, ctx.poll_policy
-    if watch.created is None or not queue.tells():
-        return None
-    start = queue.start_of(watch.created, watch.pending_server)
-    if start is None:
-        return policy.pending_max, False, True
-    after = policy.max_interval if look is None else look
-    return max(0.0, start + watch.offset + after - now), True, False
 
 
 def _queued(ctx: RunContext, watch: _Watch, now: float) -> tuple[float, float] | None:

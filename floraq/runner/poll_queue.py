@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from floraq.core.poll_aim import start_by_completions
+
+CHECKED = 10  # the waited starts whose prediction is checked
+MISSES = 3  # of them started sooner than predicted: the model does not hold here
 
 
 class ServerQueue:
@@ -34,6 +39,7 @@ class ServerQueue:
         self._mark: tuple[int, float] | None = None  # earliest created seen pending, and when
         self._running: set[int] = set()  # job ids whose last answer said running
         self._signal = asyncio.Event()
+        self._checks: deque[bool] = deque(maxlen=CHECKED)  # recent starts: did one come early?
 
     def sent(self, created_ms: int) -> None:
         """A run of ours is in the server's queue (or was): its place in creation order."""
@@ -45,10 +51,26 @@ class ServerQueue:
         if self._anchor is None and (self._mark is None or created_ms < self._mark[0]):
             self._mark = (created_ms, server_now)
 
-    def running(self, job_id: int, created_ms: int, started: float, waited: bool) -> None:
-        """A run answered ``running``; a run that waited is an anchor if it started last."""
+    def running(
+        self, job_id: int, created_ms: int, started: float, *, waited: bool, tolerance: float
+    ) -> None:
+        """A run answered ``running``; a run that waited is an anchor if it started last.
+
+        ``waited``: it waited for a slot, and this is its first ``running`` answer. One
+        that started more than ``tolerance`` s before the completions seen say (by the
+        time it is seen started, the completions before its start have been seen: running
+        runs are polled at their ends) counts against the model: other clients' runs free
+        slots too, or the queue is not first come, first served. With ``MISSES`` of the
+        last ``CHECKED`` off, it is not used (``tells``) until its predictions hold again.
+        """
         self._running.add(job_id)
-        if not waited or (self._anchor is not None and started <= self._anchor[1]):
+        if not waited:
+            return
+        basis = self._basis(created_ms)
+        if basis is not None and basis[0] > 0:  # behind the anchor: a completion frees it
+            said = start_by_completions(ahead=basis[0], since=basis[1], freed=self._freed)
+            self._checks.append(said is None or started < said - tolerance)
+        if self._anchor is not None and started <= self._anchor[1]:
             return
         self._anchor, self._mark = (created_ms, started), None
         del self._freed[: bisect.bisect_right(self._freed, started)]
@@ -81,12 +103,36 @@ class ServerQueue:
             return start
         return start_by_completions(ahead=1, since=not_before, freed=self._freed)
 
+    def plan(
+        self, created_ms: int, offset: float, not_before: float | None, *, now: float, after: float
+    ) -> tuple[float, bool] | None:
+        """(seconds to wait, whether to poll then) for a waiting run, or None: cannot tell.
+
+        Its start known, the poll comes ``after`` it (``offset``: our clock minus the
+        server's). Not yet known: wait without a poll, ``math.inf``. Either way the caller
+        wakes at the next completion to think again (one seen late can put a start sooner).
+        """
+        if not self.tells():
+            return None
+        start = self.start_of(created_ms, not_before)
+        if start is None:
+            return math.inf, False
+        return max(0.0, start + offset + after - now), True
+
+    def not_started(self, created_ms: int, offset: float, now: float) -> bool:
+        """Whether, by the completions seen, the run's turn has surely not come by ``now``."""
+        if not self.tells():
+            return False
+        start = self.start_of(created_ms, None)
+        return start is None or start + offset > now
+
     def tells(self) -> bool:
         """Whether completions will say when waiting runs start: an anchor (or a run seen
         pending) is known, and some run of ours is running or has ended since (our runs
         hold slots; waiting behind others' runs only, ours would wait in vain)."""
         known = self._anchor is not None or self._mark is not None
-        return known and bool(self._running or self._freed)
+        holds = sum(self._checks) < MISSES
+        return known and holds and bool(self._running or self._freed)
 
     def _basis(self, created_ms: int) -> tuple[int, float] | None:
         """(runs to start, itself included, after a moment; that moment), or None.
@@ -110,11 +156,15 @@ class ServerQueue:
 
     async def sleep_until_freed(
         self, sleep: Callable[[float], Awaitable[None]], delay: float
-    ) -> None:
-        """``sleep(delay)``, or less: until the next completion of one of our runs."""
-        waits = {asyncio.ensure_future(sleep(delay)), asyncio.ensure_future(self.next_completion())}
+    ) -> bool:
+        """``sleep(delay)``, or less: until the next completion of one of our runs. True
+        when a completion ended the wait."""
+        slept = asyncio.ensure_future(sleep(delay))
+        freed = asyncio.ensure_future(self.next_completion())
+        waits = {slept, freed}
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            return not slept.done()
         finally:
             for wait in waits:
                 wait.cancel()
