@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import math
 
+import pytest
+
 from floraq.core.poll_aim import start_by_completions
 from floraq.runner.poll_queue import ServerQueue
 
@@ -22,7 +24,7 @@ def test_each_completion_after_the_moment_starts_the_next_run() -> None:
 def _queue(*created: int) -> ServerQueue:
     queue = ServerQueue()
     for ms in created:
-        queue.sent(ms)
+        queue.sent(ms, 0.25)
     return queue
 
 
@@ -160,3 +162,14 @@ def test_the_plan_for_a_waiting_run() -> None:
     assert queue.plan(1001, 0.25, 2.0, now=20.0, after=5.0) == (0.0, True)  # overdue: now
     assert not queue.not_started(1001, 0.25, now=7.0)
     assert queue.not_started(1002, 0.25, now=7.0)  # behind it: a second completion
+
+
+def test_the_least_offset_seen_maps_server_times() -> None:
+    """Each run's submitted time is late by its answer's latency: the least is the best."""
+    queue = ServerQueue()
+    assert queue.on_our_clock(100.0, 0.3) == 100.3  # nothing seen: the run's own
+    queue.sent(1000, 0.3)
+    queue.sent(1001, 0.1)
+    queue.sent(1002, 0.2)
+    assert queue.on_our_clock(100.0, 0.3) == pytest.approx(100.1)
+    assert queue.on_our_clock(100.0, 0.05) == 100.05  # a run's own, if it is less

@@ -94,6 +94,7 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
         due = ctx.clock()
         await ctx.poll_gate.admit(_rank(watch, due), due)
         try:
+            asked = ctx.clock()  # the answer tells how things stood some time after this
             info = await ctx.client.get_run(job.technique, job.run_id, poll_url=job.poll_url)
         except NotFound as e:
             await ctx.fail(job, JobState.SUBMITTED, JobState.FAILED, e, tier=FailureTier.REPORT)
@@ -117,7 +118,7 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
         if odd is not None and answered - submitted >= ODD_ANSWER_GRACE * ctx.config.time_scale:
             await _give_up_on_odd_answers(ctx, job, info, odd, polls, answered - submitted)
             return replace(job, state=JobState.UNKNOWN_OUTCOME, polls=polls)
-        _observe(ctx, job, watch, info, submitted, answered)
+        _observe(ctx, job, watch, info, submitted, asked)
     _learn_end(ctx, job, watch, info, submitted)
     if info.status == RunStatus.COMPLETED:
         await _completed(ctx, job, info, polls)
@@ -131,7 +132,7 @@ def _place(ctx: RunContext, watch: _Watch, info: RunInfo | None, submitted: floa
     if watch.created is not None or info is None or info.created_at is None:
         return
     watch.created, watch.offset = info.created_at, submitted - info.created_at / 1000.0
-    ctx.server_queue.sent(info.created_at)
+    ctx.server_queue.sent(info.created_at, watch.offset)
 
 
 def _not_its_turn(ctx: RunContext, job: JobRecord, watch: _Watch, polls: int) -> bool:
@@ -156,7 +157,9 @@ def _polled_enough(ctx: RunContext, polls: int, seconds: float) -> bool:
 def _observe(
     ctx: RunContext, job: JobRecord, watch: _Watch, info: RunInfo, submitted: float, now: float
 ) -> None:
-    """Update what is known of the run's timing from one poll answer, received at ``now``."""
+    """Update what is known of the run's timing from one poll answer asked for at ``now``
+    (read as of the request, a predicted end is never later than the truth, however late
+    the answer came: a loaded client's lag would otherwise make ``trust`` cut every wait)."""
     last, watch.window = watch.window, None
     _place(ctx, watch, info, submitted)
     if info.status == RunStatus.PENDING:
@@ -171,7 +174,7 @@ def _observe(
     ctx.queue.pop(job.id, None)
     if info.status != RunStatus.RUNNING:
         return
-    started = _started(info, submitted)
+    started = _started(ctx, info, submitted)
     first_seen = watch.started is None
     watch.started = started if started is not None else (watch.started or submitted)
     if started is None:
@@ -225,7 +228,8 @@ def _learn_end(
     if watch.first_prediction is None or info.created_at is None:
         return
     answered, soonest = watch.first_prediction
-    ended = submitted + (info.completed_at - info.created_at) / 1000.0
+    offset = submitted - info.created_at / 1000.0  # the same mapping as `_started`'s
+    ended = ctx.server_queue.on_our_clock(info.completed_at / 1000.0, offset)
     if soonest - answered > 0:
         ctx.learn(ctx.trust, job.technique, (ended - answered) / (soonest - answered))
 
@@ -302,15 +306,14 @@ def _fallback(ctx: RunContext, job: JobRecord, watch: _Watch, polls: int, elapse
     )
 
 
-def _started(info: RunInfo, submitted: float) -> float | None:
-    """When the run started, on our clock, or None when the answer does not say.
-
-    The server's clock is mapped onto ours by its ``created_at`` and our ``submitted``
-    (both taken at the POST), so a skewed server clock does not matter.
-    """
+def _started(ctx: RunContext, info: RunInfo, submitted: float) -> float | None:
+    """When the run started on our clock (None: the answer does not say), mapped by
+    ``created_at`` and ``submitted`` (a skewed server clock does not matter) at the least
+    offset any run showed: ``submitted`` is late by however long the answer took."""
     if info.started_at is None or info.created_at is None:
         return None
-    return submitted + (info.started_at - info.created_at) / 1000.0
+    offset = submitted - info.created_at / 1000.0
+    return ctx.server_queue.on_our_clock(info.started_at / 1000.0, offset)
 
 
 async def _completed(ctx: RunContext, job: JobRecord, info: RunInfo, polls: int) -> None:

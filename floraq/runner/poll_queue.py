@@ -39,11 +39,21 @@ class ServerQueue:
         self._mark: tuple[int, float] | None = None  # earliest created seen pending, and when
         self._running: set[int] = set()  # job ids whose last answer said running
         self._signal = asyncio.Event()
+        self._offset: float | None = None  # our clock minus the server's, at best
         self._checks: deque[bool] = deque(maxlen=CHECKED)  # recent starts: did one come early?
 
-    def sent(self, created_ms: int) -> None:
-        """A run of ours is in the server's queue (or was): its place in creation order."""
+    def sent(self, created_ms: int, offset: float) -> None:
+        """A run of ours is in the server's queue (or was): its place in creation order.
+
+        ``offset`` is its submitted time on our clock minus its ``created_at``: our clock
+        minus the server's, plus how late the answer came; the least seen is the best.
+        """
         bisect.insort(self._created, created_ms)
+        self._offset = offset if self._offset is None else min(self._offset, offset)
+
+    def on_our_clock(self, server_s: float, offset: float) -> float:
+        """A server time (s) on our clock, by the best offset seen (``offset`` if none)."""
+        return server_s + (offset if self._offset is None else min(offset, self._offset))
 
     def pending(self, job_id: int, created_ms: int, server_now: float) -> None:
         """A run answered ``pending`` at about ``server_now`` (the server's seconds)."""
@@ -117,14 +127,14 @@ class ServerQueue:
         start = self.start_of(created_ms, not_before)
         if start is None:
             return math.inf, False
-        return max(0.0, start + offset + after - now), True
+        return max(0.0, self.on_our_clock(start, offset) + after - now), True
 
     def not_started(self, created_ms: int, offset: float, now: float) -> bool:
         """Whether, by the completions seen, the run's turn has surely not come by ``now``."""
         if not self.tells():
             return False
         start = self.start_of(created_ms, None)
-        return start is None or start + offset > now
+        return start is None or self.on_our_clock(start, offset) > now
 
     def tells(self) -> bool:
         """Whether completions will say when waiting runs start: an anchor (or a run seen
