@@ -93,8 +93,7 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
             continue  # woke to think again: what other runs saw since may change the plan
         due = ctx.clock()
         await ctx.poll_gate.admit(_rank(watch, due), due)
-        try:
-            asked = ctx.clock()  # the answer tells how things stood some time after this
+        try:  # the answer tells how things stood some time after `due`
             info = await ctx.client.get_run(job.technique, job.run_id, poll_url=job.poll_url)
         except NotFound as e:
             await ctx.fail(job, JobState.SUBMITTED, JobState.FAILED, e, tier=FailureTier.REPORT)
@@ -118,7 +117,7 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
         if odd is not None and answered - submitted >= ODD_ANSWER_GRACE * ctx.config.time_scale:
             await _give_up_on_odd_answers(ctx, job, info, odd, polls, answered - submitted)
             return replace(job, state=JobState.UNKNOWN_OUTCOME, polls=polls)
-        _observe(ctx, job, watch, info, submitted, asked)
+        _observe(ctx, job, watch, info, submitted, due)
     _learn_end(ctx, job, watch, info, submitted)
     if info.status == RunStatus.COMPLETED:
         await _completed(ctx, job, info, polls)
