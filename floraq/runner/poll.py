@@ -157,7 +157,7 @@ def _observe(
     ctx: RunContext, job: JobRecord, watch: _Watch, info: RunInfo, submitted: float, now: float
 ) -> None:
     """Update what is known of the run's timing from one poll answer asked for at ``now``
-    (read as of the request, a predicted end is never later than the truth, however late
+    (read as of then, a predicted end is never later than the truth, however late
     the answer came: a loaded client's lag would otherwise make ``trust`` cut every wait)."""
     last, watch.window = watch.window, None
     _place(ctx, watch, info, submitted)
