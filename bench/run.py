@@ -77,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scaled-only", action="store_true", help="with --polling: skip the real-speed workloads"
     )
+    parser.add_argument(
+        "--second-night",
+        action="store_true",
+        help="with --polling: measure each workload after a first, unmeasured run on its ledger",
+    )
     args = parser.parse_args(argv)
     if args.polling:
         return _polling(args)
@@ -161,7 +166,10 @@ def _polling(args: argparse.Namespace) -> int:
     }
     t0 = time.perf_counter()
     try:
-        results["workloads"] = polling.run_all(work, trees, real=not args.scaled_only)
+        results["second_night"] = args.second_night
+        results["workloads"] = polling.run_all(
+            work, trees, real=not args.scaled_only, second_night=args.second_night
+        )
     finally:
         if args.keep:
             print(f"bench: scratch files kept in {work}", file=sys.stderr)

@@ -19,12 +19,16 @@ when it ends) and one just after that end. This module turns what is known into 
   queue moves, so it starts about when the queue reaches its place (a low estimate is
   used), and its first poll waits for that plus ``first_look``. A run that starts sooner
   is seen late, never lost: the estimate only schedules polls.
+* ``start_by_completions``: the exact form of that estimate when our runs fill the
+  server's slots: each completion starts the next run in the queue, so a waiting run
+  starts at the completion its place calls for, and needs no poll until then.
 
 Every time is in the caller's seconds; nothing here reads a clock.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 
@@ -164,3 +168,18 @@ def plan_pending(
     if spread > after / 2 and poll_at - now > 2 * floor:
         return min(policy.pending_max, max(floor, (poll_at - now) / 2)), False
     return wait, True
+
+
+def start_by_completions(*, ahead: int, since: float, freed: Sequence[float]) -> float | None:
+    """When a waiting run starts, from the completions seen; None until enough are seen.
+
+    On a first-come, first-served server whose slots our runs fill, each completion starts
+    the run at the head of the queue. A run with ``ahead`` runs (itself included) to start
+    after the moment ``since`` starts at the ``ahead``-th completion after it (``freed``:
+    completion times, sorted; same clock as ``since``). ``ahead`` <= 0: by ``since``.
+    """
+    if ahead <= 0:
+        return since
+    first = bisect.bisect_right(freed, since)
+    at = first + ahead - 1
+    return freed[at] if at < len(freed) else None

@@ -33,6 +33,7 @@ from floraq.runner.assets import AssetUploads
 from floraq.runner.commit import GroupCommitter
 from floraq.runner.lease import LeaseKeeper
 from floraq.runner.poll_gate import PollGate
+from floraq.runner.poll_queue import ServerQueue
 from floraq.runner.prices import Prices
 
 ROUND_PAUSE = 10.0  # seconds before the first such round; doubles each round (x time_scale)
@@ -136,6 +137,7 @@ class RunContext:
     queue: dict[int, int] = field(default_factory=dict)
     starts: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=DURATIONS_KEPT))
     sent: itertools.count[int] = field(default_factory=itertools.count)  # send positions
+    server_queue: ServerQueue = field(default_factory=ServerQueue)  # starts from completions
     report: RunReport = field(default_factory=RunReport)
     paused_batches: set[str] = field(default_factory=set)  # reached their cost cap
     stop_all: bool = False  # credentials refused: nothing more may be sent

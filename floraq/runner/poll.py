@@ -55,6 +55,9 @@ class _Watch:
     window: tuple[float, float] | None = None  # soonest and latest end the answers allow
     linear: bool | None = None  # its answers agree with linear progress (None: one answer)
     first_prediction: tuple[float, float] | None = None  # (answered at, soonest end), for trust
+    created: int | None = None  # the server's created_at (epoch ms): its place in the queue
+    offset: float = 0.0  # our clock minus the server's, through created_at and submitted
+    pending_server: float | None = None  # when it last said `pending`, on the server's clock
 
 
 async def poll_until_done(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRecord:
@@ -67,6 +70,7 @@ async def poll_until_done(ctx: RunContext, job: JobRecord, first: RunInfo | None
         return await _poll(ctx, job, first)
     finally:
         ctx.queue.pop(job.id, None)
+        ctx.server_queue.gone(job.id)
 
 
 async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRecord:
@@ -76,15 +80,20 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
     submitted = job.submitted_at or ctx.clock()
     rounds = 0
     watch = _Watch(position=next(ctx.sent))
+    _place(ctx, watch, info, submitted)
     since: float | None = None  # the first answer of this process
     while info is None or not is_finished(info):
-        delay, poll_then = _delay(ctx, job, watch, polls, submitted)
-        await ctx.sleep(delay)
-        if not poll_then:
+        delay, poll_then, on_freed = _delay(ctx, job, watch, polls, submitted)
+        woken = False  # by a completion, which may say more of when it starts
+        if on_freed:
+            woken = await ctx.server_queue.sleep_until_freed(ctx.sleep, delay)
+        else:
+            await ctx.sleep(delay)
+        if woken or not poll_then or _not_its_turn(ctx, job, watch, polls):
             continue  # woke to think again: what other runs saw since may change the plan
         due = ctx.clock()
         await ctx.poll_gate.admit(_rank(watch, due), due)
-        try:
+        try:  # the answer tells how things stood some time after `due`
             info = await ctx.client.get_run(job.technique, job.run_id, poll_url=job.poll_url)
         except NotFound as e:
             await ctx.fail(job, JobState.SUBMITTED, JobState.FAILED, e, tier=FailureTier.REPORT)
@@ -108,13 +117,32 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
         if odd is not None and answered - submitted >= ODD_ANSWER_GRACE * ctx.config.time_scale:
             await _give_up_on_odd_answers(ctx, job, info, odd, polls, answered - submitted)
             return replace(job, state=JobState.UNKNOWN_OUTCOME, polls=polls)
-        _observe(ctx, job, watch, info, submitted, answered)
+        _observe(ctx, job, watch, info, submitted, due)
     _learn_end(ctx, job, watch, info, submitted)
     if info.status == RunStatus.COMPLETED:
         await _completed(ctx, job, info, polls)
         return replace(job, state=JobState.COMPLETED, polls=polls)
     retry = await failed(ctx, job, info, polls)
     return retry or replace(job, state=JobState.FAILED, polls=polls)
+
+
+def _place(ctx: RunContext, watch: _Watch, info: RunInfo | None, submitted: float) -> None:
+    """Put the run in the server's queue order once an answer gives its ``created_at``."""
+    if watch.created is not None or info is None or info.created_at is None:
+        return
+    watch.created, watch.offset = info.created_at, submitted - info.created_at / 1000.0
+    ctx.server_queue.sent(info.created_at, watch.offset)
+
+
+def _not_its_turn(ctx: RunContext, job: JobRecord, watch: _Watch, polls: int) -> bool:
+    """A run not yet answered whose turn in the server's queue has not come by the
+    completions seen (a run created before it said `pending`): it waits with them, unpolled."""
+    if polls != job.polls or watch.created is None or job.id in ctx.queue:
+        return False
+    if not ctx.server_queue.not_started(watch.created, watch.offset, ctx.clock()):
+        return False
+    ctx.queue[job.id] = watch.position
+    return True
 
 
 def _polled_enough(ctx: RunContext, polls: int, seconds: float) -> bool:
@@ -128,24 +156,40 @@ def _polled_enough(ctx: RunContext, polls: int, seconds: float) -> bool:
 def _observe(
     ctx: RunContext, job: JobRecord, watch: _Watch, info: RunInfo, submitted: float, now: float
 ) -> None:
-    """Update what is known of the run's timing from one poll answer, received at ``now``."""
+    """Update what is known of the run's timing from one poll answer asked for at ``now``
+    (read as of then, a predicted end is never later than the truth, however late
+    the answer came: a loaded client's lag would otherwise make ``trust`` cut every wait)."""
     last, watch.window = watch.window, None
+    _place(ctx, watch, info, submitted)
     if info.status == RunStatus.PENDING:
         watch.pending, watch.waited = True, True
         watch.pending_polls, watch.pending_at = watch.pending_polls + 1, now
         ctx.queue[job.id] = watch.position
+        if watch.created is not None:
+            watch.pending_server = now - watch.offset
+            ctx.server_queue.pending(job.id, watch.created, watch.pending_server)
         return
     watch.pending, watch.pending_polls = False, 0
     ctx.queue.pop(job.id, None)
     if info.status != RunStatus.RUNNING:
         return
-    started = _started(info, submitted)
+    started = _started(ctx, info, submitted)
     first_seen = watch.started is None
     watch.started = started if started is not None else (watch.started or submitted)
     if started is None:
         return
-    if first_seen and (watch.waited or started - submitted > ctx.poll_policy.min_interval):
+    waited = watch.waited or started - submitted > ctx.poll_policy.min_interval
+    if first_seen and waited:
         ctx.starts.append((watch.position, started))  # the queue reached it then
+    if watch.created is not None and info.started_at is not None:
+        tolerance = ctx.poll_policy.target_latency / 2
+        ctx.server_queue.running(
+            job.id,
+            watch.created,
+            info.started_at / 1000.0,
+            waited=first_seen and waited,  # its start is news only once
+            tolerance=tolerance,
+        )
     window = progress_window(progress=info.progress, running_for=now - started)
     if window is None:
         return
@@ -176,13 +220,15 @@ def _learn_end(
     if info.completed_at is None:
         return
     ctx.completions.append(info.completed_at / 1000.0)
+    ctx.server_queue.finished(job.id, info.completed_at / 1000.0)
     ctx.poll_gate.set_rate(
         budget_rate(poll_rate_floor(ctx.config), completion_rate(list(ctx.completions)))
     )
     if watch.first_prediction is None or info.created_at is None:
         return
     answered, soonest = watch.first_prediction
-    ended = submitted + (info.completed_at - info.created_at) / 1000.0
+    offset = submitted - info.created_at / 1000.0  # the same mapping as `_started`'s
+    ended = ctx.server_queue.on_our_clock(info.completed_at / 1000.0, offset)
     if soonest - answered > 0:
         ctx.learn(ctx.trust, job.technique, (ended - answered) / (soonest - answered))
 
@@ -195,8 +241,9 @@ def _rank(watch: _Watch, now: float) -> PollRank:
 
 def _delay(
     ctx: RunContext, job: JobRecord, watch: _Watch, polls: int, submitted: float
-) -> tuple[float, bool]:
-    """How long to wait, and whether to poll then: the best estimate known, else the ramp."""
+) -> tuple[float, bool, bool]:
+    """How long to wait, whether to poll then, and whether a completion ends the wait
+    early: the best estimate known, else the ramp."""
     policy = ctx.poll_policy
     now = ctx.clock()
     look = first_look(list(ctx.run_times.get(job.technique, ())), policy)
@@ -205,20 +252,27 @@ def _delay(
         if trust is None and watch.linear:
             trust = 1.0  # not yet known for the technique, but this run's answers agree
         soonest, latest = (max(0.0, end - now) for end in watch.window)
-        return aim_running(policy, soonest=soonest, latest=latest, trust=trust), True
+        return aim_running(policy, soonest=soonest, latest=latest, trust=trust), True, False
     fresh = polls == job.polls and watch.started is None
     if fresh and ctx.queue:
         ctx.queue[job.id] = watch.position  # others wait for a slot: so will it
     if job.id in ctx.queue:
+        if watch.created is not None:  # from the completions seen, if they tell
+            after = policy.max_interval if look is None else look
+            planned = ctx.server_queue.plan(
+                watch.created, watch.offset, watch.pending_server, now=now, after=after
+            )
+            if planned is not None:
+                return min(planned[0], policy.pending_max), planned[1], True
         queued = _queued(ctx, watch, now)
         if queued is not None:
             start, spread = queued
-            return plan_pending(policy, now=now, start=start, spread=spread, look=look)
+            return (*plan_pending(policy, now=now, start=start, spread=spread, look=look), False)
     if look is not None and not watch.pending:
         due = (watch.started if watch.started is not None else submitted) + look
         if due - now > policy.min_interval:
-            return due - now, True
-    return _fallback(ctx, job, watch, polls, now - submitted), True
+            return due - now, True, False
+    return _fallback(ctx, job, watch, polls, now - submitted), True, False
 
 
 def _queued(ctx: RunContext, watch: _Watch, now: float) -> tuple[float, float] | None:
@@ -251,15 +305,14 @@ def _fallback(ctx: RunContext, job: JobRecord, watch: _Watch, polls: int, elapse
     )
 
 
-def _started(info: RunInfo, submitted: float) -> float | None:
-    """When the run started, on our clock, or None when the answer does not say.
-
-    The server's clock is mapped onto ours by its ``created_at`` and our ``submitted``
-    (both taken at the POST), so a skewed server clock does not matter.
-    """
+def _started(ctx: RunContext, info: RunInfo, submitted: float) -> float | None:
+    """When the run started on our clock (None: the answer does not say), mapped by
+    ``created_at`` and ``submitted`` (a skewed server clock does not matter) at the least
+    offset any run showed: ``submitted`` is late by however long the answer took."""
     if info.started_at is None or info.created_at is None:
         return None
-    return submitted + (info.started_at - info.created_at) / 1000.0
+    offset = submitted - info.created_at / 1000.0
+    return ctx.server_queue.on_our_clock(info.started_at / 1000.0, offset)
 
 
 async def _completed(ctx: RunContext, job: JobRecord, info: RunInfo, polls: int) -> None:
