@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Sandbox, run_floraq, write_inline_manifest
+from bench.harness import ChildRun, Sandbox, run_floraq, write_inline_manifest
 from bench.scenarios import BALANCE, POLL, _ledger_seen, _round
 from floraq.core.poll_floor import polls_floor, uniform_run_times
 
@@ -119,17 +119,7 @@ def measure(
     with Sandbox(folder, **knobs) as sandbox:
         if second_night:
             _first_night(folder / "night1", w, sandbox, ledger, tree)
-        run = run_floraq(
-            ["submit", str(manifest)],
-            cwd=folder,
-            sandbox=sandbox,
-            ledger=ledger,
-            time_scale=w.time_scale,
-            tree=tree,
-            timeout=3600,
-        )
-        if run.exit_code != 0:
-            raise RuntimeError(f"floraq exited {run.exit_code}: {run.stderr[-1000:]}")
+        run = _submit(manifest, w, sandbox, ledger, tree, night="")
         stats, served = sandbox.stats(), sandbox.runs()
     seen = _ledger_seen(ledger)
     done = {r["run_id"]: r["completed_at"] / 1000 for r in served if r["completed_at"]}
@@ -150,9 +140,17 @@ def _first_night(
     """The workload's rows once, as another batch on the same ledger; then the sandbox forgets."""
     folder.mkdir()
     manifest = write_inline_manifest(folder / "jobs.yaml", batch="bench-polling-1", rows=w.rows)
+    _submit(manifest, w, sandbox, ledger, tree, night=" (first night)")
+    sandbox.reset()
+
+
+def _submit(
+    manifest: Path, w: Workload, sandbox: Sandbox, ledger: Path, tree: Path | None, night: str
+) -> ChildRun:
+    """`floraq submit MANIFEST` run to the end in its folder; a failure stops the bench."""
     run = run_floraq(
         ["submit", str(manifest)],
-        cwd=folder,
+        cwd=manifest.parent,
         sandbox=sandbox,
         ledger=ledger,
         time_scale=w.time_scale,
@@ -160,8 +158,8 @@ def _first_night(
         timeout=3600,
     )
     if run.exit_code != 0:
-        raise RuntimeError(f"floraq exited {run.exit_code} (first night): {run.stderr[-1000:]}")
-    sandbox.reset()
+        raise RuntimeError(f"floraq exited {run.exit_code}{night}: {run.stderr[-1000:]}")
+    return run
 
 
 def _quantiles(values: Sequence[float]) -> dict[str, float]:
