@@ -194,6 +194,6 @@ def test_the_frozen_finished_states_of_the_quote_totals_match_the_lifecycle() ->
     """The quote triggers' finished states (frozen in step 0009) are today's RUN_FINISHED:
     a new finished state needs a step that rebuilds them."""
     from floraq.core.lifecycle import RUN_FINISHED
-    from floraq.ledger.migrations import _FINISHED_0009
+    from floraq.ledger.totals_sql import FINISHED_0009
 
-    assert {s.strip(" '") for s in _FINISHED_0009.split(",")} == {s.value for s in RUN_FINISHED}
+    assert {s.strip(" '") for s in FINISHED_0009.split(",")} == {s.value for s in RUN_FINISHED}

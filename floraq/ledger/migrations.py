@@ -11,6 +11,16 @@ from sqlite_utils.migrations import Migrations
 
 from floraq.errors import LedgerError
 from floraq.ledger import lean_step
+from floraq.ledger.totals_sql import (
+    TOTALS_COLUMNS,
+    TOTALS_SQL,
+    TOTALS_WATCHED,
+    off_quote,
+    quotes_add,
+    quotes_remove,
+    totals_add,
+    totals_remove,
+)
 
 migrations = Migrations("floraq")
 
@@ -285,71 +295,6 @@ def m0008_assets(db: Database) -> None:
 
 # -- 0009: a lean ledger ------------------------------------------------------------------
 
-# What one job adds to its (batch, technique, state) totals, as (column, SQL of row r).
-# Which states count as unsettled is decided when reading (``reads.state_counts``), from
-# ``uncharged`` and ``prior_unsettled``, so a new state needs no new trigger.
-_TOTALS_0009: tuple[tuple[str, str], ...] = (
-    ("n", "1"),
-    ("estimated_micros", "COALESCE({r}.estimated_micros, 0)"),
-    ("charged_micros", "COALESCE({r}.charged_micros, 0) + {r}.prior_charged_micros"),
-    ("uncharged", "CASE WHEN {r}.charged_micros IS NULL THEN 1 ELSE 0 END"),
-    ("prior_unsettled", "{r}.prior_unsettled"),
-)
-TOTALS_COLUMNS: tuple[str, ...] = tuple(column for column, _ in _TOTALS_0009)
-TOTALS_WATCHED = "state, estimated_micros, charged_micros, prior_charged_micros, prior_unsettled"
-
-
-# Frozen with this step, as 0004's list: the states of a finished run (lifecycle's
-# RUN_FINISHED); a charge off its quote there is a cost change `status` shows.
-_FINISHED_0009 = "'completed', 'downloaded', 'expired', 'download_failed'"
-
-
-def _off_quote(row: str) -> str:
-    return (
-        f"CASE WHEN {row}.charged_micros IS NOT NULL AND {row}.state IN ({_FINISHED_0009})"
-        f" AND {row}.charged_micros != COALESCE({row}.estimated_micros, 0) THEN 1 ELSE 0 END"
-    )
-
-
-def quotes_add(row: str) -> str:
-    """SQL counting job ``row`` (NEW) at its quote, if it has one (an upsert)."""
-    return (
-        f"INSERT INTO quote_totals (batch, technique, quote, n, differs)"
-        f" SELECT {row}.batch, {row}.technique, {row}.estimated_micros, 1, {_off_quote(row)}"
-        f" WHERE {row}.estimated_micros IS NOT NULL ON CONFLICT (batch, technique, quote)"
-        " DO UPDATE SET n = quote_totals.n + 1, differs = quote_totals.differs + excluded.differs"
-    )
-
-
-def quotes_remove(row: str) -> str:
-    """SQL taking job ``row`` (OLD) off its quote's count (nothing if it had no quote)."""
-    return (
-        f"UPDATE quote_totals SET n = n - 1, differs = differs - ({_off_quote(row)})"
-        f" WHERE batch = {row}.batch AND technique = {row}.technique"
-        f" AND quote = {row}.estimated_micros"
-    )
-
-
-def totals_add(row: str) -> str:
-    """SQL adding job ``row`` (NEW) to its totals row (an upsert; SQLite and PostgreSQL)."""
-    columns = ", ".join(TOTALS_COLUMNS)
-    added = ", ".join(sql.format(r=row) for _, sql in _TOTALS_0009)
-    sums = ", ".join(f"{c} = state_totals.{c} + excluded.{c}" for c in TOTALS_COLUMNS)
-    return (
-        f"INSERT INTO state_totals (batch, technique, state, {columns})"
-        f" VALUES ({row}.batch, {row}.technique, {row}.state, {added})"
-        f" ON CONFLICT (batch, technique, state) DO UPDATE SET {sums}"
-    )
-
-
-def totals_remove(row: str) -> str:
-    """SQL taking job ``row`` (OLD) out of its totals row."""
-    less = ", ".join(f"{c} = {c} - ({sql.format(r=row)})" for c, sql in _TOTALS_0009)
-    return (
-        f"UPDATE state_totals SET {less} WHERE batch = {row}.batch"
-        f" AND technique = {row}.technique AND state = {row}.state"
-    )
-
 
 @migrations(name="0009_lean")
 def m0009_lean(db: Database) -> None:
@@ -374,7 +319,7 @@ def m0009_lean(db: Database) -> None:
         f"CREATE TABLE state_totals (batch TEXT NOT NULL, technique TEXT NOT NULL,"
         f" state TEXT NOT NULL, {columns}, PRIMARY KEY (batch, technique, state))"
     )
-    sums = ", ".join(f"SUM({sql.format(r='jobs')})" for _, sql in _TOTALS_0009)
+    sums = ", ".join(f"SUM({sql.format(r='jobs')})" for _, sql in TOTALS_SQL)
     db.execute(
         f"INSERT INTO state_totals (batch, technique, state, {', '.join(TOTALS_COLUMNS)})"
         f" SELECT batch, technique, state, {sums} FROM jobs GROUP BY batch, technique, state"
@@ -387,7 +332,7 @@ def m0009_lean(db: Database) -> None:
     )
     db.execute(
         f"INSERT INTO quote_totals (batch, technique, quote, n, differs)"
-        f" SELECT batch, technique, estimated_micros, COUNT(*), SUM({_off_quote('jobs')})"
+        f" SELECT batch, technique, estimated_micros, COUNT(*), SUM({off_quote('jobs')})"
         " FROM jobs WHERE estimated_micros IS NOT NULL"
         " GROUP BY batch, technique, estimated_micros"
     )

@@ -19,17 +19,19 @@ from floraq.ledger import lean_step
 from floraq.ledger.migrations import (
     _COMMITTED_0004,
     _COMMITTED_0005,
+    _committed,
+    refuse_if_foreign,
+)
+from floraq.ledger.pg_connection import PgConnection
+from floraq.ledger.totals_sql import (
     TOTALS_COLUMNS,
     TOTALS_WATCHED,
-    _committed,
-    _off_quote,
+    off_quote,
     quotes_add,
     quotes_remove,
-    refuse_if_foreign,
     totals_add,
     totals_remove,
 )
-from floraq.ledger.pg_connection import PgConnection
 
 MIGRATIONS_TABLE = "floraq_migrations"
 
@@ -218,7 +220,7 @@ CREATE TABLE quote_totals (
     PRIMARY KEY (batch, technique, quote)
 );
 INSERT INTO quote_totals (batch, technique, quote, n, differs)
-    SELECT batch, technique, estimated_micros, COUNT(*), SUM({_off_quote("jobs")})
+    SELECT batch, technique, estimated_micros, COUNT(*), SUM({off_quote("jobs")})
     FROM jobs WHERE estimated_micros IS NOT NULL GROUP BY batch, technique, estimated_micros;
 CREATE FUNCTION jobs_totals() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
