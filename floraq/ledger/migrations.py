@@ -6,11 +6,9 @@ migrates a blank database and every earlier schema to the latest.
 
 from __future__ import annotations
 
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
-
 from floraq.errors import LedgerError
 from floraq.ledger import lean_step
+from floraq.ledger.sqlite_utils_lean import Database, Migrations
 from floraq.ledger.totals_sql import (
     TOTALS_COLUMNS,
     TOTALS_SQL,

@@ -16,12 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-from sqlite_utils import Database
-
 from floraq.errors import DiskError, LedgerError
 from floraq.ledger.attempts import LedgerAttempts
 from floraq.ledger.limits import LedgerLimits
 from floraq.ledger.migrations import migrations, refuse_if_foreign
+from floraq.ledger.sqlite_utils_lean import Database
 from floraq.lock import ensure_private_dir, writable
 
 BUSY_TIMEOUT_MS = 10_000
