@@ -29,6 +29,8 @@ anything else that escapes is a bug in floraq.
 from __future__ import annotations
 
 import errno
+import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -332,8 +334,15 @@ class DiskError(FloraqError):
 
     exit_code = ExitCode.DISK
 
-    def __init__(self, path: str, why: str, *, code: str = DISK_ERROR) -> None:
-        super().__init__(f"cannot write {path}: {why}; fix the disk, then run `floraq resume`")
+    def __init__(
+        self,
+        path: str,
+        why: str,
+        *,
+        code: str = DISK_ERROR,
+        then: str = "fix the disk, then run `floraq resume`",
+    ) -> None:
+        super().__init__(f"cannot write {path}: {why}; {then}")
         self.path = path
         self.why = why
         self.code = code
@@ -345,6 +354,19 @@ class DiskError(FloraqError):
         name = errno.errorcode.get(exc.errno or 0)
         why = (exc.strerror or str(exc)) + (f" ({name})" if name else "")
         return cls(str(path), why)
+
+    @classmethod
+    def temp_space(cls, why: str) -> DiskError:
+        """A big manifest's check found no room for its temporary files (before any row
+        is queued, so the same command is simply run again). The folder is TMPDIR as set:
+        once it is full, ``tempfile.gettempdir()`` would name its fallback instead."""
+        folder = os.environ.get("TMPDIR") or tempfile.gettempdir()
+        return cls(
+            f"floraq's temporary files in {folder}",
+            why,
+            then="free space there or set TMPDIR to a folder with room (about 300 bytes"
+            " a row), then run the same command again; nothing was queued",
+        )
 
 
 class LedgerError(FloraqError):

@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from floraq.admission import Checked
 from floraq.core.problems import Problem
+from floraq.errors import DiskError
 from floraq.ledger import NewJob
 from floraq.local_inputs import LocalFile
 
@@ -74,8 +75,13 @@ class RowSpool:
         if not self._pending or self._file is None:
             return
         block = pickle.dumps(self._pending, pickle.HIGHEST_PROTOCOL)
-        self._file.write(len(block).to_bytes(8, "little"))
-        self._file.write(block)
+        try:
+            self._file.write(len(block).to_bytes(8, "little"))
+            self._file.write(block)
+            self._file.flush()  # a full disk says so here, not at some later read
+        except OSError as exc:
+            why = DiskError.from_os_error(exc, "").why
+            raise DiskError.temp_space(why) from exc
         self._pending = []
 
     def rows(self) -> Iterator[Checked]:

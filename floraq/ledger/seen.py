@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 
+from floraq.errors import DiskError
 from floraq.ledger.base import chunks, marks
 
 # A Bloom filter per kind: 2**25 bits (4 MiB), two probes from the value's hash. Nearly
@@ -74,12 +75,18 @@ class _Kind:
         """The buffer as a new sorted run: written in key order, so the B-tree is built
         front to back instead of by random inserts into one ever larger index."""
         run = f"{self.name}_{len(self.runs)}"
-        self.conn.execute(
-            f"CREATE TABLE {run} (value TEXT PRIMARY KEY, location TEXT) WITHOUT ROWID"
-        )
-        self.conn.execute("BEGIN")
-        self.conn.executemany(f"INSERT INTO {run} VALUES (?, ?)", sorted(self.buffer.items()))
-        self.conn.execute("COMMIT")
+        try:
+            self.conn.execute(
+                f"CREATE TABLE {run} (value TEXT PRIMARY KEY, location TEXT) WITHOUT ROWID"
+            )
+            self.conn.execute("BEGIN")
+            rows = sorted(self.buffer.items())
+            self.conn.executemany(f"INSERT INTO {run} VALUES (?, ?)", rows)
+            self.conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            raise DiskError.temp_space("no space left on device (SQLITE_FULL)") from exc
         self.runs.append(run)
         self.buffer.clear()
 
