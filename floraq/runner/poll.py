@@ -93,7 +93,7 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
             continue  # woke to think again: what other runs saw since may change the plan
         due = ctx.clock()
         await ctx.poll_gate.admit(_rank(watch, due), due)
-        try:  # the answer tells how things stood some time after `due`
+        try:
             info = await ctx.client.get_run(job.technique, job.run_id, poll_url=job.poll_url)
         except NotFound as e:
             await ctx.fail(job, JobState.SUBMITTED, JobState.FAILED, e, tier=FailureTier.REPORT)
@@ -117,7 +117,7 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
         if odd is not None and answered - submitted >= ODD_ANSWER_GRACE * ctx.config.time_scale:
             await _give_up_on_odd_answers(ctx, job, info, odd, polls, answered - submitted)
             return replace(job, state=JobState.UNKNOWN_OUTCOME, polls=polls)
-        _observe(ctx, job, watch, info, submitted, due)
+        _observe(ctx, job, watch, info, submitted, answered)
     _learn_end(ctx, job, watch, info, submitted)
     if info.status == RunStatus.COMPLETED:
         await _completed(ctx, job, info, polls)
@@ -156,9 +156,11 @@ def _polled_enough(ctx: RunContext, polls: int, seconds: float) -> bool:
 def _observe(
     ctx: RunContext, job: JobRecord, watch: _Watch, info: RunInfo, submitted: float, now: float
 ) -> None:
-    """Update what is known of the run's timing from one poll answer asked for at ``now``
-    (read as of then, a predicted end is never later than the truth, however late
-    the answer came: a loaded client's lag would otherwise make ``trust`` cut every wait)."""
+    """Update what is known of the run's timing from one poll answer, received at ``now``.
+
+    Read as of its arrival, not of its request: read as of the request, every predicted
+    end came early by the answer's time in flight, and at time scale 0.01 (bench --quick,
+    scenario 1) polls per run rose from 2.1 to 2.9-3.9 with no better p95."""
     last, watch.window = watch.window, None
     _place(ctx, watch, info, submitted)
     if info.status == RunStatus.PENDING:
