@@ -263,7 +263,13 @@ def test_row_keys_match_the_documented_formulas() -> None:
     """The one-encoding digest and key equal the canonical formulas, byte for byte."""
     import random
 
-    from floraq.core.keys import canonical_json, idempotency_key, inputs_digest, row_keys
+    from floraq.core.keys import (
+        canonical_json,
+        idempotency_key,
+        inputs_digest,
+        inputs_json,
+        row_keys,
+    )
 
     pick = random.Random(14)
     alphabet = 'ab"\\\u00e9\u2028\x01\n\U0001f600 /:'
@@ -275,13 +281,14 @@ def test_row_keys_match_the_documented_formulas() -> None:
             for _ in range(pick.randint(0, 4))
         }
         keys = row_keys(batch='b"\u00e9', technique="t", inputs=inputs)
-        assert keys.inputs_json == canonical_json(inputs)
+        assert keys.inputs_json == inputs_json(inputs) == canonical_json(inputs)
         assert keys.inputs_digest == inputs_digest(inputs)
         assert keys.idempotency_key == idempotency_key(
             batch='b"\u00e9', technique="t", inputs=inputs, attempt=1
         )
     mixed = row_keys(batch="b", technique="t", inputs={"n": 3})  # type: ignore[dict-item]
     assert mixed.inputs_digest == inputs_digest({"n": 3})  # type: ignore[dict-item]
+    assert inputs_json({"n": 3}) == canonical_json({"n": 3})
 
 
 @pytest.mark.parametrize("value", ["photos/a.jpg", "/data/a.jpg", "file:///data/a.jpg"])

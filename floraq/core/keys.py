@@ -89,25 +89,12 @@ class RowKeys:
 def row_keys(*, batch: str, technique: str, inputs: Mapping[str, Any]) -> RowKeys:
     """``inputs_digest`` and attempt 1's ``idempotency_key`` at once, encoding the inputs once.
 
-    A million-row plan computes both for every row: this builds the canonical JSON of a
-    str -> str mapping by hand (identical to ``canonical_json``; a test compares them) and
-    splices it into the key's payload instead of encoding it twice more.
+    A str -> str mapping (the usual row) goes through ``RowKeyer``, which builds the
+    canonical JSON by hand and splices it into the key's payload instead of encoding it
+    twice more; anything else takes the documented formula as it is.
     """
     if all(type(k) is str and type(v) is str for k, v in inputs.items()):
-        text = (
-            "{"
-            + ",".join(
-                f"{encode_basestring(k)}:{encode_basestring(inputs[k])}" for k in sorted(inputs)
-            )
-            + "}"
-        )
-        payload = (
-            f'{{"attempt":1,"batch":{encode_basestring(batch)},"inputs":{text},'
-            f'"technique":{encode_basestring(technique)}}}'
-        )
-        key_hex = hashlib.sha256(payload.encode("utf-8")).hexdigest()[:_KEY_HEX_CHARS]
-        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        return RowKeys(text, digest, f"{KEY_VERSION}_{key_hex}")
+        return RowKeyer(batch=batch, technique=technique, ids=inputs)(inputs)
     values = dict(inputs)
     return RowKeys(
         canonical_json(values),
@@ -116,12 +103,21 @@ def row_keys(*, batch: str, technique: str, inputs: Mapping[str, Any]) -> RowKey
     )
 
 
-class RowKeyer:
-    """``row_keys`` for many rows of one batch and technique whose inputs are always the
-    same ids (a CSV job): the ids' order and the payload's fixed parts are encoded once.
+def inputs_json(inputs: Mapping[str, Any]) -> str:
+    """``canonical_json`` of a row's inputs, built by hand for a str -> str mapping (the
+    usual row: a test compares the two), as the ledger stores and hashes them."""
+    if all(type(k) is str and type(v) is str for k, v in inputs.items()):
+        pairs = (f"{encode_basestring(k)}:{encode_basestring(inputs[k])}" for k in sorted(inputs))
+        return "{" + ",".join(pairs) + "}"
+    return canonical_json(dict(inputs))
 
-    Gives ``row_keys``'s exact result (a test compares them) for a mapping of str to str
-    with exactly these ids; anything else is the caller's to send to ``row_keys``.
+
+class RowKeyer:
+    """Keys for many rows of one batch and technique whose inputs are always the same ids
+    (a CSV job): the ids' order and the payload's fixed parts are encoded once.
+
+    Gives the documented formula's exact result (a test compares them) for a mapping of
+    str to str with exactly these ids; ``row_keys`` sends any other mapping that way.
     """
 
     __slots__ = ("_head", "_names", "_tail", "ids")

@@ -23,10 +23,10 @@ got. Each rule stores the short form only when rebuilding it gives the exact val
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from floraq.core.keys import canonical_json, encode_basestring
+from floraq.core.keys import inputs_json
 from floraq.ledger.base import SqliteBase
 from floraq.ledger.lean_step import UNINDEXED_STATE
 from floraq.ledger.records import from_row
@@ -44,14 +44,6 @@ OUTPUT_PATH = (
 )
 # Outputs with what their path is built from, for ``OUTPUT_PATH``.
 OUTPUTS_JOINED = "outputs o JOIN jobs j ON j.id = o.job_id JOIN batches b ON b.name = j.batch"
-
-
-def inputs_text(inputs: Mapping[str, Any]) -> str:
-    """The stored ``inputs``: canonical JSON (sorted keys, no spaces, raw UTF-8)."""
-    if all(type(k) is str and type(v) is str for k, v in inputs.items()):
-        pairs = (f"{encode_basestring(k)}:{encode_basestring(inputs[k])}" for k in sorted(inputs))
-        return "{" + ",".join(pairs) + "}"
-    return canonical_json(dict(inputs))
 
 
 def digest_of(text: str) -> str:
@@ -189,7 +181,7 @@ class LeanRows(SqliteBase):
 
     def _lean_job(self, job: Any) -> tuple[str, str, str]:
         """(location, inputs, inputs_digest) as a new job's row stores them."""
-        text = inputs_text(job.inputs)
+        text = inputs_json(job.inputs)
         digest = REBUILT if digest_of(text) == job.inputs_digest else job.inputs_digest
         return job.location, text, digest
 
