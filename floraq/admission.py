@@ -132,20 +132,8 @@ class _RowCheck:
             base = self.bases[row.csv_line is not None]
             local = self.files.row_files(row, self.technique, base)
             return _checked(self.batch, row, self.technique, local)
-        technique = self.technique
-        job = NewJob(
-            batch=self.batch,
-            technique=technique.slug,
-            job_number=row.job,
-            row_number=row.number,
-            csv_line=row.csv_line,
-            location=row.location,
-            row_key=row.key if row.key is not None else keys[1][:ROW_KEY_HEX_CHARS],
-            inputs=dict(row.values),
-            inputs_digest=keys[1],
-            idempotency_key=keys[2],
-            estimated_cost=technique.run_cost,
-        )
+        folder = row.key if row.key is not None else keys[1][:ROW_KEY_HEX_CHARS]
+        job = _new_job(self.batch, row, self.technique, dict(row.values), folder, *keys[1:])
         return Checked(job=job, errors=[])
 
 
@@ -165,7 +153,22 @@ def _checked(batch: str, row: Row, technique: Technique, local: RowFiles) -> Che
     values = local.values
     keys = row_keys(batch=batch, technique=technique.slug, inputs=values)
     folder = row.key if row.key is not None and not errors else keys.row_key
-    job = NewJob(
+    job = _new_job(batch, row, technique, values, folder, keys.inputs_digest, keys.idempotency_key)
+    warnings = [p for p in problems if p.severity == "warning"]
+    return Checked(job=job, errors=errors, warnings=warnings, files=local.files)
+
+
+def _new_job(
+    batch: str,
+    row: Row,
+    technique: Technique,
+    inputs: dict[str, str],
+    folder: str,
+    digest: str,
+    key: str,
+) -> NewJob:
+    """The ledger job a checked row becomes (either path), at its technique's price."""
+    return NewJob(
         batch=batch,
         technique=technique.slug,
         job_number=row.job,
@@ -173,13 +176,11 @@ def _checked(batch: str, row: Row, technique: Technique, local: RowFiles) -> Che
         csv_line=row.csv_line,
         location=row.location,
         row_key=folder,
-        inputs=values,
-        inputs_digest=keys.inputs_digest,
-        idempotency_key=keys.idempotency_key,
+        inputs=inputs,
+        inputs_digest=digest,
+        idempotency_key=key,
         estimated_cost=technique.run_cost,
     )
-    warnings = [p for p in problems if p.severity == "warning"]
-    return Checked(job=job, errors=errors, warnings=warnings, files=local.files)
 
 
 def _against_earlier(
