@@ -118,7 +118,7 @@ async def _poll(ctx: RunContext, job: JobRecord, first: RunInfo | None) -> JobRe
             await _give_up_on_odd_answers(ctx, job, info, odd, polls, answered - submitted)
             return replace(job, state=JobState.UNKNOWN_OUTCOME, polls=polls)
         _observe(ctx, job, watch, info, submitted, answered)
-    _learn_end(ctx, job, watch, info, submitted)
+    _learn_end(ctx, job, watch, info)
     if info.status == RunStatus.COMPLETED:
         await _completed(ctx, job, info, polls)
         return replace(job, state=JobState.COMPLETED, polls=polls)
@@ -175,7 +175,7 @@ def _observe(
     ctx.queue.pop(job.id, None)
     if info.status != RunStatus.RUNNING:
         return
-    started = _started(ctx, info, submitted)
+    started = _started(ctx, watch, info)
     first_seen = watch.started is None
     watch.started = started if started is not None else (watch.started or submitted)
     if started is None:
@@ -215,9 +215,7 @@ def _narrowed(
     return (soonest, latest) if watch.linear else new
 
 
-def _learn_end(
-    ctx: RunContext, job: JobRecord, watch: _Watch, info: RunInfo, submitted: float
-) -> None:
+def _learn_end(ctx: RunContext, job: JobRecord, watch: _Watch, info: RunInfo) -> None:
     """A finished run: how fast slots free up, and how good its progress prediction was."""
     if info.completed_at is None:
         return
@@ -227,10 +225,9 @@ def _learn_end(
         budget_rate(poll_rate_floor(ctx.config), completion_rate(list(ctx.completions)))
     )
     if watch.first_prediction is None or info.created_at is None:
-        return
+        return  # (with created_at, `_place` has set the run's offset)
     answered, soonest = watch.first_prediction
-    offset = submitted - info.created_at / 1000.0  # the same mapping as `_started`'s
-    ended = ctx.server_queue.on_our_clock(info.completed_at / 1000.0, offset)
+    ended = ctx.server_queue.on_our_clock(info.completed_at / 1000.0, watch.offset)
     if soonest - answered > 0:
         ctx.learn(ctx.trust, job.technique, (ended - answered) / (soonest - answered))
 
@@ -307,14 +304,13 @@ def _fallback(ctx: RunContext, job: JobRecord, watch: _Watch, polls: int, elapse
     )
 
 
-def _started(ctx: RunContext, info: RunInfo, submitted: float) -> float | None:
-    """When the run started on our clock (None: the answer does not say), mapped by
-    ``created_at`` and ``submitted`` (a skewed server clock does not matter) at the least
-    offset any run showed: ``submitted`` is late by however long the answer took."""
+def _started(ctx: RunContext, watch: _Watch, info: RunInfo) -> float | None:
+    """When the run started on our clock (None: the answer does not say), mapped through
+    the run's ``offset`` (``_place``: a skewed server clock does not matter) or the least
+    any run showed: ``submitted`` is late by however long the answer took."""
     if info.started_at is None or info.created_at is None:
-        return None
-    offset = submitted - info.created_at / 1000.0
-    return ctx.server_queue.on_our_clock(info.started_at / 1000.0, offset)
+        return None  # (with created_at, `_place` has set the run's offset)
+    return ctx.server_queue.on_our_clock(info.started_at / 1000.0, watch.offset)
 
 
 async def _completed(ctx: RunContext, job: JobRecord, info: RunInfo, polls: int) -> None:
