@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -136,20 +137,21 @@ class PgConnection:
         return status not in (TransactionStatus.IDLE, TransactionStatus.UNKNOWN)
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Row]:
-        try:
+        with self._said_plainly():
             if not parameters:
                 return self.raw.execute(sql)
             return self.raw.execute(_placeholders(sql), parameters)
-        except Exception as e:
-            failed = self._failed(e)
-            if failed is e:
-                raise
-            raise failed from None
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
+        with self._said_plainly(), self.raw.cursor() as cur:
+            cur.executemany(_placeholders(sql), list(parameters))
+
+    @contextmanager
+    def _said_plainly(self) -> Iterator[None]:
+        """A failed statement raised as what it is (``_failed``): a lost session or a
+        refused statement in one line, anything else as it came."""
         try:
-            with self.raw.cursor() as cur:
-                cur.executemany(_placeholders(sql), list(parameters))
+            yield
         except Exception as e:
             failed = self._failed(e)
             if failed is e:
