@@ -329,6 +329,12 @@ class DownloadRefused(DownloadError):
 DISK_ERROR = "disk_error"  # the ledger's error code on a row whose file the disk refused
 
 
+def os_error_why(exc: OSError) -> str:
+    """What the system said, and its errno's name: "No space left on device (ENOSPC)"."""
+    name = errno.errorcode.get(exc.errno or 0)
+    return (exc.strerror or str(exc)) + (f" ({name})" if name else "")
+
+
 class DiskError(FloraqError):
     """The disk refused a write (a file, the ledger): no retry helps until it is fixed."""
 
@@ -351,9 +357,7 @@ class DiskError(FloraqError):
     def from_os_error(cls, exc: OSError, fallback: object) -> DiskError:
         """The OSError said plainly, with its path (``fallback`` when it names none)."""
         path = exc.filename if exc.filename is not None else fallback
-        name = errno.errorcode.get(exc.errno or 0)
-        why = (exc.strerror or str(exc)) + (f" ({name})" if name else "")
-        return cls(str(path), why)
+        return cls(str(path), os_error_why(exc))
 
     @classmethod
     def temp_space(cls, why: str) -> DiskError:

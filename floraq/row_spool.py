@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from floraq.admission import Checked
 from floraq.core.problems import Problem
-from floraq.errors import DiskError
+from floraq.errors import DiskError, os_error_why
 from floraq.ledger import NewJob
 from floraq.local_inputs import LocalFile
 
@@ -80,8 +80,7 @@ class RowSpool:
             self._file.write(block)
             self._file.flush()  # a full disk says so here, not at some later read
         except OSError as exc:
-            why = DiskError.from_os_error(exc, "").why
-            raise DiskError.temp_space(why) from exc
+            raise DiskError.temp_space(os_error_why(exc)) from exc
         self._pending = []
 
     def rows(self) -> Iterator[Checked]:
